@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    start the router on the shipped NS8 examples (embedded Redis, nothing to set up)
+#   make test   the whole suite: pytest, ruff, mypy --strict, the example route tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check eventrouter tests bench
+	$(BIN)/ruff format --check eventrouter tests bench
+	$(BIN)/mypy eventrouter
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

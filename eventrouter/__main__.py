@@ -1,0 +1,5 @@
+"""Allow ``python -m eventrouter``."""
+
+from eventrouter.cli import main
+
+raise SystemExit(main())

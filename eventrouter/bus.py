@@ -1,0 +1,208 @@
+"""Redis: connect, PSUBSCRIBE, reconnect with backoff, publish. All of redis-py lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.1
+BACKOFF_CAP = 5.0
+#: While Redis stays unreachable, repeat the warning this often (seconds).
+STILL_DOWN_EVERY = 60.0
+
+Handler = Callable[[str, bytes], None]
+
+
+def client(url: str, **options: Any) -> aioredis.Redis:
+    """Return an asyncio Redis client for ``url`` (redis://, rediss://, unix://)."""
+    return aioredis.Redis.from_url(url, **options)
+
+
+def redact(url: str) -> str:
+    """Return ``url`` without its password, for logs."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+
+
+class Deduplicator:
+    """Let through one message per PUBLISH, however many of our patterns match its channel.
+
+    Redis writes all the copies of one PUBLISH for one client back to back, one per matching
+    pattern; so a copy is a duplicate exactly when it repeats the previous message's channel
+    and data under a pattern not yet seen for that message.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[bytes, bytes] | None = None
+        self._patterns: set[bytes] = set()
+
+    def first(self, pattern: bytes, channel: bytes, data: bytes) -> bool:
+        """Return True when this message is the first copy of its PUBLISH."""
+        if self._last == (channel, data) and pattern not in self._patterns:
+            self._patterns.add(pattern)
+            return False
+        self._last = (channel, data)
+        self._patterns = {pattern}
+        return True
+
+
+class Subscriber:
+    """Keep a pattern subscription alive across Redis outages and hand messages to a handler."""
+
+    def __init__(self, url: str, handler: Handler) -> None:
+        self.url = url
+        self.handler = handler
+        self.patterns: set[str] = set()
+        self.connected = asyncio.Event()
+        self.duplicates = 0
+        self._pubsub: Any = None
+        self._client: aioredis.Redis | None = None
+        self._dedup = Deduplicator()
+
+    async def set_patterns(self, patterns: Iterable[str]) -> None:
+        """Subscribe to new patterns first, then drop the old ones; no window without either."""
+        wanted = set(patterns)
+        added, removed = wanted - self.patterns, self.patterns - wanted
+        self.patterns = wanted
+        if self._pubsub is None or not self.connected.is_set():
+            return  # applied on (re)connect
+        try:
+            if added:
+                await self._pubsub.psubscribe(*sorted(added))
+            if removed:
+                await self._pubsub.punsubscribe(*sorted(removed))
+        except (RedisError, OSError) as exc:
+            log.warning("could not update subscriptions now (%s); they apply on reconnect", exc)
+
+    async def _connect(self) -> None:
+        self._client = client(self.url, health_check_interval=30)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        if self.patterns:
+            await self._pubsub.psubscribe(*sorted(self.patterns))
+        else:  # keep a live subscription so the connection is checked and reused
+            await self._pubsub.subscribe("eventrouter/idle")
+        self.connected.set()
+
+    async def _disconnect(self) -> None:
+        self.connected.clear()
+        pubsub, connection, self._pubsub, self._client = self._pubsub, self._client, None, None
+        for closing in (pubsub, connection):
+            if closing is not None:
+                try:
+                    await closing.aclose()
+                except (RedisError, OSError) as exc:
+                    log.debug("closing the old Redis connection: %s", exc)
+
+    async def _read(self) -> None:
+        while True:
+            message = await self._pubsub.get_message(timeout=None)
+            if message is None or message.get("type") != "pmessage":
+                continue
+            channel, data = message["channel"], message["data"]
+            if not self._dedup.first(message["pattern"], channel, data):
+                self.duplicates += 1
+                continue
+            try:
+                self.handler(channel.decode("utf-8", "replace"), data)
+            except Exception:  # a bug in handling one event must not stop the intake
+                log.exception("internal error while handling an event on %r", channel)
+
+    async def run(self) -> None:
+        """Connect, subscribe and deliver messages forever, reconnecting with backoff."""
+        delay, down_since, warned = BACKOFF_START, None, 0.0
+        while True:
+            try:
+                await self._connect()
+                if down_since is not None:
+                    self._log_restored(down_since)
+                    down_since = None
+                delay = BACKOFF_START
+                await self._read()
+            except (RedisError, OSError) as exc:
+                if down_since is None:
+                    down_since, warned = time.time(), time.monotonic()
+                    what = "lost the connection to" if self.connected.is_set() else "cannot reach"
+                    log.error(
+                        "%s Redis at %s: %s; retrying with backoff", what, redact(self.url), exc
+                    )
+                elif time.monotonic() - warned >= STILL_DOWN_EVERY:
+                    warned = time.monotonic()
+                    log.warning(
+                        "Redis at %s still unreachable since %s: %s",
+                        redact(self.url),
+                        _clock(down_since),
+                        exc,
+                    )
+                await self._disconnect()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_CAP)
+            except asyncio.CancelledError:
+                await self._disconnect()
+                raise
+
+    def _log_restored(self, down_since: float) -> None:
+        now = time.time()
+        log.warning(
+            "Redis at %s reachable again: outage from %s to %s (%.1fs); resubscribed "
+            "to %d pattern(s)",
+            redact(self.url),
+            _clock(down_since),
+            _clock(now),
+            now - down_since,
+            len(self.patterns),
+        )
+
+
+def _clock(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp).strftime("%H:%M:%S")
+
+
+class RedisPublisher:
+    """Publish derived events on their own connection (``dispatch.Publisher``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client = client(url)
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """Publish ``data`` on ``channel``; return how many subscribers received it."""
+        return int(await self._client.publish(channel, data))
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+
+async def publish_once(url: str, channel: str, data: bytes) -> int:
+    """Publish one message and close; raise ConnectionError with a clear message."""
+    connection = client(url, socket_connect_timeout=5)
+    try:
+        return int(await connection.publish(channel, data))
+    except (RedisError, OSError) as exc:
+        raise ConnectionError(f"cannot publish to Redis at {redact(url)}: {exc}") from exc
+    finally:
+        await connection.aclose()
+
+
+async def ping(url: str) -> bool:
+    """Return True when the server at ``url`` answers."""
+    connection = client(url, socket_connect_timeout=2)
+    try:
+        return bool(await connection.ping())
+    except (RedisError, OSError):
+        return False
+    finally:
+        await connection.aclose()

@@ -1,0 +1,340 @@
+"""The command line: argparse front end, and the only place that exits the process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from eventrouter import __version__, embedded, logs
+from eventrouter.config import LoadResult, load_routes, parse_duration
+from eventrouter.connections import address_url
+from eventrouter.errors import Diagnostic, PayloadError
+from eventrouter.model import EmitAction, Route, Settings
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+
+
+def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
+    """Return the routes folders (SPEC 7) and whether they were named explicitly."""
+    if flags:
+        return [Path(item) for item in flags], True
+    if env.get("EVENTROUTER_ROUTES"):
+        return [Path(item) for item in env["EVENTROUTER_ROUTES"].split(":") if item], True
+    if env.get("AGENT_INSTALL_DIR"):
+        return [Path(env["AGENT_INSTALL_DIR"]) / "routes.d"], True
+    return [Path("routes.d")], False
+
+
+def events_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> list[Path]:
+    """Return the events folders: --events-dir, else $AGENT_INSTALL_DIR/events."""
+    if flags:
+        return [Path(item) for item in flags]
+    if env.get("AGENT_INSTALL_DIR"):
+        return [Path(env["AGENT_INSTALL_DIR"]) / "events"]
+    return []
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number above 0, got {text!r}")
+    return value
+
+
+def _add_route_options(parser: argparse.ArgumentParser, events: bool = True) -> None:
+    parser.add_argument(
+        "--routes",
+        action="append",
+        metavar="DIR",
+        help="routes folder (repeatable); default: $EVENTROUTER_ROUTES (':'-separated), "
+        "else $AGENT_INSTALL_DIR/routes.d, else ./routes.d",
+    )
+    if events:
+        parser.add_argument(
+            "--events-dir",
+            action="append",
+            metavar="DIR",
+            help="NS8 events folder: <source>/event/<name> runs DIR/<name>/ (repeatable); "
+            "default: $AGENT_INSTALL_DIR/events when set",
+        )
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="subscribe here (redis://, unix://); "
+        "default: $REDIS_REPLICA_ADDRESS, else $REDIS_ADDRESS, else the "
+        "embedded server",
+    )
+    parser.add_argument(
+        "--publish-redis",
+        metavar="URL",
+        help="publish derived events here; default: $REDIS_ADDRESS, else the subscribe connection",
+    )
+    parser.add_argument(
+        "--step-timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="timeout of each step when the action sets none (default: none)",
+    )
+    parser.add_argument(
+        "--stop-timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="on SIGTERM, how long running steps may finish (default: 30s)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=32,
+        metavar="N",
+        help="steps running at once; more wait (default: 32)",
+    )
+    parser.add_argument(
+        "--max-payload",
+        type=_positive,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="larger payloads are dropped with an error (default: 1048576)",
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="longest chain of derived events before the loop guard cuts it (default: 8)",
+    )
+    parser.add_argument(
+        "--queue-limit",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="runs queued per route before new ones are dropped with an error (default: 10000)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "
+        "$XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="eventrouter",
+        description="Declarative event router for Redis pub/sub (NethServer 8 conventions).",
+    )
+    parser.add_argument("--version", action="version", version=f"eventrouter {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: INFO",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="the daemon: subscribe, route events, run handlers",
+        description="Route events until SIGTERM/SIGINT; SIGHUP reloads the route files.",
+    )
+    _add_route_options(run)
+    _add_run_options(run)
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate the route files (no Redis needed)",
+        description="Print FILE:LINE: error|warning: message for "
+        "every finding; exit 1 on any error.",
+    )
+    _add_route_options(check)
+    check.set_defaults(handler=cmd_check)
+
+    routes = commands.add_parser(
+        "routes",
+        help="list the loaded routes",
+        description="List name, patterns, actions, file and line.",
+    )
+    _add_route_options(routes, events=False)
+    routes.set_defaults(handler=cmd_routes)
+
+    publish = commands.add_parser(
+        "publish",
+        help="publish an event",
+        description="Publish an event and print how many subscribers received it. The payload "
+        "must be a JSON object and well-known events must carry their documented fields, "
+        "unless --raw is given.",
+    )
+    publish.add_argument(
+        "--redis",
+        metavar="URL",
+        help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded server",
+    )
+    publish.add_argument(
+        "--raw", action="store_true", help="publish the payload as is, without any check"
+    )
+    publish.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
+    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument(
+        "payload",
+        metavar="PAYLOAD",
+        nargs="?",
+        help="the payload; '-' or none reads standard input",
+    )
+    publish.set_defaults(handler=cmd_publish)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
+    folders, explicit = routes_dirs(args.routes, os.environ)
+    if not explicit and not folders[0].is_dir():
+        folders = []  # the default ./routes.d is optional
+    return load_routes(folders), folders
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate route files and events folders; print findings on stdout."""
+    result, _ = _load(args)
+    findings = list(result.diagnostics)
+    for folder in events_dirs(args.events_dir, os.environ):
+        if not folder.is_dir():
+            findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
+    for item in findings:
+        print(item)
+    errors = sum(1 for item in findings if item.severity == "error")
+    warnings = len(findings) - errors
+    print(
+        f"{len(result.routes)} routes checked: {errors} error(s), {warnings} warning(s)",
+        file=sys.stderr,
+    )
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _describe(route: Route) -> str:
+    parts = []
+    for action in route.actions:
+        if isinstance(action, EmitAction):
+            parts.append(f"emit {action.channel.source}")
+        else:
+            parts.append(f"run {action.path}")
+    return "; ".join(parts)
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """List the routes with patterns, actions and origin."""
+    result, _ = _load(args)
+    for item in result.diagnostics:
+        print(item, file=sys.stderr)
+    if not result.ok:
+        return EXIT_INVALID
+    for route in result.routes:
+        state = "" if route.enabled else " (disabled)"
+        print(
+            f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
+            f"{_describe(route)}\t{route.file}:{route.line}"
+        )
+    return EXIT_OK
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if args.state_dir else embedded.default_state_dir()
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Check and publish one event; print how many subscribers received it."""
+    from eventrouter import bus, schemas
+
+    data = sys.stdin.buffer.read() if args.payload in (None, "-") else args.payload.encode()
+    if not args.raw:
+        try:
+            schemas.check_payload(args.channel, data.decode("utf-8"))
+        except (PayloadError, UnicodeDecodeError) as exc:
+            print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
+            return EXIT_INVALID
+    url = args.redis
+    if not url and os.environ.get("REDIS_ADDRESS"):
+        url = address_url(os.environ["REDIS_ADDRESS"], os.environ)
+    if not url:
+        socket = embedded.socket_path(_state_dir(args))
+        if not embedded.ping(socket):
+            print(
+                f"eventrouter publish: no Redis configured and no embedded server answers at "
+                f"{socket}; start `eventrouter run` first or pass --redis URL",
+                file=sys.stderr,
+            )
+            return EXIT_INVALID
+        url = embedded.unix_url(socket)
+    try:
+        receivers = asyncio.run(bus.publish_once(url, args.channel, data))
+    except ConnectionError as exc:
+        print(f"eventrouter publish: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    # Redis counts one receiver per matching pattern of each subscribed client.
+    print(f"published {args.channel}: {receivers} receiver(s)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the daemon."""
+    from eventrouter.daemon import Daemon, log_diagnostics
+
+    result, folders = _load(args)
+    log_diagnostics(result)
+    if not result.ok:
+        print(
+            "eventrouter run: the route files have errors (listed above); not starting",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    settings = Settings(
+        routes_dirs=tuple(folders),
+        events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
+        redis_url=args.redis,
+        publish_url=args.publish_redis,
+        step_timeout=args.step_timeout,
+        stop_timeout=args.stop_timeout,
+        max_concurrency=args.max_concurrency,
+        max_payload=args.max_payload,
+        max_depth=args.max_depth,
+        queue_limit=args.queue_limit,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+    )
+    try:
+        return asyncio.run(Daemon(settings, result).run())
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"eventrouter run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logs.setup(args.log_level)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Event -> matching routes -> actions: ordering, concurrency, derived events, loop guard.
+
+The dispatcher talks to a small ``Publisher`` protocol, not to Redis, so it can be driven
+without a server. ``receive`` is synchronous and cheap: it parses the payload, evaluates
+``when:`` at arrival and queues one job per matching route; a worker per busy route runs its
+jobs one at a time in arrival order (``mode: queued``), routes run side by side, and the step
+runner caps the processes running at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from eventrouter.errors import TemplateRenderError
+from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
+from eventrouter.patterns import RouteIndex
+from eventrouter.steps import StepRunner
+from eventrouter.templates import event_context
+
+log = logging.getLogger(__name__)
+
+#: How long a derived event is remembered while waiting for it to come back from Redis.
+CHAIN_TTL = 60.0
+CHAIN_MAX = 100_000
+
+
+class Publisher(Protocol):
+    """Where derived events go."""
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        """Publish ``data`` on ``channel``; return how many subscribers received it."""
+        ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of one route (version kept) for one event."""
+
+    route: Route
+    event: Event
+    captures: dict[str, str]
+
+
+def parse_event(channel: str, data: bytes) -> Event:
+    """Return the event for a message, its payload parsed when it is JSON."""
+    try:
+        return Event(channel, data, json.loads(data), True)
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return Event(channel, data, None, False)
+
+
+def convention_route(folder: Path) -> Route:
+    """Return the implicit route that runs an events folder (SPEC 4)."""
+    return Route(
+        name=f"events:{folder}",
+        patterns=(),
+        actions=(RunAction(folder, 0),),
+        file=str(folder),
+        line=0,
+        convention=True,
+    )
+
+
+def chain_text(chain: Sequence[ChainLink]) -> str:
+    """Return ``route -> channel -> route -> channel`` for a log line."""
+    return " -> ".join(f"{link.route} emitted {link.channel}" for link in chain)
+
+
+class Dispatcher:
+    """Match events to routes and run their actions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: StepRunner,
+        publisher: Publisher,
+        index: RouteIndex,
+    ) -> None:
+        self.settings = settings
+        self.runner = runner
+        self.publisher = publisher
+        self.index = index
+        self.counters: Counter[str] = Counter()
+        self._queues: dict[str, deque[Job]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._chains: OrderedDict[tuple[str, bytes], tuple[float, deque[tuple[ChainLink, ...]]]]
+        self._chains = OrderedDict()
+        self._closing = False
+
+    def swap(self, index: RouteIndex) -> None:
+        """Use a new route table for events from now on; queued jobs keep their version."""
+        self.index = index
+
+    @property
+    def busy(self) -> int:
+        """Return how many jobs are queued or running."""
+        return sum(len(queue) for queue in self._queues.values()) + len(self._workers)
+
+    def receive(self, channel: str, data: bytes) -> None:
+        """Handle one message from Redis: check, parse, match, queue."""
+        self.counters["events"] += 1
+        if len(data) > self.settings.max_payload:
+            self.counters["dropped_oversize"] += 1
+            log.error(
+                "dropped event on %r: payload of %d bytes exceeds the %d-byte limit "
+                "(--max-payload)",
+                channel,
+                len(data),
+                self.settings.max_payload,
+            )
+            return
+        event = parse_event(channel, data)
+        chain = self._adopt_chain(channel, data)
+        if chain:
+            event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
+        self.handle(event)
+
+    def handle(self, event: Event) -> int:
+        """Queue a job for every route and convention folder the event triggers; return how many."""
+        queued = 0
+        for route, captures in self.index.match(event.channel):
+            if self._condition_holds(route, event, captures):
+                queued += self._enqueue(route.name, Job(route, event, captures))
+        for folder in self.convention_folders(event):
+            queued += self._enqueue(f"events:{folder}", Job(convention_route(folder), event, {}))
+        if not queued:
+            log.debug("no route for event %r", event.channel)
+        return queued
+
+    def convention_folders(self, event: Event) -> list[Path]:
+        """Return the events folders an event runs by convention; refuse unsafe names."""
+        name = event.name
+        if name is None or not self.settings.events_dirs:
+            return []
+        if not SAFE_NAME.fullmatch(name):
+            self.counters["refused_names"] += 1
+            log.warning(
+                "refused event name %r on channel %r: an event name must match "
+                "[A-Za-z0-9][A-Za-z0-9._-]* to run an events folder",
+                name,
+                event.channel,
+            )
+            return []
+        return [base / name for base in self.settings.events_dirs if (base / name).is_dir()]
+
+    def _condition_holds(self, route: Route, event: Event, captures: dict[str, str]) -> bool:
+        if route.when is None:
+            return True
+        context = event_context(event, match=captures, route=route.name)
+        try:
+            value = bool(route.when.evaluate(context))
+        except (TemplateRenderError, TypeError, ValueError) as exc:
+            self.counters["condition_errors"] += 1
+            log.error(
+                "route %s (%s:%d): event %r: %s",
+                route.name,
+                route.file,
+                route.line,
+                event.channel,
+                exc,
+            )
+            return False
+        if not value:
+            log.debug("route %s: event %r: 'when' is false", route.name, event.channel)
+        return value
+
+    def _enqueue(self, key: str, job: Job) -> int:
+        if self._closing:
+            return 0
+        queue = self._queues.setdefault(key, deque())
+        if len(queue) >= self.settings.queue_limit:
+            self.counters["dropped_queue_full"] += 1
+            log.error(
+                "dropped event %r for route %s: %d runs already queued (--queue-limit)",
+                job.event.channel,
+                job.route.name,
+                len(queue),
+            )
+            return 0
+        queue.append(job)
+        if key not in self._workers:
+            self._workers[key] = asyncio.create_task(self._work(key), name=f"route:{key}")
+        return 1
+
+    async def _work(self, key: str) -> None:
+        queue = self._queues[key]
+        try:
+            while queue and not self._closing:
+                await self.execute(queue.popleft())
+        finally:
+            if not queue:
+                self._queues.pop(key, None)
+            self._workers.pop(key, None)
+
+    async def execute(self, job: Job) -> bool:
+        """Run a job's actions in order; the first failing action stops the list."""
+        route, event = job.route, job.event
+        context = event_context(event, match=job.captures, route=route.name)
+        for position, action in enumerate(route.actions, 1):
+            if isinstance(action, RunAction):
+                ok = await self._run(job, action, context)
+            else:
+                ok = await self._emit(job, action, context)
+            if not ok:
+                self.counters["runs_failed"] += 1
+                left = len(route.actions) - position
+                if left:
+                    log.error(
+                        "route %s: event %r: action %d failed, %d later action(s) not run",
+                        route.name,
+                        event.channel,
+                        position,
+                        left,
+                    )
+                return False
+        self.counters["runs_ok"] += 1
+        return True
+
+    async def _run(self, job: Job, action: RunAction, context: dict[str, Any]) -> bool:
+        route, event = job.route, job.event
+        try:
+            env = {key: template.render(context) for key, template in action.env}
+        except TemplateRenderError as exc:
+            log.error(
+                "route %s: event %r: env of %s: %s", route.name, event.channel, action.path, exc
+            )
+            return False
+        tag = f"{route.name} [{event.channel}]"
+        result = await self.runner.run_handler(
+            action.path,
+            payload=event.raw,
+            env=env,
+            event_name=event.name or "",
+            event_source=event.source or "",
+            timeout=action.timeout or self.settings.step_timeout,
+            tag=tag,
+        )
+        return result.ok
+
+    async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> bool:
+        route, event = job.route, job.event
+        try:
+            channel = action.channel.render(context)
+            data = json.dumps(action.payload.render(context), ensure_ascii=False).encode()
+        except TemplateRenderError as exc:
+            log.error(
+                "route %s (%s:%d): event %r: emit: %s",
+                route.name,
+                route.file,
+                action.line,
+                event.channel,
+                exc,
+            )
+            return False
+        chain = (*event.chain, ChainLink(route.name, channel))
+        if len(chain) > self.settings.max_depth:
+            self.counters["loops_cut"] += 1
+            log.error(
+                "loop guard: not emitting %r: derived-event chain deeper than %d: %s",
+                channel,
+                self.settings.max_depth,
+                chain_text(chain),
+            )
+            return False
+        self._remember_chain(channel, data, chain)
+        try:
+            receivers = await self.publisher.publish(channel, data)
+        except Exception as exc:  # the publisher's own errors vary with the transport
+            log.error(
+                "route %s: event %r: cannot publish derived event %r: %s",
+                route.name,
+                event.channel,
+                channel,
+                exc,
+            )
+            return False
+        self.counters["emitted"] += 1
+        log.info(
+            "route %s emitted %r (caused by %r, %d receivers)",
+            route.name,
+            channel,
+            event.channel,
+            receivers,
+        )
+        return True
+
+    def _remember_chain(self, channel: str, data: bytes, chain: tuple[ChainLink, ...]) -> None:
+        now = time.monotonic()
+        while self._chains:
+            _key, (stamp, _) = next(iter(self._chains.items()))
+            if now - stamp < CHAIN_TTL and len(self._chains) < CHAIN_MAX:
+                break
+            self._chains.popitem(last=False)
+        entry = self._chains.get((channel, data))
+        if entry is None:
+            self._chains[(channel, data)] = (now, deque([chain]))
+        else:
+            entry[1].append(chain)
+
+    def _adopt_chain(self, channel: str, data: bytes) -> tuple[ChainLink, ...]:
+        entry = self._chains.get((channel, data))
+        if entry is None:
+            return ()
+        chain = entry[1].popleft()
+        if not entry[1]:
+            del self._chains[(channel, data)]
+        return chain
+
+    async def close(self, grace: float) -> None:
+        """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""
+        self._closing = True
+        not_started = sum(len(queue) for queue in self._queues.values())
+        for queue in self._queues.values():
+            queue.clear()
+        if not_started:
+            self.counters["not_started"] += not_started
+            log.error("shutdown: %d queued run(s) not started", not_started)
+        workers = list(self._workers.values())
+        if workers:
+            log.info("shutdown: waiting up to %.1fs for %d running route(s)", grace, len(workers))
+            _, pending = await asyncio.wait(workers, timeout=grace)
+            if pending:
+                killed = await self.runner.terminate_all()
+                log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)

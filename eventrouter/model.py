@@ -1,0 +1,172 @@
+"""Frozen data types shared by the whole package (standard library only)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+#: Event names that may be joined to a handler folder path (SPEC 4).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: Route names (SPEC 3).
+ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+
+EVENT_MARK = "/event/"
+
+
+def split_channel(channel: str) -> tuple[str | None, str | None]:
+    """Split ``<source>/event/<name>`` at the first ``/event/``; (None, None) without it."""
+    source, sep, name = channel.partition(EVENT_MARK)
+    if not sep:
+        return None, None
+    return source, name
+
+
+@dataclass(frozen=True)
+class ChainLink:
+    """One hop of a derived-event chain: the route that emitted and the channel it emitted on."""
+
+    route: str
+    channel: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """An event as received: channel, raw payload bytes and, when JSON, the parsed value."""
+
+    channel: str
+    raw: bytes
+    payload: Any = None
+    is_json: bool = False
+    chain: tuple[ChainLink, ...] = ()
+
+    @property
+    def source(self) -> str | None:
+        """Return what stands before the first ``/event/``, or None."""
+        return split_channel(self.channel)[0]
+
+    @property
+    def name(self) -> str | None:
+        """Return what follows the first ``/event/``, or None."""
+        return split_channel(self.channel)[1]
+
+    @property
+    def text(self) -> str:
+        """Return the payload as text (invalid UTF-8 replaced)."""
+        return self.raw.decode("utf-8", "replace")
+
+
+class Matcher(Protocol):
+    """A compiled channel pattern."""
+
+    text: str
+    glob: str
+
+    def match(self, channel: str) -> dict[str, str] | None:
+        """Return the captures when ``channel`` matches, else None."""
+        ...
+
+
+class Expression(Protocol):
+    """A compiled ``when:`` expression."""
+
+    source: str
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        """Return the expression's value in ``context``."""
+        ...
+
+
+class TextTemplate(Protocol):
+    """A compiled template rendered as text."""
+
+    source: str
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Return the rendered text."""
+        ...
+
+
+class ValueTemplate(Protocol):
+    """A compiled structure of templates rendered to a JSON value."""
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        """Return the rendered value, structure and native types kept."""
+        ...
+
+
+@dataclass(frozen=True)
+class RunAction:
+    """Run the steps of a handler directory."""
+
+    path: Path
+    line: int
+    timeout: float | None = None
+    env: tuple[tuple[str, TextTemplate], ...] = ()
+
+    def describe(self) -> str:
+        """Return a short human description."""
+        return f"run {self.path}"
+
+
+@dataclass(frozen=True)
+class EmitAction:
+    """Publish a templated derived event."""
+
+    channel: TextTemplate
+    payload: ValueTemplate
+    line: int
+
+    def describe(self) -> str:
+        """Return a short human description."""
+        return f"emit {self.channel.source}"
+
+
+Action = RunAction | EmitAction
+
+
+@dataclass(frozen=True)
+class Route:
+    """A validated route: patterns, an optional condition and actions."""
+
+    name: str
+    patterns: tuple[Matcher, ...]
+    actions: tuple[Action, ...]
+    file: str
+    line: int
+    when: Expression | None = None
+    description: str = ""
+    enabled: bool = True
+    mode: str = "queued"
+    convention: bool = False
+    #: What the route says, independent of where it stands: equal digests, same behaviour.
+    digest: str = ""
+
+    def match(self, channel: str) -> dict[str, str] | None:
+        """Return the captures of the first pattern matching ``channel``, else None."""
+        for pattern in self.patterns:
+            captures = pattern.match(channel)
+            if captures is not None:
+                return captures
+        return None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Daemon settings, from the command line and the environment."""
+
+    routes_dirs: tuple[Path, ...] = ()
+    events_dirs: tuple[Path, ...] = ()
+    redis_url: str | None = None
+    publish_url: str | None = None
+    step_timeout: float | None = None
+    stop_timeout: float = 30.0
+    kill_grace: float = 5.0
+    max_concurrency: int = 32
+    max_payload: int = 1024 * 1024
+    max_depth: int = 8
+    queue_limit: int = 10_000
+    state_dir: Path | None = None
+    extra_env: Mapping[str, str] = field(default_factory=dict)

@@ -1,0 +1,182 @@
+"""Channel patterns: Redis glob syntax plus ``{name}`` captures, and the route index."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from eventrouter.model import Route
+
+_CAPTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_GLOB_SPECIAL = frozenset("*?[\\")
+
+
+class PatternError(ValueError):
+    """A channel pattern is malformed."""
+
+
+def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
+    """Translate the ``[...]`` class starting at ``start``; return (regex, index after it)."""
+    i = start + 1
+    negate = i < len(pattern) and pattern[i] == "^"
+    if negate:
+        i += 1
+    parts: list[str] = []
+    while i < len(pattern) and pattern[i] != "]":
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            parts.append(re.escape(pattern[i + 1]))
+            i += 2
+        elif i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+            low, high = sorted((char, pattern[i + 2]))  # Redis accepts reversed ranges
+            parts.append(f"{re.escape(low)}-{re.escape(high)}")
+            i += 3
+        else:
+            parts.append(re.escape(char))
+            i += 1
+    if i >= len(pattern):
+        raise PatternError(f"unclosed '[' at position {start + 1}")
+    if not parts:
+        raise PatternError(f"empty character class at position {start + 1}")
+    return f"[{'^' if negate else ''}{''.join(parts)}]", i + 1
+
+
+def _capture(pattern: str, start: int, seen: set[str]) -> tuple[str, int]:
+    """Read the ``{name}`` capture at ``start``; return (name, index after it)."""
+    end = pattern.find("}", start)
+    if end < 0:
+        raise PatternError(f"unclosed '{{' at position {start + 1}")
+    name = pattern[start + 1 : end]
+    if not _CAPTURE.fullmatch(name):
+        raise PatternError(f"capture name {name!r} must match [A-Za-z_][A-Za-z0-9_]*")
+    if name in seen:
+        raise PatternError(f"capture {{{name}}} appears twice")
+    seen.add(name)
+    return name, end + 1
+
+
+def compile_pattern(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """Translate a channel pattern into (Python regex, Redis glob, capture names)."""
+    if not text:
+        raise PatternError("empty pattern")
+    regex: list[str] = []
+    glob: list[str] = []
+    names: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char == "{":
+            name, i = _capture(text, i, set(names))
+            names.append(name)
+            regex.append(f"(?P<{name}>[^/]+)")
+            glob.append("*")
+            continue
+        if char == "}":
+            raise PatternError(f"unmatched '}}' at position {i + 1}")
+        if char == "*":
+            regex.append(".*")
+            glob.append("*")
+        elif char == "?":
+            regex.append(".")
+            glob.append("?")
+        elif char == "[":
+            piece, end = _class_to_regex(text, i)
+            regex.append(piece)
+            glob.append(text[i:end])
+            i = end
+            continue
+        elif char == "\\":
+            if i + 1 >= len(text):
+                raise PatternError("pattern ends with a lone '\\'")
+            regex.append(re.escape(text[i + 1]))
+            glob.append(text[i : i + 2])
+            i += 2
+            continue
+        else:
+            regex.append(re.escape(char))
+            glob.append(char)
+        i += 1
+    return "".join(regex), "".join(glob), tuple(names)
+
+
+@dataclass(frozen=True)
+class ChannelPattern:
+    """A compiled channel pattern (implements ``model.Matcher``)."""
+
+    text: str
+    glob: str
+    captures: tuple[str, ...]
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> ChannelPattern:
+        """Compile ``text``; raise PatternError with what is wrong."""
+        regex, glob, names = compile_pattern(text)
+        return cls(text=text, glob=glob, captures=names, regex=re.compile(regex, re.DOTALL))
+
+    @property
+    def literal(self) -> bool:
+        """Return True when the pattern matches exactly one channel."""
+        return not any(char in _GLOB_SPECIAL for char in self.glob)
+
+    def match(self, channel: str) -> dict[str, str] | None:
+        """Return the captures when ``channel`` matches, else None."""
+        found = self.regex.fullmatch(channel)
+        return None if found is None else found.groupdict()
+
+
+def glob_match(glob: str, channel: str) -> bool:
+    """Return True when the Redis glob ``glob`` matches ``channel``."""
+    return ChannelPattern.parse(glob).match(channel) is not None
+
+
+class RouteIndex:
+    """Find the routes whose patterns match a channel, in configuration order.
+
+    Literal patterns are a dictionary lookup; the others are grouped by their literal first
+    path segment, so an event is only tested against patterns that can possibly match it.
+    """
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes: tuple[Route, ...] = tuple(routes)
+        self._exact: dict[str, list[tuple[int, Route, ChannelPattern]]] = {}
+        self._by_head: dict[str, list[tuple[int, Route, ChannelPattern]]] = {}
+        self._anywhere: list[tuple[int, Route, ChannelPattern]] = []
+        for order, route in enumerate(self.routes):
+            if not route.enabled:
+                continue
+            for pattern in route.patterns:
+                assert isinstance(pattern, ChannelPattern)
+                entry = (order, route, pattern)
+                head, sep, _ = pattern.glob.partition("/")
+                if pattern.literal:
+                    self._exact.setdefault(pattern.text, []).append(entry)
+                elif sep and not any(char in _GLOB_SPECIAL for char in head):
+                    self._by_head.setdefault(head, []).append(entry)
+                else:
+                    self._anywhere.append(entry)
+
+    def globs(self) -> set[str]:
+        """Return the Redis globs to PSUBSCRIBE to."""
+        return {
+            pattern.glob for route in self.routes if route.enabled for pattern in route.patterns
+        }
+
+    def _candidates(self, channel: str) -> Iterator[tuple[int, Route, ChannelPattern]]:
+        yield from self._exact.get(channel, ())
+        head, sep, _ = channel.partition("/")
+        if sep:
+            yield from self._by_head.get(head, ())
+        yield from self._anywhere
+
+    def match(self, channel: str) -> list[tuple[Route, dict[str, str]]]:
+        """Return each enabled route matching ``channel`` once, with its captures."""
+        found: dict[int, tuple[Route, dict[str, str]]] = {}
+        for order, route, pattern in self._candidates(channel):
+            if order in found:
+                continue
+            captures = pattern.match(channel)
+            if captures is not None:
+                found[order] = (route, captures)
+        return [found[order] for order in sorted(found)]

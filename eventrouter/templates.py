@@ -1,0 +1,200 @@
+"""Sandboxed Jinja2 templates: checked at load time, compiled on first use, rendered at run time.
+
+All of Jinja2 lives here. Templates render in an immutable sandbox with ``StrictUndefined``:
+no file, environment or attribute access beyond the context, and an undefined variable is an
+error (``| default(...)`` and ``is defined`` still work).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from eventrouter.errors import TemplateRenderError
+from eventrouter.model import Event
+
+_ENV = ImmutableSandboxedEnvironment(
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+)
+_ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+_MARKERS = ("{{", "{%", "{#")
+
+
+class TemplateSyntaxError(ValueError):
+    """A template does not parse; ``line`` is relative to the template text (1-based)."""
+
+    def __init__(self, message: str, line: int = 1) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _check_syntax(source: str) -> nodes.Template:
+    try:
+        return _ENV.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateSyntaxError(exc.message or str(exc), exc.lineno or 1) from exc
+
+
+@lru_cache(maxsize=4096)
+def _compiled_template(source: str) -> jinja2.Template:
+    return _ENV.from_string(source)
+
+
+@lru_cache(maxsize=4096)
+def _compiled_expression(source: str) -> Any:
+    return _ENV.compile_expression(source, undefined_to_none=False)
+
+
+def _fail(kind: str, source: str, exc: Exception) -> TemplateRenderError:
+    if isinstance(exc, jinja2.UndefinedError):
+        reason = f"undefined: {exc.message}"
+    elif isinstance(exc, SecurityError):
+        reason = f"not allowed in the sandbox: {exc}"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return TemplateRenderError(f"{kind} {source!r} failed: {reason}")
+
+
+class Text:
+    """A template rendered as text (implements ``model.TextTemplate``)."""
+
+    __slots__ = ("source", "static")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.static = not any(marker in source for marker in _MARKERS)
+        if not self.static:
+            _check_syntax(source)
+
+    def render(self, context: Mapping[str, Any]) -> str:
+        """Return the rendered text; raise TemplateRenderError."""
+        if self.static:
+            return self.source
+        try:
+            return _compiled_template(self.source).render(context)
+        except Exception as exc:
+            raise _fail("template", self.source, exc) from exc
+
+
+class Condition:
+    """A ``when:`` expression (implements ``model.Expression``)."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        try:
+            _ENV.compile_expression(source, undefined_to_none=False)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateSyntaxError(exc.message or str(exc), exc.lineno or 1) from exc
+
+    def evaluate(self, context: Mapping[str, Any]) -> Any:
+        """Return the expression's value; raise TemplateRenderError."""
+        try:
+            value = _compiled_expression(self.source)(**context)
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()
+            return value
+        except Exception as exc:
+            raise _fail("condition", self.source, exc) from exc
+
+
+def _single_expression(source: str, tree: nodes.Template) -> str | None:
+    """Return the expression text when ``source`` is exactly one ``{{ expression }}``."""
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    parts = tree.body[0].nodes
+    if len(parts) != 1 or isinstance(parts[0], nodes.TemplateData):
+        return None
+    stripped = source.strip()
+    if not (stripped.startswith("{{") and stripped.endswith("}}")):
+        return None
+    inner = stripped[2:-2].strip("-+ \t\n")
+    return inner if "{{" not in inner and "}}" not in inner else None
+
+
+def _check_json(value: Any, source: str) -> Any:
+    """Return ``value`` when it is JSON data; raise TemplateRenderError otherwise."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TemplateRenderError(f"template {source!r} gave {value}, which JSON cannot carry")
+        return value
+    if isinstance(value, list | tuple):
+        return [_check_json(item, source) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _check_json(item, source) for key, item in value.items()}
+    raise TemplateRenderError(
+        f"template {source!r} gave a {type(value).__name__}, which is not JSON data"
+    )
+
+
+class Value:
+    """A structure whose strings are templates (implements ``model.ValueTemplate``).
+
+    A string that is exactly one ``{{ expression }}`` yields the expression's native value;
+    any other string yields text; mappings and lists keep their shape.
+    """
+
+    __slots__ = ("items", "kind", "source")
+
+    def __init__(self, data: Any) -> None:
+        self.items: Any = None
+        self.source = ""
+        if isinstance(data, str):
+            self.source = data
+            tree = _check_syntax(data) if any(m in data for m in _MARKERS) else None
+            expression = _single_expression(data, tree) if tree is not None else None
+            if expression is not None:
+                self.kind, self.items = "expr", Condition(expression)
+            elif tree is not None:
+                self.kind, self.items = "text", Text(data)
+            else:
+                self.kind, self.items = "const", data
+        elif isinstance(data, Mapping):
+            self.kind = "map"
+            self.items = tuple((str(key), Value(item)) for key, item in data.items())
+        elif isinstance(data, list | tuple):
+            self.kind, self.items = "list", tuple(Value(item) for item in data)
+        else:
+            self.kind, self.items = "const", data
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        """Return the rendered JSON value; raise TemplateRenderError."""
+        if self.kind == "const":
+            return self.items
+        if self.kind == "text":
+            return self.items.render(context)
+        if self.kind == "expr":
+            return _check_json(self.items.evaluate(context), self.source)
+        if self.kind == "map":
+            return {key: item.render(context) for key, item in self.items}
+        return [item.render(context) for item in self.items]
+
+
+def event_context(
+    event: Event, *, match: Mapping[str, str] | None = None, route: str = ""
+) -> dict[str, Any]:
+    """Return the template context of SPEC 3 for ``event``."""
+    return {
+        "channel": event.channel,
+        "source": event.source,
+        "name": event.name,
+        "payload": event.payload if event.is_json else None,
+        "raw": event.text,
+        "match": dict(match or {}),
+        "route": route,
+    }

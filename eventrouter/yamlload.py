@@ -1,0 +1,171 @@
+"""Safe YAML loading that remembers the line of every mapping key and list item.
+
+All of PyYAML lives here. Two departures from PyYAML's ``SafeLoader``:
+
+* booleans are YAML 1.2's ``true``/``false`` only, so a bare ``on:``, ``yes:`` or ``off:``
+  key stays the string written (SPEC 3); ``enabled: yes`` is then a type error, not a guess;
+* aliases are allowed but their expansion is bounded, so an alias bomb is an error and not
+  an out-of-memory kill.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Most nodes a document may expand to once its aliases are followed.
+MAX_EXPANDED_NODES = 100_000
+#: Largest route file read, in bytes.
+MAX_FILE_SIZE = 8 * 1024 * 1024
+
+
+class YamlError(Exception):
+    """A file could not be read or parsed; ``line`` is 1-based."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping that knows its own line and the line of each key."""
+
+    line: int = 0
+    key_lines: dict[Any, int]
+
+
+class LineList(list[Any]):
+    """A sequence that knows its own line and the line of each item."""
+
+    line: int = 0
+    item_lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans and line-stamped containers."""
+
+
+# Drop the YAML 1.1 bool resolver (yes/no/on/off) and put back true/false only.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            )
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Return how many nodes ``node`` stands for once aliases are expanded."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    memo[id(node)] = 1  # a recursive alias counts once instead of looping
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            size += _expanded_size(key, memo) + _expanded_size(value, memo)
+            if size > MAX_EXPANDED_NODES:
+                break
+    memo[id(node)] = size
+    return size
+
+
+def loads(text: str) -> Any:
+    """Parse one YAML document with line-stamped containers; raise YamlError."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+            raise YamlError(
+                node.start_mark.line + 1,
+                f"document expands to more than {MAX_EXPANDED_NODES} nodes "
+                "through aliases; write it out or use fewer aliases",
+            )
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = exc.problem or str(exc)
+        context = f" ({exc.context})" if exc.context else ""
+        raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlError(1, f"invalid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise YamlError(1, "invalid YAML: nested too deeply") from exc
+    finally:
+        loader.dispose()
+
+
+def load_file(path: Path) -> Any:
+    """Read and parse a YAML file; raise YamlError for I/O and syntax problems."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_SIZE + 1)
+    except OSError as exc:
+        raise YamlError(1, f"cannot read file: {exc.strerror or exc}") from exc
+    if len(data) > MAX_FILE_SIZE:
+        raise YamlError(1, f"file is larger than {MAX_FILE_SIZE} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise YamlError(line, "file is not valid UTF-8") from exc
+    return loads(text)
+
+
+def line_of(data: Any, path: list[Any], default: int) -> int:
+    """Return the line of the deepest node named by ``path`` (keys and indexes) in ``data``."""
+    line = getattr(data, "line", default) or default
+    node = data
+    for step in path:
+        if isinstance(node, LineDict) and step in node:
+            line = node.key_lines.get(step, line)
+            node = node[step]
+        elif isinstance(node, LineList) and isinstance(step, int) and 0 <= step < len(node):
+            line = node.item_lines[step]
+            node = node[step]
+        else:
+            break
+    return line
