@@ -1,0 +1,156 @@
+"""Daemon lifecycle: systemd notifications, journal format, start-up without Redis, reload
+semantics for queued runs, odd channels. The real CLI in a subprocess, a real Redis."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from eventrouter.embedded import EmbeddedServer, find_server_binary
+from tests.conftest import RedisCli, free_port
+from tests.routerproc import Router, clean_env, wait_for, write_step
+
+
+def lines(path: Path) -> list[str]:
+    """Return the lines of a file, or [] when it does not exist yet."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture
+def notify_socket(short_tmp: Path) -> Iterator[socket.socket]:
+    """Yield a datagram socket standing in for systemd's NOTIFY_SOCKET."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(short_tmp / "notify"))
+    sock.settimeout(10)
+    yield sock
+    sock.close()
+
+
+def _receive(sock: socket.socket, wanted: str) -> str:
+    while True:
+        message = sock.recv(4096).decode()
+        if wanted in message:
+            return message
+
+
+def test_systemd_notify_and_journal_prefixes(
+    tmp_path: Path, redis_url: str, notify_socket: socket.socket, redis_cli: RedisCli
+) -> None:
+    write_step(tmp_path / "h" / "10", 'echo "<4>careful"')
+    (tmp_path / "r.yml").write_text("routes:\n  - name: r\n    on: a/event/b\n    do: [{run: h}]\n")
+    env = clean_env(NOTIFY_SOCKET=notify_socket.getsockname(), JOURNAL_STREAM="8:1234")
+    router = Router(["run", "--redis", redis_url, "--routes", str(tmp_path)], tmp_path / "log", env)
+    try:
+        assert "READY=1" in _receive(notify_socket, "READY=1")
+        router.ready()
+        redis_cli("PUBLISH", "a/event/b", "{}")
+        log = router.wait_log("careful")
+        assert "<4>eventrouter.steps: r [a/event/b] step 10: careful" in log
+        assert "<6>eventrouter.daemon: started" in log
+        router.signal(signal.SIGHUP)
+        reloading = _receive(notify_socket, "RELOADING=1")
+        assert "MONOTONIC_USEC=" in reloading
+        assert "READY=1" in _receive(notify_socket, "READY=1")
+        router.signal(signal.SIGTERM)
+        assert "STOPPING=1" in _receive(notify_socket, "STOPPING=1")
+        assert router.stop() == 0
+    finally:
+        router.kill()
+
+
+def test_waits_for_redis_not_reachable_at_start(tmp_path: Path, short_tmp: Path) -> None:
+    binary = find_server_binary()
+    assert binary is not None
+    port = free_port()
+    out = tmp_path / "out"
+    write_step(tmp_path / "h" / "10", f"cat > {out}")
+    (tmp_path / "r.yml").write_text("routes:\n  - name: r\n    on: a/event/b\n    do: [{run: h}]\n")
+    url = f"redis://127.0.0.1:{port}"
+    router = Router(["run", "--redis", url, "--routes", str(tmp_path)], tmp_path / "log")
+    server = EmbeddedServer(short_tmp, binary=binary, port=port)
+    try:
+        router.wait_log("cannot reach Redis")
+        time.sleep(0.5)
+        server.start()
+        router.wait_log("reachable again", timeout=15)
+        router.ready()
+        redis.Redis(port=port).publish("a/event/b", "late")
+        wait_for(out.exists, what="the event after Redis came up")
+        assert out.read_text() == "late"
+        assert router.log.count("cannot reach Redis") == 1
+        assert router.stop() == 0
+    finally:
+        router.kill()
+        server.stop()
+
+
+def test_queued_run_keeps_its_route_version_across_reload(
+    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+) -> None:
+    out = tmp_path / "out"
+    gate = tmp_path / "gate"
+    write_step(
+        tmp_path / "h" / "10",
+        f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$WHO $(cat)" >> {out}',
+    )
+    routes = tmp_path / "routes.d"
+    routes.mkdir()
+    route = routes / "r.yml"
+    text = "routes:\n  - name: r\n    on: a/event/b\n    do: [{{run: ../h, env: {{WHO: {who}}}}}]\n"
+    route.write_text(text.format(who="old"))
+    router = Router(["run", "--redis", redis_url, "--routes", str(routes)], tmp_path / "log")
+    try:
+        router.ready()
+        redis_cli("PUBLISH", "a/event/b", "1")  # runs, held at the gate
+        redis_cli("PUBLISH", "a/event/b", "2")  # queued under the old version
+        time.sleep(0.3)
+        route.write_text(text.format(who="new"))
+        router.signal(signal.SIGHUP)
+        router.wait_log(r"reloaded: 1 routes \(\+0 -0 ~1\)")
+        redis_cli("PUBLISH", "a/event/b", "3")  # arrives under the new version
+        gate.touch()
+        wait_for(lambda: len(lines(out)) == 3, what="three runs")
+        assert lines(out) == ["old 1", "old 2", "new 3"]
+        assert router.stop() == 0
+    finally:
+        router.kill()
+
+
+def test_odd_channels_and_payloads_do_not_stop_the_daemon(tmp_path: Path, redis_url: str) -> None:
+    events = tmp_path / "events"
+    out = tmp_path / "out"
+    write_step(events / "ok" / "10", f"cat >> {out}; echo >> {out}")
+    router = Router(
+        ["run", "--redis", redis_url, "--events-dir", str(events), "--routes", str(tmp_path)],
+        tmp_path / "log",
+    )
+    try:
+        router.ready()
+        client = redis.Redis.from_url(redis_url)
+        for channel in (
+            b"a/event/\xff\xfe",
+            b"a/event/x\x00y",
+            b"a/event/",
+            b"a/event/..",
+            b"a/event/.hidden",
+            b"a/event/a\nb",
+            b"/event/ok",
+        ):
+            client.publish(channel, b"\x00\xff binary")
+        client.publish("node/1/event/ok", "[1, 2]")
+        wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= 2, what="good events")
+        log = router.log
+        assert "refused event name '\ufffd\ufffd'" in log  # invalid UTF-8, replaced
+        assert "refused event name 'x\\x00y'" in log
+        assert "refused event name '..'" in log
+        assert "refused event name 'a\\nb'" in log
+        assert out.read_bytes() == b"\x00\xff binary\n[1, 2]\n"
+        assert router.stop() == 0
+    finally:
+        router.kill()
