@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -176,6 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_route_options(routes, events=False)
     routes.set_defaults(handler=cmd_routes)
 
+    explain = commands.add_parser(
+        "explain",
+        help="dry run: what an event would trigger, and why",
+        description="Show which routes and events folders an event matches, each condition's "
+        "result, the rendered derived events and the cascade they trigger, and the steps that "
+        "would run. No Redis, no side effects.",
+    )
+    _add_route_options(explain)
+    explain.add_argument("--json", action="store_true", help="one JSON document")
+    explain.add_argument(
+        "--verbose", "-v", action="store_true", help="also list the routes that do not match"
+    )
+    explain.add_argument(
+        "--max-depth",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="loop-guard depth, as the daemon's (default: 8)",
+    )
+    explain.add_argument("channel", metavar="CHANNEL")
+    explain.add_argument(
+        "payload",
+        metavar="PAYLOAD",
+        nargs="?",
+        help="the payload; '-' reads standard input (default: stdin when it "
+        "is not a terminal, else empty)",
+    )
+    explain.set_defaults(handler=cmd_explain)
+
     publish = commands.add_parser(
         "publish",
         help="publish an event",
@@ -262,7 +292,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
     from eventrouter import bus, schemas
 
-    data = sys.stdin.buffer.read() if args.payload in (None, "-") else args.payload.encode()
+    data = _payload(args.payload)
     if not args.raw:
         try:
             schemas.check_payload(args.channel, data.decode("utf-8"))
@@ -289,6 +319,30 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     # Redis counts one receiver per matching pattern of each subscribed client.
     print(f"published {args.channel}: {receivers} receiver(s)")
+    return EXIT_OK
+
+
+def _payload(argument: str | None) -> bytes:
+    if argument == "-" or (argument is None and not sys.stdin.isatty()):
+        return sys.stdin.buffer.read()
+    return (argument or "").encode()
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain what an event would trigger, without Redis."""
+    from eventrouter.explain import Explainer, format_text
+
+    result, _ = _load(args)
+    for item in result.diagnostics:
+        print(item, file=sys.stderr)
+    if not result.ok:
+        return EXIT_INVALID
+    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    plan = explainer.explain(args.channel, _payload(args.payload))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(format_text(plan, verbose=args.verbose)))
     return EXIT_OK
 
 

@@ -69,6 +69,24 @@ def convention_route(folder: Path) -> Route:
     )
 
 
+def convention_folders(events_dirs: Sequence[Path], name: str | None) -> list[Path] | None:
+    """Return the events folders ``name`` runs by convention; None when the name is refused."""
+    if name is None or not events_dirs:
+        return []
+    if not SAFE_NAME.fullmatch(name):
+        return None
+    return [base / name for base in events_dirs if (base / name).is_dir()]
+
+
+def render_emit(action: EmitAction, context: dict[str, Any]) -> tuple[str, bytes]:
+    """Return the channel and JSON payload of a derived event; raise TemplateRenderError."""
+    channel = action.channel.render(context)
+    if not channel:
+        raise TemplateRenderError(f"channel {action.channel.source!r} rendered empty")
+    data = json.dumps(action.payload.render(context), ensure_ascii=False).encode()
+    return channel, data
+
+
 def chain_text(chain: Sequence[ChainLink]) -> str:
     """Return ``route -> channel -> route -> channel`` for a log line."""
     return " -> ".join(f"{link.route} emitted {link.channel}" for link in chain)
@@ -137,19 +155,17 @@ class Dispatcher:
 
     def convention_folders(self, event: Event) -> list[Path]:
         """Return the events folders an event runs by convention; refuse unsafe names."""
-        name = event.name
-        if name is None or not self.settings.events_dirs:
-            return []
-        if not SAFE_NAME.fullmatch(name):
+        folders = convention_folders(self.settings.events_dirs, event.name)
+        if folders is None:
             self.counters["refused_names"] += 1
             log.warning(
                 "refused event name %r on channel %r: an event name must match "
                 "[A-Za-z0-9][A-Za-z0-9._-]* to run an events folder",
-                name,
+                event.name,
                 event.channel,
             )
             return []
-        return [base / name for base in self.settings.events_dirs if (base / name).is_dir()]
+        return folders
 
     def _condition_holds(self, route: Route, event: Event, captures: dict[str, str]) -> bool:
         if route.when is None:
@@ -248,8 +264,7 @@ class Dispatcher:
     async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> bool:
         route, event = job.route, job.event
         try:
-            channel = action.channel.render(context)
-            data = json.dumps(action.payload.render(context), ensure_ascii=False).encode()
+            channel, data = render_emit(action, context)
         except TemplateRenderError as exc:
             log.error(
                 "route %s (%s:%d): event %r: emit: %s",
