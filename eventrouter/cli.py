@@ -206,6 +206,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.set_defaults(handler=cmd_explain)
 
+    test = commands.add_parser(
+        "test",
+        help="run route unit tests: event in, expected routes/events/steps out",
+        description="Check route test files (default: tests/*.yml and tests/*.yaml in each "
+        "routes folder) with the engine of `explain`; exit 1 on any mismatch.",
+    )
+    _add_route_options(test)
+    test.add_argument("files", metavar="FILE", nargs="*", help="route test files")
+    test.add_argument(
+        "--max-depth",
+        type=_positive,
+        default=8,
+        metavar="N",
+        help="loop-guard depth, as the daemon's (default: 8)",
+    )
+    test.set_defaults(handler=cmd_test)
+
     publish = commands.add_parser(
         "publish",
         help="publish an event",
@@ -222,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--raw", action="store_true", help="publish the payload as is, without any check"
     )
     publish.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
+    _add_route_options(publish, events=False)  # for the event schemas declared there
     publish.add_argument("channel", metavar="CHANNEL")
     publish.add_argument(
         "payload",
@@ -242,11 +260,16 @@ def _load(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate route files and events folders; print findings on stdout."""
+    from eventrouter.lint import deep_check
+
     result, _ = _load(args)
     findings = list(result.diagnostics)
-    for folder in events_dirs(args.events_dir, os.environ):
+    folders = events_dirs(args.events_dir, os.environ)
+    for folder in folders:
         if not folder.is_dir():
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
+    if result.ok:  # the deep lint needs a table that loads
+        findings.extend(deep_check(result, folders))
     for item in findings:
         print(item)
     errors = sum(1 for item in findings if item.severity == "error")
@@ -294,8 +317,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     data = _payload(args.payload)
     if not args.raw:
+        loaded, _ = _load(args)  # the operators' own event schemas, when the routes load
+        declared = loaded.schemas if loaded.ok else None
         try:
-            schemas.check_payload(args.channel, data.decode("utf-8"))
+            schemas.check_payload(args.channel, data.decode("utf-8"), declared)
         except (PayloadError, UnicodeDecodeError) as exc:
             print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
             return EXIT_INVALID
@@ -344,6 +369,21 @@ def cmd_explain(args: argparse.Namespace) -> int:
     else:
         print("\n".join(format_text(plan, verbose=args.verbose)))
     return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run route unit tests."""
+    from eventrouter import routetest
+    from eventrouter.explain import Explainer
+
+    result, folders = _load(args)
+    for item in result.diagnostics:
+        print(item, file=sys.stderr)
+    if not result.ok:
+        return EXIT_INVALID
+    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    files = [Path(item) for item in args.files] or routetest.default_files(folders)
+    return routetest.run(files, explainer, sys.stdout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

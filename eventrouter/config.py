@@ -13,19 +13,30 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import voluptuous as vol
 
 from eventrouter.errors import Diagnostic
-from eventrouter.model import ROUTE_NAME, EmitAction, Route, RunAction
+from eventrouter.model import ROUTE_NAME, SAFE_NAME, EmitAction, Event, Route, RunAction
 from eventrouter.patterns import ChannelPattern, PatternError
+from eventrouter.schemas import (
+    SOURCES,
+    WELL_KNOWN,
+    EventSpec,
+    declared_spec,
+    parse_field,
+    payload_problem,
+)
 from eventrouter.templates import Condition, TemplateSyntaxError, Text, Value
-from eventrouter.yamlload import YamlError, line_of, load_file
+from eventrouter.yamlload import YamlError, line_of
+from eventrouter.yamlload import load_file as load_yaml
 
-ROUTE_KEYS = ("name", "description", "on", "when", "do", "enabled", "mode")
+ROUTE_KEYS = ("name", "description", "on", "when", "do", "enabled", "mode", "schema")
+SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
 MODES = ("queued",)
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
@@ -169,9 +180,41 @@ ROUTE_SCHEMA = vol.Schema(
         vol.Required("do"): list,
         vol.Optional("enabled"): _wrap(_boolean),
         vol.Optional("mode"): vol.In(MODES, msg=f"mode must be one of: {', '.join(MODES)}"),
+        vol.Optional("schema"): vol.In(
+            ("strict", "off"),
+            msg="schema must be 'strict' (reject events that do not fit) or 'off'",
+        ),
     }
 )
-FILE_SCHEMA = vol.Schema({vol.Required("routes"): list})
+FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"): dict})
+
+
+def _event_name(value: Any) -> str:
+    name = _text(value)
+    if not SAFE_NAME.fullmatch(name):
+        raise ValueError(f"event name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+    if name in WELL_KNOWN:
+        raise ValueError(f"{name!r} is a well-known NS8 event; its schema is built in")
+    return name
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of field names to types, got {_kind(value)}")
+    for key, raw in value.items():
+        if not isinstance(key, str) or not key.rstrip("?"):
+            raise ValueError(f"{key!r} is not a field name")
+        parse_field(raw)
+    return dict(value)
+
+
+EVENT_SCHEMA = vol.Schema(
+    {
+        vol.Optional("description"): _wrap(_text),
+        vol.Optional("source"): vol.In(SOURCES, msg=f"source must be one of: {', '.join(SOURCES)}"),
+        vol.Required("fields"): _wrap(_fields),
+    }
+)
 
 
 @dataclass
@@ -281,33 +324,62 @@ def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
         description=valid.get("description", ""),
         enabled=valid.get("enabled", True),
         mode=valid.get("mode", "queued"),
+        schema=valid.get("schema", "off"),
         digest=hashlib.sha256(digest.encode()).hexdigest(),
     )
 
 
-def load_file_routes(path: Path) -> tuple[list[Route], list[Diagnostic]]:
-    """Load one route file; return its routes and every finding (routes only when no error)."""
+def _build_schemas(ctx: _FileContext, raw: dict[str, Any]) -> dict[str, EventSpec]:
+    """Validate the operator's event schemas of one file."""
+    found: dict[str, EventSpec] = {}
+    for name, body in raw.items():
+        where: list[Any] = ["schemas", name]
+        try:
+            _event_name(name)
+        except ValueError as exc:
+            ctx.error(where, f"{_key_path(where)}: {exc}")
+            continue
+        try:
+            valid = EVENT_SCHEMA(body)
+        except vol.MultipleInvalid as exc:
+            _report(ctx, where, exc, SCHEMA_KEYS)
+            continue
+        found[name] = declared_spec(name, valid.get("source", "any"), valid["fields"])
+    return found
+
+
+def load_file(path: Path) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
+    """Load one route file; return its routes, its event schemas and every finding."""
     try:
-        data = load_file(path)
+        data = load_yaml(path)
     except YamlError as exc:
-        return [], [Diagnostic(str(path), exc.line, "error", exc.message)]
+        return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
     ctx = _FileContext(path, data)
     if data is None:
         ctx.warning([], "file is empty; expected a mapping with the key 'routes'")
-        return [], ctx.diagnostics
+        return [], {}, ctx.diagnostics
     if not isinstance(data, dict):
         ctx.error([], f"expected a mapping with the key 'routes', got {_kind(data)}")
-        return [], ctx.diagnostics
+        return [], {}, ctx.diagnostics
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
-        _report(ctx, [], exc, ("routes",))
-        return [], ctx.diagnostics
-    routes = [_build_route(ctx, i, raw) for i, raw in enumerate(data["routes"])]
+        _report(ctx, [], exc, ("routes", "schemas"))
+        return [], {}, ctx.diagnostics
+    if "routes" not in data and "schemas" not in data:
+        ctx.warning([], "file has neither 'routes' nor 'schemas'")
+    schemas = _build_schemas(ctx, data.get("schemas", {}))
+    routes = [_build_route(ctx, i, raw) for i, raw in enumerate(data.get("routes", []))]
     ctx.diagnostics.sort(key=lambda d: d.line)
     if any(d.severity == "error" for d in ctx.diagnostics):
-        return [], ctx.diagnostics
-    return [route for route in routes if route is not None], ctx.diagnostics
+        return [], {}, ctx.diagnostics
+    return [route for route in routes if route is not None], schemas, ctx.diagnostics
+
+
+def load_file_routes(path: Path) -> tuple[list[Route], list[Diagnostic]]:
+    """Load one route file; return its routes and every finding (routes only when no error)."""
+    routes, _, diagnostics = load_file(path)
+    return routes, diagnostics
 
 
 def route_files(directory: Path) -> list[Path]:
@@ -328,6 +400,8 @@ class LoadResult:
 
     routes: tuple[Route, ...]
     diagnostics: tuple[Diagnostic, ...]
+    #: Every event schema: the well-known ones and the operators' own.
+    schemas: dict[str, EventSpec] = field(default_factory=lambda: dict(WELL_KNOWN))
 
     @property
     def ok(self) -> bool:
@@ -339,6 +413,7 @@ def load_routes(directories: Iterable[Path]) -> LoadResult:
     """Load every route file of ``directories``; report duplicates across files."""
     routes: list[Route] = []
     diagnostics: list[Diagnostic] = []
+    schemas: dict[str, EventSpec] = dict(WELL_KNOWN)
     for directory in directories:
         try:
             files = route_files(directory)
@@ -347,9 +422,14 @@ def load_routes(directories: Iterable[Path]) -> LoadResult:
             diagnostics.append(Diagnostic(str(directory), 0, "error", message))
             continue
         for path in files:
-            found, notes = load_file_routes(path)
+            found, declared, notes = load_file(path)
             routes.extend(found)
             diagnostics.extend(notes)
+            for name, spec in declared.items():
+                if name in schemas:
+                    message = f"event schema {name!r} is declared twice"
+                    diagnostics.append(Diagnostic(str(path), 1, "error", message))
+                schemas[name] = spec
     seen: dict[str, Route] = {}
     unique: list[Route] = []
     for route in routes:
@@ -361,5 +441,12 @@ def load_routes(directories: Iterable[Path]) -> LoadResult:
             diagnostics.append(Diagnostic(route.file, route.line, "error", message))
             continue
         seen[route.name] = route
-        unique.append(route)
-    return LoadResult(tuple(unique), tuple(diagnostics))
+        strict = route.schema == "strict"
+        unique.append(
+            replace(route, payload_check=partial(_strict_check, schemas)) if strict else route
+        )
+    return LoadResult(tuple(unique), tuple(diagnostics), schemas)
+
+
+def _strict_check(schemas: dict[str, EventSpec], event: Event) -> str | None:
+    return payload_problem(schemas.get(event.name or ""), event)

@@ -168,6 +168,19 @@ class Dispatcher:
         return folders
 
     def _condition_holds(self, route: Route, event: Event, captures: dict[str, str]) -> bool:
+        if route.payload_check is not None:
+            problem = route.payload_check(event)
+            if problem is not None:
+                self.counters["schema_rejected"] += 1
+                log.error(
+                    "route %s (%s:%d): event %r rejected by schema: %s",
+                    route.name,
+                    route.file,
+                    route.line,
+                    event.channel,
+                    problem,
+                )
+                return False
         if route.when is None:
             return True
         context = event_context(event, match=captures, route=route.name)

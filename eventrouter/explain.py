@@ -60,6 +60,7 @@ class RoutePlan:
     when: str | None = None
     when_value: Any = None
     when_error: str | None = None
+    schema_error: str | None = None
     fires: bool = False
     actions: list[ActionPlan] = field(default_factory=list)
 
@@ -132,6 +133,10 @@ class Explainer:
             (p.text for p in route.patterns if p.match(event.channel) is not None), None
         )
         context = event_context(event, match=captures, route=route.name)
+        if route.payload_check is not None:
+            plan.schema_error = route.payload_check(event)
+            if plan.schema_error is not None:
+                return plan
         if route.when is not None:
             try:
                 plan.when_value = _jsonable(route.when.evaluate(context))
@@ -221,7 +226,9 @@ def _route_lines(route: RoutePlan) -> list[str]:
     where = f"{route.file}:{route.line}" if not route.convention else route.file
     captures = f", captures {json.dumps(route.captures)}" if route.captures else ""
     if not route.fires:
-        if route.when_error:
+        if route.schema_error:
+            reason = f"schema: strict -> rejected: {route.schema_error}"
+        elif route.when_error:
             reason = f"when: {route.when} -> error: {route.when_error}"
         else:
             reason = f"when: {route.when} -> {json.dumps(route.when_value)}"

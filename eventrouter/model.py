@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -140,9 +140,12 @@ class Route:
     description: str = ""
     enabled: bool = True
     mode: str = "queued"
+    schema: str = "off"
     convention: bool = False
     #: What the route says, independent of where it stands: equal digests, same behaviour.
     digest: str = ""
+    #: ``schema: strict``: returns why an event does not fit its schema, or None.
+    payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)
 
     def match(self, channel: str) -> dict[str, str] | None:
         """Return the captures of the first pattern matching ``channel``, else None."""

@@ -9,7 +9,7 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.errors import PayloadError
-from eventrouter.model import split_channel
+from eventrouter.model import Event, split_channel
 
 
 @dataclass(frozen=True)
@@ -65,18 +65,112 @@ WELL_KNOWN: dict[str, EventSpec] = {
 }
 
 
+#: Type names operators use in declared schemas.
+TYPE_NAMES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "any": object,
+}
+SOURCES = ("any", "cluster", "node", "module")
+
+
+def _type_name(text: Any) -> type | tuple[type, ...]:
+    if not isinstance(text, str) or text not in TYPE_NAMES:
+        raise ValueError(
+            f"unknown type {text!r}; use one of: {', '.join(TYPE_NAMES)} or [TYPE] for a list"
+        )
+    return TYPE_NAMES[text]
+
+
+def parse_field(raw: Any) -> Field:
+    """Return the field described by ``string``, ``integer``, ... or ``[TYPE]`` (a list)."""
+    if isinstance(raw, list):
+        if len(raw) != 1:
+            raise ValueError("a list type is written [TYPE], with exactly one type")
+        items = _type_name(raw[0])
+        return Field(list, items=items if isinstance(items, type) else None)
+    return Field(_type_name(raw))
+
+
+def declared_spec(name: str, source: str, fields: dict[str, Any]) -> EventSpec:
+    """Return an operator's event schema; a field name ending in ``?`` is optional."""
+    parsed: dict[str, Field] = {}
+    for key, raw in fields.items():
+        optional = key.endswith("?")
+        field = parse_field(raw)
+        parsed[key.rstrip("?")] = Field(field.kind, not optional, field.items)
+    return EventSpec(name, source, parsed)
+
+
+def payload_problem(spec: EventSpec | None, event: Event) -> str | None:
+    """Return why an event does not fit its schema (``schema: strict``), or None."""
+    if not event.is_json or not isinstance(event.payload, dict):
+        return "payload is not a JSON object"
+    if spec is None:
+        return None
+    if not source_fits(spec, event.source):
+        return f"{spec.name} does not come from {spec.sources} (source {event.source!r})"
+    try:
+        schema_for(spec)(event.payload)
+    except vol.MultipleInvalid as exc:
+        return "; ".join(
+            f"{'.'.join(str(p) for p in error.path) or 'payload'}: {error.error_message}"
+            for error in exc.errors
+        )
+    return None
+
+
 def _integer(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise vol.Invalid(f"expected an integer, got {json.dumps(value)}")
     return value
 
 
-def _validator(field: Field) -> Any:
-    if field.kind is int:
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise vol.Invalid(f"expected a number, got {json.dumps(value)}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise vol.Invalid(f"expected true or false, got {json.dumps(value)}")
+    return value
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise vol.Invalid(f"expected a string, got {json.dumps(value)}")
+    return value
+
+
+def _object(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise vol.Invalid(f"expected an object, got {json.dumps(value)}")
+    return value
+
+
+def _scalar(kind: type | tuple[type, ...]) -> Any:
+    if kind is str:
+        return _string
+    if kind is dict:
+        return _object
+    if kind is int:
         return _integer
+    if kind is bool:
+        return _boolean
+    if kind == (int, float):
+        return _number
+    return kind
+
+
+def _validator(field: Field) -> Any:
     if field.kind is list:
-        return [field.items or object]
-    return field.kind
+        return [_scalar(field.items or object)]
+    return _scalar(field.kind)
 
 
 def schema_for(spec: EventSpec) -> vol.Schema:
@@ -99,7 +193,7 @@ def source_fits(spec: EventSpec, source: str | None) -> bool:
     return source.startswith(spec.sources + "/")
 
 
-def check_payload(channel: str, text: str) -> Any:
+def check_payload(channel: str, text: str, schemas: dict[str, EventSpec] | None = None) -> Any:
     """Return the parsed payload of an event to publish; raise PayloadError saying what is wrong."""
     try:
         payload = json.loads(text)
@@ -108,7 +202,7 @@ def check_payload(channel: str, text: str) -> Any:
     if not isinstance(payload, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
     source, name = split_channel(channel)
-    spec = WELL_KNOWN.get(name or "")
+    spec = (schemas or WELL_KNOWN).get(name or "")
     if spec is None:
         return payload
     if not source_fits(spec, source):
@@ -117,13 +211,7 @@ def check_payload(channel: str, text: str) -> Any:
             f"{'cluster' if spec.sources == 'cluster' else spec.sources + '/<id>'}"
             f"/event/{spec.name}), not by {source!r}"
         )
-    try:
-        schema_for(spec)(payload)
-    except vol.MultipleInvalid as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error.path) or 'payload'}: {error.error_message}"
-            for error in exc.errors
-        )
-        message = f"{spec.name} payload does not match its documented fields: {problems}"
-        raise PayloadError(message) from exc
+    problem = payload_problem(spec, Event(channel, b"", payload, True))
+    if problem is not None:
+        raise PayloadError(f"{spec.name} payload does not match its documented fields: {problem}")
     return payload
