@@ -130,22 +130,32 @@ def _value_template(value: Any) -> Value:
         raise _template_error("template", exc) from exc
 
 
-def _env(value: Any) -> tuple[tuple[str, Text], ...]:
+def _mapping(value: Any) -> dict[Any, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of variable names to values, got {_kind(value)}")
-    result = []
-    for key, item in value.items():
-        if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
-        result.append((key, _text_template(item)))
-    return tuple(result)
+    return value
+
+
+def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
+    if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+        raise ValueError(f"{key!r} is not a valid environment variable name")
+    return key, _text_template(value)
 
 
 def _kind(value: Any) -> str:
-    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
     if value is None:
         return "nothing (null)"
-    return names.get(type(value), f"a {type(value).__name__}")
+    for kind, name in (
+        (bool, "a boolean"),
+        (dict, "a mapping"),
+        (list, "a list"),
+        (str, "a string"),
+        (int, "a number"),
+        (float, "a number"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
 
 
 def _boolean(value: Any) -> bool:
@@ -158,7 +168,7 @@ RUN_SCHEMA = vol.Schema(
     {
         vol.Required("run"): _wrap(_text),
         vol.Optional("timeout"): _wrap(parse_duration),
-        vol.Optional("env"): _wrap(_env),
+        vol.Optional("env"): _wrap(_mapping),
     }
 )
 EMIT_SCHEMA = vol.Schema(
@@ -290,7 +300,15 @@ def _build_action(ctx: _FileContext, where: list[Any], raw: Any) -> Any:
         problem = "does not exist" if not path.exists() else "is not a directory"
         ctx.error([*where, "run"], f"{_key_path([*where, 'run'])}: handler folder {path} {problem}")
         return None
-    return RunAction(path, line, valid.get("timeout"), valid.get("env", ()))
+    env = []
+    for key, value in valid.get("env", {}).items():
+        try:
+            env.append(_env_entry(key, value))
+        except ValueError as exc:
+            ctx.error([*where, "env", key], f"{_key_path([*where, 'env', key])}: {exc}")
+    if len(env) < len(valid.get("env", {})):
+        return None
+    return RunAction(path, line, valid.get("timeout"), tuple(env))
 
 
 def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:

@@ -28,7 +28,13 @@ def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
         if char == "\\" and i + 1 < len(pattern):
             parts.append(re.escape(pattern[i + 1]))
             i += 2
-        elif i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] != "]":
+        elif i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] == "]":
+            # Redis reads "x-]" as a range up to "]" and runs the class on: refuse the ambiguity.
+            raise PatternError(
+                f"ambiguous '{char}-]' in the class at position {start + 1}; "
+                "put '-' first in the class to mean a dash"
+            )
+        elif i + 2 < len(pattern) and pattern[i + 1] == "-":
             low, high = sorted((char, pattern[i + 2]))  # Redis accepts reversed ranges
             parts.append(f"{re.escape(low)}-{re.escape(high)}")
             i += 3
@@ -112,7 +118,7 @@ class ChannelPattern:
     @classmethod
     def parse(cls, text: str) -> ChannelPattern:
         """Compile ``text``; raise PatternError with what is wrong."""
-        regex, glob, names = compile_pattern(text)
+        regex, glob, names = compile_pattern(_as_bytes(text))
         return cls(text=text, glob=glob, captures=names, regex=re.compile(regex, re.DOTALL))
 
     @property
@@ -122,8 +128,23 @@ class ChannelPattern:
 
     def match(self, channel: str) -> dict[str, str] | None:
         """Return the captures when ``channel`` matches, else None."""
-        found = self.regex.fullmatch(channel)
-        return None if found is None else found.groupdict()
+        if channel.isascii():
+            found = self.regex.fullmatch(channel)
+            return None if found is None else found.groupdict()
+        found = self.regex.fullmatch(_as_bytes(channel))
+        if found is None:
+            return None
+        return {key: _from_bytes(value) for key, value in found.groupdict().items()}
+
+
+# Redis matches bytes: '?' is one byte, a class holds bytes. Matching on the UTF-8 bytes,
+# each seen as one latin-1 character, keeps our answer equal to Redis's for any channel.
+def _as_bytes(text: str) -> str:
+    return text if text.isascii() else text.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
+def _from_bytes(text: str) -> str:
+    return text if text.isascii() else text.encode("latin-1").decode("utf-8", "replace")
 
 
 def glob_match(glob: str, channel: str) -> bool:

@@ -130,6 +130,8 @@ def loads(text: str) -> Any:
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark is not None and mark is not None and mark.index >= len(text):
+            mark = exc.context_mark  # an unterminated construct: point where it opens
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or str(exc)
         context = f" ({exc.context})" if exc.context else ""

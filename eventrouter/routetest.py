@@ -1,0 +1,393 @@
+"""Route unit tests: an event in, the expected routes, derived events and steps out.
+
+Checked by the engine of ``explain`` (no Redis, no side effects). By default ``eventrouter
+test`` reads ``tests/*.yml`` and ``tests/*.yaml`` in each routes folder (route loading reads
+only the files directly in the folder, so it never sees them). A test file::
+
+    tests:
+      - name: module-added announces the module     # required, unique in the file
+        event:
+          channel: cluster/event/module-added        # required
+          payload: {module: traefik1, node: 1}       # a mapping, list, number, boolean or
+                                                     # null is sent as JSON; a string is sent
+                                                     # as is (``cluster/acls``); none: empty
+        expect:                                      # at least one of:
+          fire: [module-added]        # these fire on the event (others may too)
+          fire_only: [module-added]   # these fire and no other (instead of ``fire``)
+          not_fire: [module-removed]  # none of these fires on the event
+          nothing: true               # no route nor events folder fires (false: something does)
+          emits:                      # every derived event of the cascade, in plan order
+            - channel: cluster/event/module-domain-changed
+              payload: {modules: [traefik1]}  # optional; a subset: mappings need only the
+                                              # listed keys (recursively), anything else equal
+          steps: [module-removed/00validate_event, module-removed/10config_cleanup]
+                                      # every step that would run, across the cascade, in
+                                      # plan order, as <handler folder name>/<step>
+          cut: false                  # whether the loop guard would cut a derived event
+          errors: false               # whether a condition, template or handler folder
+                                      # error would occur; false when left out
+
+``fire``, ``fire_only`` and ``not_fire`` concern the test event itself; an events folder is
+named ``events:<folder name>`` there (``events:acl-changed``). Route names are checked against
+the loaded routes and events folders, so a typo is an error, not a test that cannot fail.
+``emits: []`` and ``steps: []`` assert that no derived event is emitted, no step runs.
+Plan order: routes in file order, events folders last, actions in order, and the cascade of
+a derived event right after its emit. Every problem in a test file is reported as
+``FILE:LINE: error: message``, and a file with errors runs no test; a failing test prints
+``FILE:LINE: FAIL name`` and what differs. The last line is ``N passed, M failed``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import voluptuous as vol
+
+from eventrouter.config import (  # route-file validators and wording: both files read alike
+    _boolean,
+    _explain,
+    _FileContext,
+    _key_path,
+    _kind,
+    _text,
+    _wrap,
+    route_files,
+)
+from eventrouter.errors import Diagnostic
+from eventrouter.explain import EventPlan, Explainer, RoutePlan
+from eventrouter.yamlload import YamlError, line_of, load_file
+
+ANY = object()  # an expected derived event that gives no payload matches any payload
+KEYS = {  # allowed keys, by key path without list indexes
+    "": ("tests",),
+    "tests": ("name", "event", "expect"),
+    "tests.event": ("channel", "payload"),
+    "tests.expect": ("fire", "fire_only", "not_fire", "nothing", "emits", "steps", "cut", "errors"),
+    "tests.expect.emits": ("channel", "payload"),
+}
+
+
+def _kind_of(value: Any) -> str:
+    # config._kind looks up the exact type, and YAML gives LineDict/LineList subclasses.
+    return _kind({} if isinstance(value, dict) else [] if isinstance(value, list) else value)
+
+
+def _json(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:  # a YAML date, .nan...
+        raise ValueError(f"not representable as JSON: {exc}") from exc
+
+
+def _event_data(value: Any) -> bytes:
+    return (value if isinstance(value, str) else json.dumps(_json(value))).encode()
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of names, got {_kind_of(value)}")
+    return tuple(_text(item) for item in value)
+
+
+EMIT = vol.Schema({vol.Required("channel"): _wrap(_text), vol.Optional("payload"): _wrap(_json)})
+TEST_SCHEMA = vol.Schema(
+    {
+        vol.Required("name"): _wrap(_text),
+        vol.Required("event"): {
+            vol.Required("channel"): _wrap(_text),
+            vol.Optional("payload", default=""): _wrap(_event_data),
+        },
+        vol.Required("expect"): vol.All(
+            {
+                **{vol.Optional(k): _wrap(_strings) for k in ("fire", "fire_only", "not_fire")},
+                vol.Optional("steps"): _wrap(_strings),
+                vol.Optional("emits"): [EMIT],
+                **{vol.Optional(k): _wrap(_boolean) for k in ("nothing", "cut", "errors")},
+            },
+            vol.Length(min=1, msg="give at least one of " + ", ".join(KEYS["tests.expect"])),
+        ),
+    }
+)
+FILE_SCHEMA = vol.Schema(
+    {vol.Required("tests"): vol.All(list, vol.Length(min=1, msg="expected at least one test"))}
+)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The expectations of one test; None where the test does not say."""
+
+    fire: tuple[str, ...] | None = None
+    fire_only: tuple[str, ...] | None = None
+    not_fire: tuple[str, ...] = ()
+    nothing: bool | None = None
+    emits: tuple[tuple[str, Any], ...] | None = None  # (channel, payload or ANY)
+    steps: tuple[str, ...] | None = None
+    cut: bool | None = None
+    errors: bool = False
+
+
+@dataclass(frozen=True)
+class RouteTest:
+    """One validated test: where it is, its event, and what it expects."""
+
+    file: str
+    line: int
+    name: str
+    channel: str
+    data: bytes
+    expect: Expect
+
+
+@dataclass
+class Outcome:
+    """What the plan of an event says would happen, in the terms of the test files."""
+
+    fired: list[str]
+    emits: list[tuple[str, Any]] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    cuts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _report(ctx: _FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
+    for error in exc.errors:
+        where = prefix + list(error.path)
+        keys = KEYS.get(".".join(str(s) for s in where[:-1] if not isinstance(s, int)), ())
+        ctx.error(where, f"{_key_path(where) or 'file'}: {_explain(error, keys)}")
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"no route or events folder {name!r} (did you mean {close[0]!r}?)"
+    if name.startswith("events:"):
+        return f"no events folder {name!r} (events folders come from --events-dir)"
+    return f"no route or events folder {name!r}"
+
+
+def _check_names(ctx: _FileContext, where: list[Any], known: set[str], seen: set[str]) -> None:
+    """Report duplicate test names and unknown route names, even in an invalid test."""
+    raw = ctx.data["tests"][where[-1]]
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if isinstance(name, str) and name in seen:
+        ctx.error([*where, "name"], f"{_key_path([*where, 'name'])}: duplicate test {name!r}")
+    seen.add(name if isinstance(name, str) else "")
+    expect = raw.get("expect") if isinstance(raw, dict) else None
+    if not isinstance(expect, dict):
+        return
+    if "fire" in expect and "fire_only" in expect:
+        path = [*where, "expect", "fire_only"]
+        ctx.error(path, f"{_key_path(path)}: give either fire or fire_only, not both")
+    for key in ("fire", "fire_only", "not_fire"):
+        items = expect.get(key)
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if isinstance(item, str) and item not in known:
+                path = [*where, "expect", key, index]
+                ctx.error(path, f"{_key_path(path)}: {_unknown(item, known)}")
+
+
+def _build(ctx: _FileContext, index: int, known: set[str], seen: set[str]) -> RouteTest | None:
+    """Validate one test; return it, or None after reporting every problem."""
+    where: list[Any] = ["tests", index]
+    _check_names(ctx, where, known, seen)
+    try:
+        valid = TEST_SCHEMA(ctx.data["tests"][index])
+    except vol.MultipleInvalid as exc:
+        _report(ctx, where, exc)
+        return None
+    expect = dict(valid["expect"])
+    if "emits" in expect:
+        expect["emits"] = tuple((e["channel"], e.get("payload", ANY)) for e in expect["emits"])
+    line, event = line_of(ctx.data, where, 1), valid["event"]
+    return RouteTest(
+        str(ctx.path), line, valid["name"], event["channel"], event["payload"], Expect(**expect)
+    )
+
+
+def load_tests(path: Path, known: set[str]) -> tuple[list[RouteTest], list[Diagnostic]]:
+    """Load one test file; return its tests (none when any error) and every error."""
+    try:
+        data = load_file(path)
+    except YamlError as exc:
+        return [], [Diagnostic(str(path), exc.line, "error", exc.message)]
+    ctx = _FileContext(path, data)
+    if not isinstance(data, dict):
+        ctx.error([], f"expected a mapping with the key 'tests', got {_kind_of(data)}")
+        return [], ctx.diagnostics
+    try:
+        FILE_SCHEMA(data)
+    except vol.MultipleInvalid as exc:
+        _report(ctx, [], exc)
+        return [], ctx.diagnostics
+    seen: set[str] = set()
+    tests = [_build(ctx, index, known, seen) for index in range(len(data["tests"]))]
+    ctx.diagnostics.sort(key=lambda d: d.line)
+    if ctx.diagnostics:
+        return [], ctx.diagnostics
+    return [test for test in tests if test is not None], []
+
+
+def _label(route: RoutePlan) -> str:
+    return f"events:{Path(route.file).name}" if route.convention else route.name
+
+
+def outcome(plan: EventPlan) -> Outcome:
+    """Return what the plan of an event says would happen."""
+    result = Outcome([_label(route) for route in plan.fired])
+    _walk(plan, result)
+    return result
+
+
+def _walk(plan: EventPlan, result: Outcome) -> None:
+    for route in plan.routes:
+        if route.when_error:
+            result.errors.append(f"route {route.name}: when: {route.when_error}")
+        for action in route.actions if route.fires else ():
+            if action.error:
+                result.errors.append(
+                    f"{_label(route)}: {action.kind} {action.target}: {action.error}"
+                )
+            elif action.kind == "run":
+                folder = Path(action.target).name
+                result.steps += [f"{folder}/{step.name}" for step in action.steps if step.runs]
+            elif action.cut:
+                result.cuts.append(action.cut)
+            else:
+                result.emits.append((action.channel or "", action.payload))
+                if action.cascade is not None:
+                    _walk(action.cascade, result)
+
+
+def _dump(value: Any, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=sort_keys)
+
+
+def _mismatch(expected: Any, actual: Any, where: str) -> str | None:
+    """Return the first place where ``actual`` does not contain ``expected``, or None."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        for key, value in expected.items():
+            if key not in actual:
+                return f"{where}.{key}: missing"
+            found = _mismatch(value, actual[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    # Compared as JSON text, so that true is not 1 and lists compare item by item.
+    if _dump(expected, sort_keys=True) == _dump(actual, sort_keys=True):
+        return None
+    return f"{where}: expected {_dump(expected)}, got {_dump(actual)}"
+
+
+def _names(names: Iterable[str]) -> str:
+    return "[" + ", ".join(names) + "]"
+
+
+def _check_routes(expect: Expect, out: Outcome) -> list[str]:
+    fired, problems = _names(out.fired), []
+    if expect.fire is not None and not set(expect.fire) <= set(out.fired):
+        problems.append(f"expected routes to fire: {_names(expect.fire)}; fired: {fired}")
+    if expect.fire_only is not None and set(expect.fire_only) != set(out.fired):
+        wanted = _names(expect.fire_only)
+        problems.append(f"expected only these routes to fire: {wanted}; fired: {fired}")
+    wrong = [name for name in expect.not_fire if name in out.fired]
+    if wrong:
+        problems.append(f"expected routes not to fire: {_names(wrong)}; fired: {fired}")
+    if expect.nothing is not None and expect.nothing != (not out.fired):
+        wanted = "nothing to run" if expect.nothing else "something to run"
+        problems.append(f"expected {wanted}; fired: {fired}")
+    return problems
+
+
+def _emits_problem(
+    expected: Sequence[tuple[str, Any]], actual: list[tuple[str, Any]]
+) -> str | None:
+    first = None
+    for number, ((want_channel, want), (channel, payload)) in enumerate(
+        zip(expected, actual, strict=False), 1
+    ):
+        if want_channel != channel:
+            first = f"event {number}: channel: expected {want_channel}, got {channel}"
+        elif want is not ANY:
+            first = _mismatch(want, payload, f"event {number}: payload")
+        if first:
+            break
+    if first is None and len(expected) == len(actual):
+        return None
+    lines = [f"expected {len(expected)} derived event(s):"]
+    lines += [f"    {ch} {'(any payload)' if p is ANY else _dump(p)}" for ch, p in expected]
+    lines += [f"  emitted {len(actual)}:", *(f"    {ch} {_dump(p)}" for ch, p in actual)]
+    return "\n".join(lines + ([f"  first difference: {first}"] if first else []))
+
+
+def _check_cascade(expect: Expect, out: Outcome) -> list[str]:
+    problems = []
+    if expect.emits is not None:
+        problems.append(_emits_problem(expect.emits, out.emits) or "")
+    if expect.steps is not None and list(expect.steps) != out.steps:
+        problems.append(f"expected steps: {_names(expect.steps)}\n  would run: {_names(out.steps)}")
+    if expect.cut is not None and expect.cut != bool(out.cuts):
+        cuts = "; ".join(out.cuts)
+        problems.append(
+            "expected a loop-guard cut; there is none"
+            if expect.cut
+            else f"expected no loop-guard cut; {cuts}"
+        )
+    if expect.errors != bool(out.errors):
+        errors = "".join(f"\n    {error}" for error in out.errors)
+        problems.append(
+            "expected an error; there is none" if expect.errors else f"unexpected error(s):{errors}"
+        )
+    return [problem for problem in problems if problem]
+
+
+def check(test: RouteTest, explainer: Explainer) -> list[str]:
+    """Return what differs between a test's expectations and the plan of its event."""
+    result = outcome(explainer.explain(test.channel, test.data))
+    return _check_routes(test.expect, result) + _check_cascade(test.expect, result)
+
+
+def default_files(folders: list[Path]) -> list[Path]:
+    """Return tests/*.yml and tests/*.yaml of each routes folder, byte-wise by name."""
+    found = [folder / "tests" for folder in folders if (folder / "tests").is_dir()]
+    return [path for tests in found for path in route_files(tests)]
+
+
+def known_names(explainer: Explainer) -> set[str]:
+    """Return the names a test may give in fire/not_fire: routes and events:<folder>."""
+    names = {route.name for route in explainer.routes}
+    for base in explainer.events_dirs:
+        if base.is_dir():
+            names |= {f"events:{entry.name}" for entry in base.iterdir() if entry.is_dir()}
+    return names
+
+
+def run(files: list[Path], explainer: Explainer, out: TextIO) -> int:
+    """Run every test of ``files``; print failures and a summary; return 0 or 1."""
+    if not files:
+        print("error: no route test files (default: tests/*.yml in each routes folder)", file=out)
+        return 1
+    known, passed, failed, invalid = known_names(explainer), 0, 0, 0
+    for path in files:
+        tests, diagnostics = load_tests(path, known)
+        invalid += len(diagnostics)
+        for diagnostic in diagnostics:
+            print(diagnostic, file=out)
+        for test in tests:
+            problems = check(test, explainer)
+            passed += not problems
+            failed += bool(problems)
+            if problems:
+                print(f"{test.file}:{test.line}: FAIL {test.name}", file=out)
+                for problem in problems:
+                    print(textwrap.indent(problem, "  "), file=out)
+    if invalid:
+        print(f"{invalid} error(s) in route test files", file=out)
+    print(f"{passed} passed, {failed} failed", file=out)
+    return 1 if failed or invalid else 0
