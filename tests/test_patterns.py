@@ -333,7 +333,7 @@ def test_range_ending_in_a_dash_is_refused_as_ambiguous() -> None:
     # Redis reads `a-]` as the range a..']' (reversed, so ']'..'a') and the class then runs to
     # the end of the pattern: `[a-]x` never delivers "ax" or "-x", surprising whoever wrote
     # it. The router refuses the pattern and says how to write a dash.
-    with pytest.raises(PatternError, match="ambiguous 'a-]'.*put '-' first"):
+    with pytest.raises(PatternError, match=r"ambiguous 'a-\]'.*put '-' first"):
         ChannelPattern.parse("[a-]x")
     assert ChannelPattern.parse("[-a]x").match("-x") == {}
 
