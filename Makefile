@@ -22,6 +22,7 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy eventrouter
 
 test: lint
+	$(BIN)/eventrouter test --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed

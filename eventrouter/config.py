@@ -21,7 +21,15 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.errors import Diagnostic
-from eventrouter.model import ROUTE_NAME, SAFE_NAME, EmitAction, Event, Route, RunAction
+from eventrouter.model import (
+    ROUTE_NAME,
+    SAFE_NAME,
+    EmitAction,
+    Event,
+    RetryPolicy,
+    Route,
+    RunAction,
+)
 from eventrouter.patterns import ChannelPattern, PatternError
 from eventrouter.schemas import (
     SOURCES,
@@ -35,10 +43,27 @@ from eventrouter.templates import Condition, TemplateSyntaxError, Text, Value
 from eventrouter.yamlload import YamlError, line_of
 from eventrouter.yamlload import load_file as load_yaml
 
-ROUTE_KEYS = ("name", "description", "on", "when", "do", "enabled", "mode", "schema")
+ROUTE_KEYS = (
+    "name",
+    "description",
+    "on",
+    "when",
+    "do",
+    "enabled",
+    "mode",
+    "max",
+    "key",
+    "debounce",
+    "throttle",
+    "retry",
+    "schema",
+)
+RETRY_KEYS = ("attempts", "backoff", "max_backoff")
+#: Runs at once per key in ``parallel`` mode when ``max`` is not given.
+DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
-MODES = ("queued",)
+MODES = ("queued", "parallel", "single", "restart")
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -164,6 +189,19 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+RETRY_SCHEMA = vol.Schema(
+    {
+        vol.Required("attempts"): _wrap(_count),
+        vol.Optional("backoff"): _wrap(parse_duration),
+        vol.Optional("max_backoff"): _wrap(parse_duration),
+    }
+)
 RUN_SCHEMA = vol.Schema(
     {
         vol.Required("run"): _wrap(_text),
@@ -190,6 +228,11 @@ ROUTE_SCHEMA = vol.Schema(
         vol.Required("do"): list,
         vol.Optional("enabled"): _wrap(_boolean),
         vol.Optional("mode"): vol.In(MODES, msg=f"mode must be one of: {', '.join(MODES)}"),
+        vol.Optional("max"): _wrap(_count),
+        vol.Optional("key"): _wrap(_text_template),
+        vol.Optional("debounce"): _wrap(parse_duration),
+        vol.Optional("throttle"): _wrap(parse_duration),
+        vol.Optional("retry"): RETRY_SCHEMA,
         vol.Optional("schema"): vol.In(
             ("strict", "off"),
             msg="schema must be 'strict' (reject events that do not fit) or 'off'",
@@ -311,6 +354,32 @@ def _build_action(ctx: _FileContext, where: list[Any], raw: Any) -> Any:
     return RunAction(path, line, valid.get("timeout"), tuple(env))
 
 
+def _retry(raw: dict[str, Any] | None) -> RetryPolicy | None:
+    if raw is None:
+        return None
+    backoff = raw.get("backoff", 1.0)
+    return RetryPolicy(raw["attempts"], backoff, max(backoff, raw.get("max_backoff", 30.0)))
+
+
+def _modes_fit(ctx: _FileContext, where: list[Any], valid: dict[str, Any]) -> bool:
+    """Report options that contradict each other; return True when there is none."""
+    ok = True
+    if "max" in valid and valid.get("mode") != "parallel":
+        ctx.error(
+            [*where, "max"], f"{_key_path([*where, 'max'])}: 'max' applies to mode: parallel only"
+        )
+        ok = False
+    if "debounce" in valid and "throttle" in valid:
+        ctx.error(
+            [*where, "throttle"],
+            f"{_key_path([*where, 'throttle'])}: choose "
+            "'debounce' (run once when quiet) or 'throttle' (at most one run per "
+            "period), not both",
+        )
+        ok = False
+    return ok
+
+
 def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
     """Validate one route; return it, or None after reporting every problem."""
     where: list[Any] = ["routes", index]
@@ -328,6 +397,8 @@ def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
         if not steps:
             ctx.error([*where, "do"], f"{_key_path([*where, 'do'])}: expected at least one action")
         actions = [_build_action(ctx, [*where, "do", i], item) for i, item in enumerate(steps)]
+    if valid is not None and not _modes_fit(ctx, where, valid):
+        valid = None
     if valid is None or not steps or None in actions:
         return None
     resolved = [str(a.path) if isinstance(a, RunAction) else None for a in actions]
@@ -342,6 +413,11 @@ def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
         description=valid.get("description", ""),
         enabled=valid.get("enabled", True),
         mode=valid.get("mode", "queued"),
+        max_runs=valid.get("max", DEFAULT_PARALLEL_MAX if valid.get("mode") == "parallel" else 1),
+        key=valid.get("key"),
+        debounce=valid.get("debounce"),
+        throttle=valid.get("throttle"),
+        retry=_retry(valid.get("retry")),
         schema=valid.get("schema", "off"),
         digest=hashlib.sha256(digest.encode()).hexdigest(),
     )

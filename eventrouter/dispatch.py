@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.errors import TemplateRenderError
+from eventrouter.lanes import Job, Scheduler
 from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
 from eventrouter.patterns import RouteIndex
 from eventrouter.steps import StepRunner
@@ -38,15 +39,6 @@ class Publisher(Protocol):
     async def publish(self, channel: str, data: bytes) -> int:
         """Publish ``data`` on ``channel``; return how many subscribers received it."""
         ...
-
-
-@dataclass(frozen=True)
-class Job:
-    """One run of one route (version kept) for one event."""
-
-    route: Route
-    event: Event
-    captures: dict[str, str]
 
 
 def parse_event(channel: str, data: bytes) -> Event:
@@ -107,11 +99,14 @@ class Dispatcher:
         self.publisher = publisher
         self.index = index
         self.counters: Counter[str] = Counter()
-        self._queues: dict[str, deque[Job]] = {}
-        self._workers: dict[str, asyncio.Task[None]] = {}
+        self.scheduler = Scheduler(
+            self.execute,
+            queue_limit=settings.queue_limit,
+            max_pending=settings.max_pending,
+            counters=self.counters,
+        )
         self._chains: OrderedDict[tuple[str, bytes], tuple[float, deque[tuple[ChainLink, ...]]]]
         self._chains = OrderedDict()
-        self._closing = False
 
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
@@ -120,7 +115,7 @@ class Dispatcher:
     @property
     def busy(self) -> int:
         """Return how many jobs are queued or running."""
-        return sum(len(queue) for queue in self._queues.values()) + len(self._workers)
+        return self.scheduler.pending + len(self.scheduler.running)
 
     def receive(self, channel: str, data: bytes) -> None:
         """Handle one message from Redis: check, parse, match, queue."""
@@ -146,9 +141,9 @@ class Dispatcher:
         queued = 0
         for route, captures in self.index.match(event.channel):
             if self._condition_holds(route, event, captures):
-                queued += self._enqueue(route.name, Job(route, event, captures))
+                queued += self.submit(route, event, captures)
         for folder in self.convention_folders(event):
-            queued += self._enqueue(f"events:{folder}", Job(convention_route(folder), event, {}))
+            queued += self.submit(convention_route(folder), event, {})
         if not queued:
             log.debug("no route for event %r", event.channel)
         return queued
@@ -201,33 +196,25 @@ class Dispatcher:
             log.debug("route %s: event %r: 'when' is false", route.name, event.channel)
         return value
 
-    def _enqueue(self, key: str, job: Job) -> int:
-        if self._closing:
-            return 0
-        queue = self._queues.setdefault(key, deque())
-        if len(queue) >= self.settings.queue_limit:
-            self.counters["dropped_queue_full"] += 1
-            log.error(
-                "dropped event %r for route %s: %d runs already queued (--queue-limit)",
-                job.event.channel,
-                job.route.name,
-                len(queue),
-            )
-            return 0
-        queue.append(job)
-        if key not in self._workers:
-            self._workers[key] = asyncio.create_task(self._work(key), name=f"route:{key}")
-        return 1
-
-    async def _work(self, key: str) -> None:
-        queue = self._queues[key]
-        try:
-            while queue and not self._closing:
-                await self.execute(queue.popleft())
-        finally:
-            if not queue:
-                self._queues.pop(key, None)
-            self._workers.pop(key, None)
+    def submit(self, route: Route, event: Event, captures: dict[str, str]) -> int:
+        """Hand a run to the scheduler under its key; return 1 when admitted, else 0."""
+        key = ""
+        if route.key is not None:
+            context = event_context(event, match=captures, route=route.name)
+            try:
+                key = route.key.render(context)
+            except TemplateRenderError as exc:
+                self.counters["key_errors"] += 1
+                log.error(
+                    "route %s (%s:%d): event %r: key: %s",
+                    route.name,
+                    route.file,
+                    route.line,
+                    event.channel,
+                    exc,
+                )
+                return 0
+        return int(self.scheduler.submit(Job(route, event, captures, key)))
 
     async def execute(self, job: Job) -> bool:
         """Run a job's actions in order; the first failing action stops the list."""
@@ -263,16 +250,35 @@ class Dispatcher:
             )
             return False
         tag = f"{route.name} [{event.channel}]"
-        result = await self.runner.run_handler(
-            action.path,
-            payload=event.raw,
-            env=env,
-            event_name=event.name or "",
-            event_source=event.source or "",
-            timeout=action.timeout or self.settings.step_timeout,
-            tag=tag,
-        )
-        return result.ok
+        attempts = route.retry.attempts if route.retry is not None else 1
+        for attempt in range(1, attempts + 1):
+            result = await self.runner.run_handler(
+                action.path,
+                payload=event.raw,
+                env=env,
+                event_name=event.name or "",
+                event_source=event.source or "",
+                timeout=action.timeout or self.settings.step_timeout,
+                tag=tag,
+                group=route.name,
+            )
+            if result.ok or route.retry is None:
+                return result.ok
+            if attempt < attempts:
+                # Jitter spreads the retries of many routes failing together over time.
+                delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
+                self.counters["retries"] += 1
+                log.warning(
+                    "%s attempt %d/%d failed (%s); retrying in %.2fs",
+                    tag,
+                    attempt,
+                    attempts,
+                    result.error,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        log.error("%s all %d attempts failed; giving up", tag, attempts)
+        return False
 
     async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> bool:
         route, event = job.route, job.event
@@ -344,20 +350,18 @@ class Dispatcher:
 
     async def close(self, grace: float) -> None:
         """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""
-        self._closing = True
-        not_started = sum(len(queue) for queue in self._queues.values())
-        for queue in self._queues.values():
-            queue.clear()
+        not_started = self.scheduler.close()
         if not_started:
             self.counters["not_started"] += not_started
             log.error("shutdown: %d queued run(s) not started", not_started)
-        workers = list(self._workers.values())
-        if workers:
-            log.info("shutdown: waiting up to %.1fs for %d running route(s)", grace, len(workers))
-            _, pending = await asyncio.wait(workers, timeout=grace)
-            if pending:
-                killed = await self.runner.terminate_all()
-                log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        running = self.scheduler.running
+        if not running:
+            return
+        log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
+        _, pending = await asyncio.wait(running, timeout=grace)
+        if pending:
+            killed = await self.runner.terminate_all()
+            log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)

@@ -128,6 +128,19 @@ Action = RunAction | EmitAction
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How failed ``run:`` actions are retried: attempts in all, exponential backoff."""
+
+    attempts: int = 1
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Return the base delay after failed attempt number ``attempt`` (1-based)."""
+        return float(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
 class Route:
     """A validated route: patterns, an optional condition and actions."""
 
@@ -140,6 +153,13 @@ class Route:
     description: str = ""
     enabled: bool = True
     mode: str = "queued"
+    #: Runs at once per key in ``parallel`` mode.
+    max_runs: int = 1
+    #: Template naming the lane: the mode, debounce and throttle apply per key.
+    key: TextTemplate | None = None
+    debounce: float | None = None
+    throttle: float | None = None
+    retry: RetryPolicy | None = None
     schema: str = "off"
     convention: bool = False
     #: What the route says, independent of where it stands: equal digests, same behaviour.
@@ -173,3 +193,12 @@ class Settings:
     queue_limit: int = 10_000
     state_dir: Path | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Redis stream of failed runs, and how many entries it keeps (approximately).
+    journal_key: str = "eventrouter/failures"
+    journal_size: int = 10_000
+    #: This router's name in the journal (default: the host name); retries go to it.
+    instance: str = ""
+    #: Channel on which `eventrouter retry` asks the routers to run a failed route again.
+    control_channel: str = "eventrouter/control/retry"
+    #: Runs waiting in all the queues together before new ones are dropped with an error.
+    max_pending: int = 100_000

@@ -73,11 +73,6 @@ KEYS = {  # allowed keys, by key path without list indexes
 }
 
 
-def _kind_of(value: Any) -> str:
-    # config._kind looks up the exact type, and YAML gives LineDict/LineList subclasses.
-    return _kind({} if isinstance(value, dict) else [] if isinstance(value, list) else value)
-
-
 def _json(value: Any) -> Any:
     try:
         return json.loads(json.dumps(value, allow_nan=False))
@@ -91,7 +86,7 @@ def _event_data(value: Any) -> bytes:
 
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of names, got {_kind_of(value)}")
+        raise ValueError(f"expected a list of names, got {_kind(value)}")
     return tuple(_text(item) for item in value)
 
 
@@ -176,9 +171,10 @@ def _check_names(ctx: _FileContext, where: list[Any], known: set[str], seen: set
     """Report duplicate test names and unknown route names, even in an invalid test."""
     raw = ctx.data["tests"][where[-1]]
     name = raw.get("name") if isinstance(raw, dict) else None
-    if isinstance(name, str) and name in seen:
-        ctx.error([*where, "name"], f"{_key_path([*where, 'name'])}: duplicate test {name!r}")
-    seen.add(name if isinstance(name, str) else "")
+    if isinstance(name, str):
+        if name in seen:
+            ctx.error([*where, "name"], f"{_key_path([*where, 'name'])}: duplicate test {name!r}")
+        seen.add(name)
     expect = raw.get("expect") if isinstance(raw, dict) else None
     if not isinstance(expect, dict):
         return
@@ -219,7 +215,7 @@ def load_tests(path: Path, known: set[str]) -> tuple[list[RouteTest], list[Diagn
         return [], [Diagnostic(str(path), exc.line, "error", exc.message)]
     ctx = _FileContext(path, data)
     if not isinstance(data, dict):
-        ctx.error([], f"expected a mapping with the key 'tests', got {_kind_of(data)}")
+        ctx.error([], f"expected a mapping with the key 'tests', got {_kind(data)}")
         return [], ctx.diagnostics
     try:
         FILE_SCHEMA(data)

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventrouter.limiter import FairLimiter
+
 logger = logging.getLogger(__name__)
 
 #: How many output lines of a failing step are kept for the failure report.
@@ -264,6 +266,7 @@ class _Job:
     event_source: str
     timeout: float | None
     tag: str
+    group: str
 
 
 @dataclass(frozen=True)
@@ -318,7 +321,7 @@ class StepRunner:
     ) -> None:
         if max_concurrency < 1 or max_line < 1:
             raise ValueError("max_concurrency and max_line must be at least 1")
-        self._semaphore = asyncio.Semaphore(max_concurrency)
+        self._limiter = FairLimiter(max_concurrency)
         self._kill_grace = kill_grace
         self._max_line = max_line
         self._base_env = dict(base_env) if base_env is not None else None
@@ -341,8 +344,12 @@ class StepRunner:
         event_source: str,
         timeout: float | None,  # noqa: ASYNC109 (per step, not for the whole call)
         tag: str,
+        group: str = "",
     ) -> HandlerResult:
-        """Run the steps of ``directory`` in order, stopping at the first that fails."""
+        """Run the steps of ``directory`` in order, stopping at the first that fails.
+
+        ``group`` (the route) is what the concurrency cap shares slots fairly between.
+        """
         try:
             steps, skipped = list_steps(directory)
         except OSError as exc:
@@ -360,7 +367,7 @@ class StepRunner:
                 directory,
                 entry.reason,
             )
-        job = _Job(directory, payload, env, event_name, event_source, timeout, tag)
+        job = _Job(directory, payload, env, event_name, event_source, timeout, tag, group or tag)
         results: list[StepResult] = []
         for step in steps:
             outcome = await self._take_turn(job, step)
@@ -406,7 +413,7 @@ class StepRunner:
             logger.log(level, "%s step %s: %s", job.tag, step.name, text)
 
         protocol = _StepProtocol({fd: _LineRelay(emit, self._max_line) for fd in (1, 2)})
-        async with self._semaphore:
+        async with self._limiter.slot(job.group):
             if self._stopping:
                 why = "the router is stopping"
                 error = f"step {step.name} of handler {job.directory} not started: {why}"
@@ -514,12 +521,16 @@ class StepRunner:
                 return True
             return False
         except asyncio.CancelledError:
-            # Never leave a child behind: kill the group and reap it before giving up.
+            # Never leave a child behind: stop the group (TERM, then KILL after the grace
+            # period) and reap it before giving up; a second cancellation kills at once.
             logger.warning(
-                "%s step %s of handler %s cancelled; killing it", job.tag, step.name, job.directory
+                "%s step %s of handler %s cancelled; stopping it", job.tag, step.name, job.directory
             )
-            _signal_group(pgid, signal.SIGKILL)
-            await protocol.exited
+            try:
+                await self._stop_group(pgid, protocol.exited)
+            finally:
+                if not protocol.exited.done():
+                    _signal_group(pgid, signal.SIGKILL)
             raise
         finally:
             del self._running[pgid]

@@ -288,7 +288,7 @@ routes:
     on: 5
     description: [1]
     enabled: yes
-    mode: parallel
+    mode: sometimes
     do: not-a-list
   - name: templates
     on: "module/{module/event/x"
@@ -684,7 +684,10 @@ def test_an_empty_routes_list_is_fine(tmp_path: Path) -> None:
 
 def one_route(name: str) -> str:
     """Return a route file holding one route called ``name``."""
-    return f"routes:\n  - name: {name}\n    on: x\n    do: [{{emit: {{channel: y}}}}]\n"
+    return (
+        f"routes:\n  - name: {name}\n    on: x/event/{name}-started\n"
+        f"    do: [{{emit: {{channel: y/event/{name}-seen}}}}]\n"
+    )
 
 
 def test_files_are_read_in_byte_wise_order(tmp_path: Path) -> None:

@@ -1,0 +1,242 @@
+"""Run scheduling per route and key: modes, debounce, throttle, bounded queues.
+
+A *lane* is one route, or one key of a route with ``key:``. The mode applies per lane:
+
+* ``queued``: one run at a time, in arrival order (the default);
+* ``parallel``: up to ``max`` runs at once, the rest queued in arrival order;
+* ``single``: an event arriving while a run is going is dropped (logged, counted);
+* ``restart``: an event arriving while a run is going stops it (TERM on its process group,
+  then KILL) and runs instead.
+
+``debounce`` runs once, with the last event, when the lane has been quiet that long;
+``throttle`` runs the first event at once and coalesces the rest of each period into one
+trailing run. Queues are bounded per lane (``queue_limit``) and in all (``max_pending``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from eventrouter.model import Event, Route
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run of one route (version kept) for one event."""
+
+    route: Route
+    event: Event
+    captures: dict[str, str]
+    key: str = ""
+    #: How many events this run stands for (debounce/throttle coalescing).
+    coalesced: int = 1
+
+
+@dataclass
+class Lane:
+    """The runs of one route and key."""
+
+    name: str
+    route: Route
+    queue: deque[Job] = field(default_factory=deque)
+    running: set[asyncio.Task[None]] = field(default_factory=set)
+    timer: asyncio.TimerHandle | None = None
+    held: Job | None = None  # the last event of a debounce/throttle period
+    held_count: int = 0
+
+    @property
+    def idle(self) -> bool:
+        """Return True when the lane has nothing queued, running or held."""
+        return not self.queue and not self.running and self.timer is None and self.held is None
+
+
+class Scheduler:
+    """Admit jobs into lanes and start them as the route's mode allows."""
+
+    def __init__(
+        self,
+        execute: Callable[[Job], Awaitable[Any]],
+        *,
+        queue_limit: int,
+        max_pending: int,
+        counters: Counter[str],
+    ) -> None:
+        self._execute = execute
+        self.queue_limit = queue_limit
+        self.max_pending = max_pending
+        self.counters = counters
+        self.lanes: dict[str, Lane] = {}
+        self.pending = 0  # jobs queued or held in all lanes
+        self.closing = False
+
+    def submit(self, job: Job) -> bool:
+        """Admit a job; return False when it was dropped (and logged)."""
+        if self.closing:
+            return False
+        route = job.route
+        name = f"{route.name}[{job.key}]" if route.key is not None else route.name
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = Lane(name, route)
+        if route.debounce is not None:
+            return self._hold(lane, job, route.debounce, restart_timer=True)
+        if route.throttle is not None:
+            if lane.timer is None:
+                lane.timer = self._later(route.throttle, self._period_over, lane)
+                return self._admit(lane, job)
+            return self._hold(lane, job, route.throttle, restart_timer=False)
+        return self._admit(lane, job)
+
+    def _later(self, delay: float, callback: Callable[[Lane], None], lane: Lane) -> Any:
+        return asyncio.get_running_loop().call_later(delay, callback, lane)
+
+    def _hold(self, lane: Lane, job: Job, delay: float, *, restart_timer: bool) -> bool:
+        """Keep only the latest event of a debounce/throttle period."""
+        if lane.held is None:
+            if self.pending >= self.max_pending:
+                return self._overflow(lane, job, "in all queues (--max-pending)")
+            self.pending += 1
+        lane.held, lane.held_count = job, lane.held_count + 1
+        if restart_timer:
+            if lane.timer is not None:
+                lane.timer.cancel()
+            lane.timer = self._later(delay, self._release_held, lane)
+        return True
+
+    def _release_held(self, lane: Lane) -> None:
+        """Debounce: the lane has been quiet long enough; run its last event."""
+        lane.timer = None
+        self._flush_held(lane)
+        self._cleanup(lane)
+
+    def _period_over(self, lane: Lane) -> None:
+        """Throttle: a period ended; run what it coalesced, which opens a new period."""
+        lane.timer = None
+        if lane.held is not None and not self.closing:
+            assert lane.route.throttle is not None
+            lane.timer = self._later(lane.route.throttle, self._period_over, lane)
+            self._flush_held(lane)
+        self._cleanup(lane)
+
+    def _flush_held(self, lane: Lane) -> None:
+        job, count = lane.held, lane.held_count
+        lane.held, lane.held_count = None, 0
+        if job is None:
+            return
+        self.pending -= 1
+        if count > 1:
+            self.counters["coalesced"] += count - 1
+            log.info(
+                "route %s: one run for %d events (the last one, %r) coalesced by %s",
+                lane.name,
+                count,
+                job.event.channel,
+                "debounce" if lane.route.debounce is not None else "throttle",
+            )
+        self._admit(lane, replace(job, coalesced=count))
+
+    def _admit(self, lane: Lane, job: Job) -> bool:
+        """Apply the mode: start, queue, drop or restart."""
+        mode = job.route.mode
+        limit = job.route.max_runs if mode == "parallel" else 1
+        if mode == "single" and lane.running:
+            self.counters["dropped_single"] += 1
+            log.info(
+                "route %s: event %r dropped: a run is going (mode: single; %d dropped so far)",
+                lane.name,
+                job.event.channel,
+                self.counters["dropped_single"],
+            )
+            return False
+        if mode == "restart" and lane.running:
+            self.counters["restarted"] += 1
+            log.info(
+                "route %s: event %r restarts the run going (mode: restart)",
+                lane.name,
+                job.event.channel,
+            )
+            self.pending -= len(lane.queue)
+            lane.queue.clear()
+            for task in lane.running:
+                task.cancel()
+        elif len(lane.running) >= limit or lane.queue:
+            if len(lane.queue) >= self.queue_limit:
+                return self._overflow(
+                    lane, job, f"for this route ({len(lane.queue)} queued, --queue-limit)"
+                )
+            if self.pending >= self.max_pending:
+                return self._overflow(lane, job, "in all queues (--max-pending)")
+            lane.queue.append(job)
+            self.pending += 1
+            return True
+        if mode == "restart" and lane.running:
+            lane.queue.append(job)  # starts as soon as the stopped run is gone
+            self.pending += 1
+            return True
+        self._start(lane, job)
+        return True
+
+    def _overflow(self, lane: Lane, job: Job, where: str) -> bool:
+        self.counters["dropped_queue_full"] += 1
+        log.error(
+            "dropped event %r for route %s: queue full %s", job.event.channel, lane.name, where
+        )
+        return False
+
+    def _start(self, lane: Lane, job: Job) -> None:
+        task = asyncio.create_task(self._run(lane, job), name=f"route:{lane.name}")
+        lane.running.add(task)
+        task.add_done_callback(lambda done: self._finished(lane, done))
+
+    async def _run(self, lane: Lane, job: Job) -> None:
+        try:
+            await self._execute(job)
+        except asyncio.CancelledError:
+            log.info("route %s: run for %r stopped", lane.name, job.event.channel)
+            raise
+
+    def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
+        lane.running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("route %s: internal error in a run", lane.name, exc_info=task.exception())
+        self._pump(lane)
+        self._cleanup(lane)
+
+    def _pump(self, lane: Lane) -> None:
+        """Start queued jobs while the mode allows."""
+        limit = lane.route.max_runs if lane.route.mode == "parallel" else 1
+        while lane.queue and len(lane.running) < limit and not self.closing:
+            job = lane.queue.popleft()
+            self.pending -= 1
+            lane.route = job.route  # a reload may have changed the route since
+            self._start(lane, job)
+
+    def _cleanup(self, lane: Lane) -> None:
+        if lane.idle and self.lanes.get(lane.name) is lane:
+            del self.lanes[lane.name]
+
+    @property
+    def running(self) -> list[asyncio.Task[None]]:
+        """Return every run going."""
+        return [task for lane in self.lanes.values() for task in lane.running]
+
+    def close(self) -> int:
+        """Stop admitting and starting jobs; drop what waits; return how many were dropped."""
+        self.closing = True
+        dropped = 0
+        for lane in self.lanes.values():
+            dropped += len(lane.queue) + (1 if lane.held is not None else 0)
+            lane.queue.clear()
+            lane.held = None
+            if lane.timer is not None:
+                lane.timer.cancel()
+                lane.timer = None
+        self.pending = 0
+        return dropped
