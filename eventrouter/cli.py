@@ -7,8 +7,9 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter import __version__, embedded, logs
 from eventrouter.config import LoadResult, load_routes, parse_duration
@@ -16,7 +17,13 @@ from eventrouter.connections import address_url
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
 
+if TYPE_CHECKING:
+    from eventrouter.journal import Failure, Journal
+
+T = TypeVar("T")
+
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
@@ -134,6 +141,30 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "
         "$XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter",
     )
+    _add_journal_key(parser)
+    parser.add_argument(
+        "--journal-size",
+        type=_positive,
+        default=10_000,
+        metavar="N",
+        help="failures the journal keeps (default: 10000)",
+    )
+    parser.add_argument(
+        "--instance",
+        default="",
+        metavar="NAME",
+        help="this router's name in the failure journal; retries go to it (default: host name)",
+    )
+
+
+def _add_journal_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--journal-key",
+        default="eventrouter/failures",
+        metavar="KEY",
+        help="Redis stream of the failure journal (default: eventrouter/failures); when this "
+        "Redis user may not write it, the journal is STATE_DIR/failures.jsonl",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         help="default: INFO",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -248,7 +279,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="the payload; '-' or none reads standard input",
     )
     publish.set_defaults(handler=cmd_publish)
+    _add_journal_commands(commands)
+    for sub in commands.choices.values():  # also accepted after the command
+        sub.add_argument(
+            "--log-level",
+            default=argparse.SUPPRESS,
+            choices=LOG_LEVELS,
+            help="DEBUG, INFO, WARNING or ERROR (default: INFO)",
+        )
     return parser
+
+
+def _add_journal_source(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded "
+        "server, else the local journal file in the state folder",
+    )
+    parser.add_argument("--state-dir", metavar="DIR", help="the router's state folder")
+    _add_journal_key(parser)
+
+
+def _add_journal_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    failures = commands.add_parser(
+        "failures",
+        help="list the failed runs in the failure journal",
+        description="List failed runs, newest first: id, time, instance, route, channel, "
+        "status, step and the last output lines.",
+    )
+    _add_journal_source(failures)
+    failures.add_argument("--route", metavar="NAME", help="only this route (a glob)")
+    failures.add_argument(
+        "--event", metavar="PATTERN", help="only events whose channel or name matches (a glob)"
+    )
+    failures.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
+    failures.add_argument("--json", action="store_true", help="a JSON list")
+    failures.set_defaults(handler=cmd_failures)
+
+    retry = commands.add_parser(
+        "retry",
+        help="run a failed route again on its event, through the daemon",
+        description="Look failure ID up and ask the router that recorded it, on the control "
+        "channel, to run the route's current version on that event again.",
+    )
+    _add_journal_source(retry)
+    retry.add_argument(
+        "--control-channel",
+        default="eventrouter/control/retry",
+        metavar="CHANNEL",
+        help="where the routers listen (default: eventrouter/control/retry)",
+    )
+    retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
+    retry.set_defaults(handler=cmd_retry)
 
 
 def _load(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
@@ -311,6 +394,16 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir) if args.state_dir else embedded.default_state_dir()
 
 
+def _write_url(args: argparse.Namespace) -> str | None:
+    """Return where writes go: --redis, $REDIS_ADDRESS, the embedded server if it answers."""
+    if args.redis:
+        return str(args.redis)
+    if os.environ.get("REDIS_ADDRESS"):
+        return address_url(os.environ["REDIS_ADDRESS"], os.environ)
+    socket = embedded.socket_path(_state_dir(args))
+    return embedded.unix_url(socket) if embedded.ping(socket) else None
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
     from eventrouter import bus, schemas
@@ -324,19 +417,15 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except (PayloadError, UnicodeDecodeError) as exc:
             print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
             return EXIT_INVALID
-    url = args.redis
-    if not url and os.environ.get("REDIS_ADDRESS"):
-        url = address_url(os.environ["REDIS_ADDRESS"], os.environ)
-    if not url:
-        socket = embedded.socket_path(_state_dir(args))
-        if not embedded.ping(socket):
-            print(
-                f"eventrouter publish: no Redis configured and no embedded server answers at "
-                f"{socket}; start `eventrouter run` first or pass --redis URL",
-                file=sys.stderr,
-            )
-            return EXIT_INVALID
-        url = embedded.unix_url(socket)
+    url = _write_url(args)
+    if url is None:
+        print(
+            f"eventrouter publish: no Redis configured and no embedded server answers at "
+            f"{embedded.socket_path(_state_dir(args))}; start `eventrouter run` first or pass "
+            "--redis URL",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
     try:
         receivers = asyncio.run(bus.publish_once(url, args.channel, data))
     except ConnectionError as exc:
@@ -351,6 +440,93 @@ def _payload(argument: str | None) -> bytes:
     if argument == "-" or (argument is None and not sys.stdin.isatty()):
         return sys.stdin.buffer.read()
     return (argument or "").encode()
+
+
+async def _with_journal(
+    url: str | None, args: argparse.Namespace, work: Callable[[Journal], Awaitable[T]]
+) -> T:
+    from eventrouter.journal import open_journal
+
+    # The size only bounds writes, and these commands only read.
+    book = await open_journal(url, args.journal_key, 10_000, _state_dir(args))
+    try:
+        return await work(book)
+    finally:
+        await book.close()
+
+
+def _failure_lines(failure: Failure) -> list[str]:
+    from datetime import datetime
+
+    stamp = datetime.fromtimestamp(failure.time).isoformat(sep=" ", timespec="seconds")
+    step = f"  step {failure.step}" if failure.step else ""
+    payload = failure.payload if len(failure.payload) <= 200 else failure.payload[:200] + "…"
+    return [
+        f"{failure.id}  {stamp}  {failure.instance}  {failure.route}  {failure.channel}  "
+        f"{failure.status}{step}",
+        f"  action {failure.action_index}: {failure.action}; payload: {payload}",
+        *(f"    {line}" for line in failure.tail),
+    ]
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    """List the failed runs in the failure journal, newest first."""
+    from eventrouter.journal import JournalError
+
+    async def fetch(book: Journal) -> tuple[str, list[Failure]]:
+        found = await book.list(limit=args.limit, route=args.route, event=args.event)
+        return book.where, found
+
+    try:
+        where, failures = asyncio.run(_with_journal(_write_url(args), args, fetch))
+    except JournalError as exc:
+        print(f"eventrouter failures: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps([item.to_json() for item in failures], indent=2, ensure_ascii=False))
+    elif not failures:
+        what = "no failures match" if args.route or args.event else "no failures recorded"
+        print(f"{what} ({where})")
+    else:
+        for item in failures:
+            print("\n".join(_failure_lines(item)))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Ask the router that recorded a failure to run its route again on that event."""
+    from eventrouter import bus
+    from eventrouter.journal import JournalError, retry_message
+
+    async def look(book: Journal) -> tuple[str, Failure | None]:
+        return book.where, await book.get(args.id)
+
+    url = _write_url(args)
+    try:
+        where, failure = asyncio.run(_with_journal(url, args, look))
+    except JournalError as exc:
+        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if failure is None:
+        print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
+    )
+    listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
+    if url is None:
+        print(f"eventrouter retry: no Redis to reach it: {listening}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        receivers = asyncio.run(bus.publish_once(url, args.control_channel, retry_message(failure)))
+    except ConnectionError as exc:
+        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if receivers == 0:
+        print(f"eventrouter retry: {listening}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"asked on {args.control_channel}: {receivers} receiver(s)")
+    return EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -410,6 +586,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_depth=args.max_depth,
         queue_limit=args.queue_limit,
         state_dir=Path(args.state_dir) if args.state_dir else None,
+        journal_key=args.journal_key,
+        journal_size=args.journal_size,
+        instance=args.instance,
     )
     try:
         return asyncio.run(Daemon(settings, result).run())

@@ -14,6 +14,7 @@ from typing import NoReturn
 import pytest
 
 from eventrouter.embedded import EmbeddedServer, find_cli_binary, find_server_binary
+from tests.routerproc import Router
 
 RedisCli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -82,3 +83,19 @@ def redis_cli(redis_server: EmbeddedServer) -> RedisCli:
         )
 
     return run
+
+
+@pytest.fixture
+def router_factory(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Router]]:
+    """Start routers against the test server; stop them all afterwards."""
+    started: list[Router] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Router:
+        log = tmp_path / f"router{len(started)}.log"
+        router = Router(["run", "--redis", redis_url, *args], log, env)
+        started.append(router)
+        return router.ready()
+
+    yield start
+    for router in started:
+        router.kill()

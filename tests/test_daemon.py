@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from eventrouter.embedded import EmbeddedServer
 from tests.conftest import RedisCli
 from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
@@ -20,22 +18,6 @@ from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
 def lines(path: Path) -> list[str]:
     """Return the lines of a file, or [] when it does not exist yet."""
     return path.read_text().splitlines() if path.exists() else []
-
-
-@pytest.fixture
-def router_factory(tmp_path: Path, redis_url: str):  # type: ignore[no-untyped-def]
-    """Start routers against the test server; stop them all afterwards."""
-    started: list[Router] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Router:
-        log = tmp_path / f"router{len(started)}.log"
-        router = Router(["run", "--redis", redis_url, *args], log, env)
-        started.append(router)
-        return router.ready()
-
-    yield start
-    for router in started:
-        router.kill()
 
 
 def test_route_runs_handler_for_redis_cli_publish(
