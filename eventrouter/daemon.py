@@ -6,15 +6,17 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from eventrouter import bus, embedded, sdnotify
 from eventrouter.config import LoadResult, load_routes
 from eventrouter.connections import publish_url, subscribe_url
-from eventrouter.dispatch import Dispatcher
+from eventrouter.dispatch import Dispatcher, convention_route, parse_event
+from eventrouter.journal import Journal, instance_name, open_journal, parse_retry_message
 from eventrouter.model import Route, Settings
-from eventrouter.patterns import RouteIndex
+from eventrouter.patterns import RouteIndex, glob_escape
 from eventrouter.steps import StepRunner
 
 log = logging.getLogger(__name__)
@@ -79,12 +81,75 @@ class Daemon:
         self.routes = routes.routes
         self.intents = Intents()
         self.server: embedded.EmbeddedServer | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+        self.journal: Journal | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
-        globs = index.globs()
+        globs = index.globs() | {glob_escape(self.settings.control_channel)}
         if self.settings.events_dirs:
             globs.add(CONVENTION_GLOB)
         return globs
+
+    def _on_message(self, dispatcher: Dispatcher) -> Callable[[str, bytes], None]:
+        """Return the intake handler: control messages apart, events to the dispatcher."""
+
+        def handle(channel: str, data: bytes) -> None:
+            if channel == self.settings.control_channel:
+                task = asyncio.create_task(self.retry(dispatcher, data))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                dispatcher.receive(channel, data)
+
+        return handle
+
+    async def retry(self, dispatcher: Dispatcher, data: bytes) -> bool:
+        """Run the current version of a failed route again on the recorded event."""
+        request = parse_retry_message(data)
+        if request is None:
+            log.warning(
+                "ignored a malformed retry request on %s: %r",
+                self.settings.control_channel,
+                data[:200],
+            )
+            return False
+        failure_id, instance = request
+        if instance != dispatcher.instance:
+            log.debug("retry %s is for router %s, not this one", failure_id, instance)
+            return False
+        failure = await self.journal.get(failure_id) if self.journal is not None else None
+        if failure is None:
+            log.error("retry %s: no such failure in the journal", failure_id)
+            return False
+        route = self._route_named(failure.route)
+        if route is None:
+            log.error("retry %s: route %s no longer exists; not retried", failure_id, failure.route)
+            return False
+        event = parse_event(failure.channel, failure.raw())
+        captures = route.match(event.channel) if not route.convention else {}
+        if captures is None:
+            log.error(
+                "retry %s: route %s no longer matches %r; not retried",
+                failure_id,
+                route.name,
+                event.channel,
+            )
+            return False
+        log.info(
+            "retry %s: running route %s (current version, %s:%d) again on %r",
+            failure_id,
+            route.name,
+            route.file,
+            route.line,
+            event.channel,
+        )
+        return bool(dispatcher.submit(route, event, captures))
+
+    def _route_named(self, name: str) -> Route | None:
+        if name.startswith("events:"):
+            folder = Path(name.removeprefix("events:"))
+            return convention_route(folder) if folder.is_dir() else None
+        return next((route for route in self.routes if route.name == name), None)
 
     def _urls(self) -> tuple[str, str]:
         env = os.environ
@@ -108,7 +173,14 @@ class Daemon:
         )
         publisher = bus.RedisPublisher(pub_url)
         dispatcher = Dispatcher(self.settings, runner, publisher, index)
-        subscriber = bus.Subscriber(sub_url, dispatcher.receive)
+        dispatcher.instance = instance_name(self.settings.instance)
+        state = self.settings.state_dir or embedded.default_state_dir()
+        journal = await open_journal(
+            pub_url, self.settings.journal_key, self.settings.journal_size, state
+        )
+        dispatcher.journal = self.journal = journal
+        log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
+        subscriber = bus.Subscriber(sub_url, self._on_message(dispatcher))
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
@@ -129,6 +201,7 @@ class Daemon:
                     await self.reload(dispatcher, subscriber)
         finally:
             await self._shutdown(intake, dispatcher, publisher)
+            await journal.close()
         return 0
 
     def _install_signals(self) -> None:

@@ -16,14 +16,16 @@ import random
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.errors import TemplateRenderError
+from eventrouter.journal import Failure, encode_payload
 from eventrouter.lanes import Job, Scheduler
 from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
 from eventrouter.patterns import RouteIndex
-from eventrouter.steps import StepRunner
+from eventrouter.steps import HandlerResult, StepRunner, describe_status
 from eventrouter.templates import event_context
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,14 @@ log = logging.getLogger(__name__)
 #: How long a derived event is remembered while waiting for it to come back from Redis.
 CHAIN_TTL = 60.0
 CHAIN_MAX = 100_000
+
+
+class FailureJournal(Protocol):
+    """Where failed runs go."""
+
+    async def record(self, failure: Failure) -> str:
+        """Record a failure; return its id, or "" when it could not be recorded."""
+        ...
 
 
 class Publisher(Protocol):
@@ -79,6 +89,31 @@ def render_emit(action: EmitAction, context: dict[str, Any]) -> tuple[str, bytes
     return channel, data
 
 
+@dataclass(frozen=True)
+class Failed:
+    """Why an action failed, for the log and the failure journal."""
+
+    status: str
+    reason: str
+    step: str | None = None
+    tail: tuple[str, ...] = ()
+    attempts: int = 1
+
+
+def _handler_failed(result: HandlerResult, attempts: int) -> Failed:
+    failing = next((step for step in reversed(result.steps) if step.status != 0), None)
+    if failing is None or failing.skipped is not None:
+        status = "handler error"
+    else:
+        status = describe_status(failing.status, timed_out=failing.timed_out, timeout=None)
+        if failing.timed_out:
+            status = "timed out"
+    if attempts > 1:
+        status = f"retries exhausted ({attempts} attempts): {status}"
+    step = failing.name if failing is not None else None
+    return Failed(status, result.error or status, step, result.tail, attempts)
+
+
 def chain_text(chain: Sequence[ChainLink]) -> str:
     """Return ``route -> channel -> route -> channel`` for a log line."""
     return " -> ".join(f"{link.route} emitted {link.channel}" for link in chain)
@@ -99,6 +134,9 @@ class Dispatcher:
         self.publisher = publisher
         self.index = index
         self.counters: Counter[str] = Counter()
+        #: Where failed runs are recorded (set by the daemon once the journal is open).
+        self.journal: FailureJournal | None = None
+        self.instance = settings.instance
         self.scheduler = Scheduler(
             self.execute,
             queue_limit=settings.queue_limit,
@@ -219,13 +257,14 @@ class Dispatcher:
     async def execute(self, job: Job) -> bool:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
+        started = time.time()
         context = event_context(event, match=job.captures, route=route.name)
         for position, action in enumerate(route.actions, 1):
             if isinstance(action, RunAction):
-                ok = await self._run(job, action, context)
+                failed = await self._run(job, action, context)
             else:
-                ok = await self._emit(job, action, context)
-            if not ok:
+                failed = await self._emit(job, action, context)
+            if failed is not None:
                 self.counters["runs_failed"] += 1
                 left = len(route.actions) - position
                 if left:
@@ -236,11 +275,51 @@ class Dispatcher:
                         position,
                         left,
                     )
+                await self._journal(job, position, action, failed, started)
                 return False
         self.counters["runs_ok"] += 1
         return True
 
-    async def _run(self, job: Job, action: RunAction, context: dict[str, Any]) -> bool:
+    async def _journal(
+        self,
+        job: Job,
+        position: int,
+        action: RunAction | EmitAction,
+        failed: Failed,
+        started: float,
+    ) -> None:
+        if self.journal is None:
+            return
+        payload, payload_b64 = encode_payload(job.event.raw)
+        failure = Failure(
+            id="",
+            time=time.time(),
+            started=started,
+            instance=self.instance,
+            route=job.route.name,
+            route_file=job.route.file,
+            route_line=job.route.line,
+            action=action.describe(),
+            action_index=position,
+            step=failed.step,
+            status=failed.status,
+            reason=failed.reason,
+            channel=job.event.channel,
+            payload=payload,
+            payload_b64=payload_b64,
+            tail=failed.tail,
+            attempts=failed.attempts,
+        )
+        failure_id = await self.journal.record(failure)
+        if failure_id:
+            log.info(
+                "route %s: failure recorded as %s (eventrouter retry %s)",
+                job.route.name,
+                failure_id,
+                failure_id,
+            )
+
+    async def _run(self, job: Job, action: RunAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event
         try:
             env = {key: template.render(context) for key, template in action.env}
@@ -248,7 +327,7 @@ class Dispatcher:
             log.error(
                 "route %s: event %r: env of %s: %s", route.name, event.channel, action.path, exc
             )
-            return False
+            return Failed("template error", f"env of {action.path}: {exc}")
         tag = f"{route.name} [{event.channel}]"
         attempts = route.retry.attempts if route.retry is not None else 1
         for attempt in range(1, attempts + 1):
@@ -262,9 +341,9 @@ class Dispatcher:
                 tag=tag,
                 group=route.name,
             )
-            if result.ok or route.retry is None:
-                return result.ok
-            if attempt < attempts:
+            if result.ok:
+                return None
+            if attempt < attempts and route.retry is not None:
                 # Jitter spreads the retries of many routes failing together over time.
                 delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
                 self.counters["retries"] += 1
@@ -277,10 +356,11 @@ class Dispatcher:
                     delay,
                 )
                 await asyncio.sleep(delay)
-        log.error("%s all %d attempts failed; giving up", tag, attempts)
-        return False
+        if attempts > 1:
+            log.error("%s all %d attempts failed; giving up", tag, attempts)
+        return _handler_failed(result, attempts)
 
-    async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> bool:
+    async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event
         try:
             channel, data = render_emit(action, context)
@@ -293,7 +373,7 @@ class Dispatcher:
                 event.channel,
                 exc,
             )
-            return False
+            return Failed("template error", f"emit {action.channel.source}: {exc}")
         chain = (*event.chain, ChainLink(route.name, channel))
         if len(chain) > self.settings.max_depth:
             self.counters["loops_cut"] += 1
@@ -303,7 +383,10 @@ class Dispatcher:
                 self.settings.max_depth,
                 chain_text(chain),
             )
-            return False
+            return Failed(
+                "loop guard",
+                f"derived-event chain deeper than {self.settings.max_depth}: {chain_text(chain)}",
+            )
         self._remember_chain(channel, data, chain)
         try:
             receivers = await self.publisher.publish(channel, data)
@@ -315,7 +398,7 @@ class Dispatcher:
                 channel,
                 exc,
             )
-            return False
+            return Failed("publish failed", f"cannot publish {channel!r}: {exc}")
         self.counters["emitted"] += 1
         log.info(
             "route %s emitted %r (caused by %r, %d receivers)",
@@ -324,7 +407,7 @@ class Dispatcher:
             event.channel,
             receivers,
         )
-        return True
+        return None
 
     def _remember_chain(self, channel: str, data: bytes, chain: tuple[ChainLink, ...]) -> None:
         now = time.monotonic()

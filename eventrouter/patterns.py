@@ -147,6 +147,11 @@ def _from_bytes(text: str) -> str:
     return text if text.isascii() else text.encode("latin-1").decode("utf-8", "replace")
 
 
+def glob_escape(channel: str) -> str:
+    """Return a Redis glob matching exactly ``channel``."""
+    return "".join("\\" + char if char in "*?[]\\{}" else char for char in channel)
+
+
 def glob_match(glob: str, channel: str) -> bool:
     """Return True when the Redis glob ``glob`` matches ``channel``."""
     return ChannelPattern.parse(glob).match(channel) is not None
