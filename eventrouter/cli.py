@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -591,7 +592,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         instance=args.instance,
     )
     try:
-        return asyncio.run(Daemon(settings, result).run())
+        status = asyncio.run(Daemon(settings, result).run())
+        # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return status
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID

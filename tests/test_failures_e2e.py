@@ -1,0 +1,78 @@
+"""The failure journal end to end: a failed run is recorded, survives a daemon restart, and
+`eventrouter retry` runs the since-fixed route again on the same event."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import redis
+
+from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI."""
+    return subprocess.run(
+        [sys.executable, "-m", "eventrouter", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_failure_recorded_survives_restart_and_retry_runs_fixed_route(
+    tmp_path: Path, redis_url: str, short_tmp: Path
+) -> None:
+    out = tmp_path / "out"
+    write_step(tmp_path / "broken" / "10", 'echo "<3>cannot reach the backend"; exit 4')
+    write_step(tmp_path / "fixed" / "10", f"cat > {out}")
+    routes = tmp_path / "routes.d"
+    routes.mkdir()
+    route = routes / "r.yml"
+    text = (
+        "routes:\n  - name: sync\n    on: module/{{m}}/event/changed\n    do: [{{run: ../{h}}}]\n"
+    )
+    route.write_text(text.format(h="broken"))
+    env = clean_env(
+        REDIS_ADDRESS=redis_url.removeprefix("redis://"), EVENTROUTER_STATE_DIR=str(short_tmp)
+    )
+    args = ["run", "--routes", str(routes), "--instance", "node1"]
+    router = Router(args, tmp_path / "log1", env)
+    try:
+        router.ready()
+        redis.Redis.from_url(redis_url).publish("module/mail1/event/changed", '{"n": 1}')
+        log = router.wait_log("failure recorded as")
+        failure_id = log.split("failure recorded as ")[1].split()[0]
+        assert router.stop() == 0
+    finally:
+        router.kill()
+
+    listed = cli("failures", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["id"] == failure_id
+    assert entry["route"] == "sync" and entry["instance"] == "node1"
+    assert entry["channel"] == "module/mail1/event/changed"
+    assert entry["payload"] == '{"n": 1}'
+    assert entry["step"] == "10" and entry["status"] == "exit status 4"
+    assert "cannot reach the backend" in entry["tail"]
+
+    route.write_text(text.format(h="fixed"))  # the operator fixes the route
+    router = Router(args, tmp_path / "log2", env)  # a restarted daemon
+    try:
+        router.ready()
+        retried = cli("retry", failure_id, env=env)
+        assert retried.returncode == 0, retried.stderr
+        wait_for(out.exists, what="the retried run")
+        assert out.read_text() == '{"n": 1}'
+        log = router.wait_log(f"retry {failure_id}: running route sync")
+        assert "current version" in log
+        assert router.stop() == 0
+    finally:
+        router.kill()
