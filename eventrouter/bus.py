@@ -207,3 +207,78 @@ async def ping(url: str) -> bool:
         return False
     finally:
         await connection.aclose()
+
+
+# --- Streams, for the failure journal -------------------------------------------------------
+
+
+class StoreError(Exception):
+    """A Redis command failed: unreachable, no permission (NOPERM), read-only replica, type."""
+
+
+#: A stream entry: its id ("1700000000000-0") and its fields.
+StreamEntry = tuple[str, dict[str, bytes]]
+
+
+def _store_error(key: str, exc: BaseException) -> StoreError:
+    return StoreError(f"{type(exc).__name__}: {exc} (stream {key!r})")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _entry(raw: Any) -> StreamEntry:
+    entry_id, fields = raw
+    return _text(entry_id), {
+        _text(name): value if isinstance(value, bytes) else _text(value).encode()
+        for name, value in (fields or {}).items()
+    }
+
+
+async def stream_add(
+    connection: aioredis.Redis, key: str, fields: dict[str, bytes], maxlen: int | None
+) -> str:
+    """Append an entry (XADD, trimming exactly to ``maxlen`` entries when given); return its id."""
+    values: dict[Any, Any] = dict(fields)
+    try:
+        entry_id = await connection.xadd(key, values, maxlen=maxlen, approximate=False)
+    except (RedisError, OSError) as exc:
+        raise _store_error(key, exc) from exc
+    return _text(entry_id)
+
+
+async def stream_delete(connection: aioredis.Redis, key: str, entry_id: str) -> None:
+    """Delete one entry (XDEL)."""
+    try:
+        await connection.xdel(key, entry_id)
+    except (RedisError, OSError) as exc:
+        raise _store_error(key, exc) from exc
+
+
+async def stream_range_rev(
+    connection: aioredis.Redis, key: str, end: str, count: int
+) -> list[StreamEntry]:
+    """Return up to ``count`` entries at or before ``end`` ("+", an id, "(id"), newest first."""
+    try:
+        raw = await connection.xrevrange(key, max=end, min="-", count=count)
+    except (RedisError, OSError) as exc:
+        raise _store_error(key, exc) from exc
+    return [_entry(item) for item in raw or []]
+
+
+async def stream_get(connection: aioredis.Redis, key: str, entry_id: str) -> StreamEntry | None:
+    """Return the entry ``entry_id`` (XRANGE id id), or None when there is none."""
+    try:
+        raw = await connection.xrange(key, min=entry_id, max=entry_id, count=1)
+    except (RedisError, OSError) as exc:
+        raise _store_error(key, exc) from exc
+    return _entry(raw[0]) if raw else None
+
+
+async def close_quietly(connection: aioredis.Redis) -> None:
+    """Close a client's connection pool; a failure to close is only worth a debug line."""
+    try:
+        await connection.aclose()
+    except (RedisError, OSError) as exc:
+        log.debug("closing a Redis connection: %s", exc)

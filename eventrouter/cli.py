@@ -405,6 +405,17 @@ def _write_url(args: argparse.Namespace) -> str | None:
     return embedded.unix_url(socket) if embedded.ping(socket) else None
 
 
+def _journal_url(args: argparse.Namespace) -> str | None:
+    """Return the Redis holding the failure journal; None: the local file.
+
+    The embedded server keeps nothing across restarts, so with it the journal is the file
+    in the state folder, as the daemon does.
+    """
+    if args.redis or os.environ.get("REDIS_ADDRESS"):
+        return _write_url(args)
+    return None
+
+
 def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
     from eventrouter import bus, schemas
@@ -479,7 +490,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
         return book.where, found
 
     try:
-        where, failures = asyncio.run(_with_journal(_write_url(args), args, fetch))
+        where, failures = asyncio.run(_with_journal(_journal_url(args), args, fetch))
     except JournalError as exc:
         print(f"eventrouter failures: {exc}", file=sys.stderr)
         return EXIT_INVALID
@@ -504,7 +515,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
     url = _write_url(args)
     try:
-        where, failure = asyncio.run(_with_journal(url, args, look))
+        where, failure = asyncio.run(_with_journal(_journal_url(args), args, look))
     except JournalError as exc:
         print(f"eventrouter retry: {exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -82,6 +82,7 @@ class Daemon:
         self.intents = Intents()
         self.server: embedded.EmbeddedServer | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
+        self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
@@ -156,6 +157,7 @@ class Daemon:
         sub = subscribe_url(self.settings.redis_url, env)
         pub = publish_url(self.settings.publish_url, env, sub)
         if sub is None:
+            self._embedded = True
             state = self.settings.state_dir or embedded.default_state_dir()
             sub, self.server = embedded.ensure_server(state)
             where = "started" if self.server else "found running"
@@ -175,8 +177,13 @@ class Daemon:
         dispatcher = Dispatcher(self.settings, runner, publisher, index)
         dispatcher.instance = instance_name(self.settings.instance)
         state = self.settings.state_dir or embedded.default_state_dir()
+        # The embedded server keeps nothing across restarts: journal to the state folder.
+        embedded_only = self._embedded and pub_url == sub_url
         journal = await open_journal(
-            pub_url, self.settings.journal_key, self.settings.journal_size, state
+            None if embedded_only else pub_url,
+            self.settings.journal_key,
+            self.settings.journal_size,
+            state,
         )
         dispatcher.journal = self.journal = journal
         log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)

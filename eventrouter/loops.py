@@ -371,7 +371,8 @@ def cycle_findings(
             note = "every route on it has a when: condition that can stop it"
             findings.append(Diagnostic(first.file, first.line, "warning", f"{text} ({note})"))
         else:
-            note = "no when: on it can stop it; the runtime loop guard will cut it"
+            names = ", ".join(routes[node].name for node in cycle if not can_stop[node])
+            note = f"no when: condition can stop it at {names}; only the runtime loop guard will"
             findings.append(Diagnostic(first.file, first.line, "error", f"{text} ({note})"))
     if more:
         first = routes[cycles[-1][0]]

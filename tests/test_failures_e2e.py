@@ -76,3 +76,29 @@ def test_failure_recorded_survives_restart_and_retry_runs_fixed_route(
         assert router.stop() == 0
     finally:
         router.kill()
+
+
+def test_embedded_default_keeps_the_journal_in_the_state_folder(
+    tmp_path: Path, short_tmp: Path
+) -> None:
+    write_step(tmp_path / "h" / "10", "exit 9")
+    routes = tmp_path / "routes.d"
+    routes.mkdir()
+    (routes / "r.yml").write_text(
+        "routes:\n  - name: bad\n    on: a/event/b\n    do: [{run: ../h}]\n"
+    )
+    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp))
+    router = Router(["run", "--routes", str(routes)], tmp_path / "log", env)
+    try:
+        router.ready()
+        assert f"failure journal: local file {short_tmp}" in router.log
+        published = cli("publish", "--raw", "a/event/b", "x", env=env)
+        assert published.returncode == 0, published.stderr
+        router.wait_log("failure recorded as")
+        assert router.stop() == 0  # stops the embedded server too: its data is gone
+    finally:
+        router.kill()
+    listed = cli("failures", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    [entry] = json.loads(listed.stdout)
+    assert entry["route"] == "bad" and entry["status"] == "exit status 9"

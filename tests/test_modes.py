@@ -170,7 +170,7 @@ def test_debounce_runs_once_with_the_last_event(
     tmp_path: Path, router_factory: Start, redis_url: str
 ) -> None:
     out = tmp_path / "out"
-    write_step(tmp_path / "h" / "10", f"cat >> {out}; echo >> {out}")
+    write_step(tmp_path / "h" / "10", f'printf "%s\\n" "$(cat)" >> {out}')
     routes = routes_file(
         tmp_path,
         'routes:\n  - name: calm\n    on: a/event/go\n    key: "{{ payload.k }}"\n'

@@ -1,0 +1,779 @@
+"""Tests of the deep lint (``eventrouter check``): cycles, folders, templates, patterns, names."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from eventrouter.config import LoadResult, load_routes
+from eventrouter.errors import Diagnostic
+from eventrouter.lint import deep_check, past_tense
+from eventrouter.loops import elementary_cycles, overlap, pattern_glob
+from eventrouter.patterns import ChannelPattern
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples" / "ns8-cluster"
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    """Write a route file (dedented) and return its path."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def handler(folder: Path) -> Path:
+    """Create a handler folder with one executable step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    step = folder / "10step"
+    step.write_text("#!/bin/sh\nexit 0\n")
+    step.chmod(0o755)
+    return folder
+
+
+def load(folder: Path) -> LoadResult:
+    """Load a routes folder that must have no load errors."""
+    result = load_routes([folder])
+    assert result.ok, "\n".join(str(d) for d in result.diagnostics)
+    return result
+
+
+def lint(folder: Path, events_dirs: list[Path] | None = None) -> list[Diagnostic]:
+    """Return the deep-lint findings of a routes folder."""
+    return deep_check(load(folder), events_dirs or [])
+
+
+def having(findings: list[Diagnostic], *words: str) -> list[Diagnostic]:
+    """Return the findings whose message holds every word."""
+    return [d for d in findings if all(word in d.message for word in words)]
+
+
+def listing(findings: list[Diagnostic]) -> str:
+    """Return the findings one a line, for assertion messages."""
+    return "\n".join(str(d) for d in findings) or "(no findings)"
+
+
+# --- glob intersection ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("one", "two", "expected"),
+    [
+        ("a/*", "a/b", True),
+        ("a/?", "a/bc", False),
+        ("a/[bc]", "a/c", True),
+        ("a/[^bc]", "a/c", False),
+        ("a/[^bc]", "a/d", True),
+        ("[a-b]x", "[c-e]x", False),
+        ("[b-a]x", "[a]x", True),  # Redis accepts reversed ranges
+        ("[^a-z]", "[a-c]", False),
+        ("[^a-b]", "[a-c]", True),
+        ("a\\*", "a*", True),
+        ("a\\*", "ab", False),
+        ("*a*", "*b*", True),
+        ("a/{x}/c", "a/b/d/c", False),  # a capture is one path segment
+        ("a/*/c", "a/b/d/c", True),
+        ("a/{x}", "a/", False),  # ... and never empty
+        ("*/event/*", "module/foo/events/x", False),
+    ],
+)
+def test_glob_overlap(one: str, two: str, expected: bool) -> None:
+    assert overlap(pattern_glob(one), pattern_glob(two)) is expected
+    assert overlap(pattern_glob(two), pattern_glob(one)) is expected
+
+
+def _random_pattern(rng: random.Random) -> str:
+    pieces = ["a", "b", "/", "*", "?", "[ab]", "[^a]", "[^/]", "\\*", "{x}"]
+    chosen = [rng.choice(pieces) for _ in range(rng.randint(0, 3))]
+    text, count = "", 0
+    for piece in chosen:  # capture names must differ
+        text += piece.replace("{x}", f"{{x{count}}}")
+        count += piece == "{x}"
+    return text or "a"
+
+
+def test_glob_overlap_agrees_with_brute_force() -> None:
+    # A shortest common channel is never longer than the two patterns' tokens together (6).
+    channels = ["".join(p) for n in range(7) for p in itertools.product("ab/*c", repeat=n)]
+    rng = random.Random(8)
+    for _ in range(300):
+        one, two = (
+            ChannelPattern.parse(_random_pattern(rng)),
+            ChannelPattern.parse(_random_pattern(rng)),
+        )
+        expected = any(one.match(c) is not None and two.match(c) is not None for c in channels)
+        found = overlap(pattern_glob(one.text), pattern_glob(two.text))
+        assert found is expected, (one.text, two.text)
+
+
+def test_elementary_cycles_are_each_found_once() -> None:
+    graph = {0: {1: "", 2: ""}, 1: {0: "", 2: ""}, 2: {0: "", 1: "", 2: ""}, 3: {0: ""}}
+    cycles, more = elementary_cycles(graph)
+    assert sorted(map(tuple, cycles)) == [(0, 1), (0, 1, 2), (0, 2), (0, 2, 1), (1, 2), (2,)]
+    assert not more
+
+
+def test_elementary_cycles_stop_at_the_limit() -> None:
+    nodes = range(8)  # a complete graph has thousands of cycles
+    graph = {a: {b: "" for b in nodes if b != a} for a in nodes}
+    cycles, more = elementary_cycles(graph, limit=10)
+    assert len(cycles) == 10
+    assert more
+
+
+# --- cycles ---------------------------------------------------------------------------------
+
+
+def test_cross_file_cycle_names_every_route_and_file(tmp_path: Path) -> None:
+    one = write(
+        tmp_path,
+        "10-ping.yml",
+        """\
+        routes:
+          - name: pinger
+            on: x/event/pinged
+            do:
+              - emit: {channel: x/event/ponged}
+        """,
+    )
+    two = write(
+        tmp_path,
+        "20-pong.yml",
+        """\
+        # padding
+        routes:
+          - name: ponger
+            on: x/event/ponged
+            do:
+              - emit: {channel: x/event/pinged}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert len(findings) == 1, listing(findings)
+    found = findings[0]
+    assert (found.file, found.line, found.severity) == (str(one), 2, "error")
+    assert found.message.startswith(
+        f"derived-event cycle: pinger ({one}:2) emits x/event/ponged -> "
+        f"ponger ({two}:3) emits x/event/pinged -> pinger"
+    )
+
+
+def test_chain_without_cycle_is_not_reported(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: pinger
+            on: x/event/pinged
+            do:
+              - emit: {channel: x/event/ponged}
+          - name: ponger
+            on: x/event/ponged
+            do:
+              - emit: {channel: x/event/finished}
+        """,
+    )
+    assert having(lint(tmp_path), "cycle") == []
+
+
+def test_templated_channel_closes_a_cycle(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: relay
+            on: x/event/pinged
+            do:
+              - emit:
+                  channel: "x/event/{{ payload.kind }}"
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == ["error"], listing(findings)
+    assert "relay (" in findings[0].message
+    assert "emits x/event/{{ payload.kind }} -> relay" in findings[0].message
+
+
+def test_templated_channel_elsewhere_is_no_cycle(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: relay
+            on: x/event/pinged
+            do:
+              - emit:
+                  channel: "y/event/{{ payload.kind }}"
+        """,
+    )
+    assert having(lint(tmp_path), "cycle") == []
+
+
+@pytest.mark.parametrize(
+    ("pattern", "cycle"),
+    [("x/{id}/event/pinged", False), ("x/*/event/pinged", True), ("x/[bc]/*", False)],
+)
+def test_capture_matches_one_segment_only(tmp_path: Path, pattern: str, cycle: bool) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: relay
+            on: "{pattern}"
+            do:
+              - emit: {{channel: x/a/b/event/pinged}}
+        """,
+    )
+    assert bool(having(lint(tmp_path), "derived-event cycle")) is cycle
+
+
+def test_cycle_that_every_when_can_break_is_a_warning(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: pinger
+            on: x/event/pinged
+            when: payload.hops is defined and payload.hops < 3
+            do:
+              - emit: {channel: x/event/ponged, payload: {hops: "{{ payload.hops + 1 }}"}}
+          - name: ponger
+            on: x/event/ponged
+            when: payload.hops < 3
+            do:
+              - emit: {channel: x/event/pinged, payload: {hops: "{{ payload.hops }}"}}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == ["warning"], listing(findings)
+    assert "every route on it has a when: condition that can stop it" in findings[0].message
+
+
+@pytest.mark.parametrize("when", [None, "'true'", "1 == 1"])
+def test_cycle_with_a_route_that_cannot_stop_is_an_error(tmp_path: Path, when: str | None) -> None:
+    condition = f"when: {when}" if when else ""
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: pinger
+            on: x/event/pinged
+            when: payload.hops < 3
+            do:
+              - emit: {{channel: x/event/ponged}}
+          - name: ponger
+            on: x/event/ponged
+            {condition}
+            do:
+              - emit: {{channel: x/event/pinged}}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == ["error"], listing(findings)
+    assert "no when: condition can stop it at ponger;" in findings[0].message
+
+
+def test_disabled_route_breaks_the_cycle(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: relay
+            on: x/event/pinged
+            enabled: false
+            do:
+              - emit: {channel: x/event/pinged}
+        """,
+    )
+    assert having(lint(tmp_path), "cycle") == []
+
+
+def test_three_route_cycle_is_reported_once_from_its_first_route(tmp_path: Path) -> None:
+    body = "routes:\n"
+    for name, on, to in [("c", "z", "x"), ("a", "x", "y"), ("b", "y", "z")]:
+        body += f"  - name: {name}\n    on: q/event/{on}-happened\n"
+        body += f"    do:\n      - emit: {{channel: q/event/{to}-happened}}\n"
+    write(tmp_path, "routes.yml", body)
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert len(findings) == 1, listing(findings)
+    assert findings[0].message.startswith("derived-event cycle: c (")
+    assert "-> a (" in findings[0].message
+    assert "-> b (" in findings[0].message
+    assert findings[0].message.endswith(
+        "-> c (no when: condition can stop it at c, a, b; only the runtime loop guard will)"
+    )
+
+
+def test_cli_check_exits_1_on_a_cycle(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: relay
+            on: x/event/pinged
+            do:
+              - emit: {channel: x/event/pinged}
+        """,
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "eventrouter", "check", "--routes", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert (
+        f"{path}:2: error: derived-event cycle: relay ({path}:2) emits x/event/pinged"
+        in done.stdout
+    )
+
+
+def test_cli_check_exits_0_on_the_examples() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eventrouter",
+            "check",
+            "--routes",
+            str(EXAMPLES / "routes.d"),
+            "--events-dir",
+            str(EXAMPLES / "events"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ": error:" not in done.stdout
+
+
+def test_many_routes_with_one_long_cycle(tmp_path: Path) -> None:
+    count = 2000  # a long chain also proves the cycle search is not recursive
+    body = "routes:\n"
+    for number in range(count):
+        body += f"  - name: r{number}\n    on: [q/event/e{number}-happened, 'n{number}/*']\n"
+        body += f"    do:\n      - emit: {{channel: q/event/e{(number + 1) % count}-happened}}\n"
+    write(tmp_path, "routes.yml", body)
+    findings = lint(tmp_path)
+    cycles = having(findings, "derived-event cycle")
+    assert len(cycles) == 1, listing(findings[:5])
+    assert cycles[0].message.count(" emits ") == count
+    assert findings == cycles
+
+
+# --- handler and events folders -------------------------------------------------------------
+
+
+def _broken_folder(folder: Path) -> Path:
+    handler(folder)
+    (folder / "20plain").write_text("#!/bin/sh\n")
+    (folder / "30sub").mkdir()
+    (folder / "40gone").symlink_to(folder / "missing")
+    (folder / "50backup~").write_text("")  # ignored, like the runner does
+    return folder
+
+
+def test_handler_folder_entries_that_will_not_run(tmp_path: Path) -> None:
+    folder = _broken_folder(tmp_path / "handlers" / "h")
+    path = write(
+        tmp_path / "routes.d",
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/happened
+            do:
+              - run: ../handlers/h
+        """,
+    )
+    findings = lint(tmp_path / "routes.d")
+    assert {(d.file, d.line, d.severity) for d in findings} == {(str(path), 5, "warning")}
+    assert len(having(findings, f"{folder / '20plain'} is not executable")) == 1
+    assert len(having(findings, f"{folder / '30sub'} is a directory, not a step")) == 1
+    assert len(having(findings, f"{folder / '40gone'} is a dangling symlink")) == 1
+    assert having(findings, "50backup") == []
+    assert having(findings, "no runnable step") == []
+
+
+def test_handler_folder_without_a_runnable_step(tmp_path: Path) -> None:
+    (tmp_path / "handlers" / "empty").mkdir(parents=True)
+    handler(tmp_path / "handlers" / "good")
+    write(
+        tmp_path / "routes.d",
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/happened
+            do:
+              - run: ../handlers/empty
+              - run: ../handlers/good
+        """,
+    )
+    findings = lint(tmp_path / "routes.d")
+    assert len(findings) == 1, listing(findings)
+    assert "route r: handler folder" in findings[0].message
+    assert findings[0].message.endswith("empty has no runnable step")
+    assert findings[0].line == 5
+
+
+def test_events_folders_are_checked(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    handler(events / "good-happened")
+    _broken_folder(events / "bad-happened")
+    (events / "empty-happened").mkdir()
+    (tmp_path / "routes.d").mkdir()
+    findings = lint(tmp_path / "routes.d", [events])
+    assert {d.file for d in findings} == {
+        str(events / "bad-happened"),
+        str(events / "empty-happened"),
+    }, listing(findings)
+    assert len(having(findings, "is a directory, not a step")) == 1
+    assert len(having(findings, "has no runnable step")) == 1
+
+
+# --- templates against event schemas --------------------------------------------------------
+
+
+def test_when_field_missing_from_a_well_known_event(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: payload.modul == "mail1" and payload.node == 1
+            do:
+              - emit: {channel: cluster/event/module-domain-changed}
+        """,
+    )
+    findings = lint(tmp_path)
+    assert [str(d) for d in findings] == [
+        f"{path}:2: warning: route r: 'when' uses payload.modul, which module-added does not "
+        "carry (fields: module, node)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "payload.module == 'mail1'",
+        "payload.modul is defined and payload.modul == 'mail1'",
+        "payload.modul is not defined or payload.modul == 'mail1'",
+        "(payload.modul | default('')) == 'mail1'",
+        "payload['modul'] | d('') == 'mail1'",
+        "payload.get('modul') == 'mail1'",
+        "'modul' in payload and payload.modul == 'mail1'",
+        "payload.modul == 'mail1' if payload.modul is defined else false",
+    ],
+)
+def test_present_or_protected_fields_are_not_reported(tmp_path: Path, when: str) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: "{when}"
+            do:
+              - emit: {{channel: cluster/event/module-domain-changed}}
+        """,
+    )
+    assert lint(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "cluster/event/*",  # could be any event
+        "cluster/event/module-happened",  # no schema
+        "module/{id}/event/module-added",  # module-added comes from the cluster only
+    ],
+)
+def test_events_without_a_known_schema_are_not_checked(tmp_path: Path, pattern: str) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: "{pattern}"
+            when: payload.modul == "mail1"
+            do:
+              - emit: {{channel: y/event/happened}}
+        """,
+    )
+    assert having(lint(tmp_path), "payload.modul") == []
+
+
+def test_emit_and_env_templates_are_checked_at_their_action_line(tmp_path: Path) -> None:
+    handler(tmp_path / "h")
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: node/{node}/event/backup-status-changed
+            do:
+              - emit:
+                  channel: "node/{{ match.node }}/event/{{ payload.status }}-reported"
+                  payload:
+                    ids: ["{{ payload.backup }}", "{{ payload.backup_id }}"]
+              - run: h
+                env:
+                  NODE: "{{ match.nod }}"
+                  MODULE: "{{ payload.module_id }}"
+        """,
+    )
+    found = sorted(str(d) for d in lint(tmp_path))
+    fields = "(fields: node_id, module_id, backup_id)"
+    assert found == [
+        f"{path}:5: warning: route r: 'emit channel' uses payload.status, which "
+        f"backup-status-changed does not carry {fields}",
+        f"{path}:5: warning: route r: 'emit payload.ids[0]' uses payload.backup, which "
+        f"backup-status-changed does not carry {fields}",
+        f"{path}:9: warning: route r: 'env NODE' uses match.nod, which pattern "
+        "node/{node}/event/backup-status-changed does not capture (captures: node)",
+    ]
+
+
+def test_declared_schema_and_undefined_names(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        schemas:
+          thing-happened:
+            source: module
+            fields: {size: integer, "label?": string}
+        routes:
+          - name: r
+            on: "*/event/thing-happened"
+            when: payload.label == "x" and payload.colour == "red" and paylod.size
+            do:
+              - emit: {channel: y/event/happened}
+        """,
+    )
+    findings = lint(tmp_path)
+    assert len(findings) == 2, listing(findings)
+    assert having(
+        findings, "payload.colour, which thing-happened does not carry (fields: size, label)"
+    )
+    assert having(findings, "uses paylod, which is not defined")
+
+
+# --- patterns, duplicates, folders run twice ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "never"),
+    [
+        ("module/foo/events/x", True),
+        ("module/[a-z]/event", True),
+        ("*/events/*", False),  # "a/event/b/events/c" fits
+        ("module/*", False),
+        ("*/event/*", False),
+    ],
+)
+def test_pattern_that_can_never_match_an_event(tmp_path: Path, pattern: str, never: bool) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: "{pattern}"
+            do:
+              - emit: {{channel: y/event/happened}}
+        """,
+    )
+    found = having(lint(tmp_path), f"pattern {pattern} can never match an event channel")
+    assert len(found) == int(never)
+
+
+@pytest.mark.parametrize(("second_when", "duplicate"), [("payload.a", True), ("payload.b", False)])
+def test_duplicate_route(tmp_path: Path, second_when: str, duplicate: bool) -> None:
+    handler(tmp_path / "h")
+    template = """\
+          - name: {name}
+            on: x/event/happened
+            when: {when}
+            do:
+              - run: h
+    """
+    body = "routes:\n" + textwrap.dedent(template).format(name="a", when="payload.a")
+    body += textwrap.dedent(template).format(name="b", when=second_when)
+    write(tmp_path, "routes.yml", body)
+    findings = lint(tmp_path)
+    dups = having(findings, "route b: duplicates route a")
+    assert len(dups) == int(duplicate), listing(findings)
+    if duplicate:
+        assert dups[0].line == 7
+        assert having(findings, "run the folder twice") == []  # said once, as a duplicate
+    else:
+        assert len(having(findings, "route b: runs handler folder", "run the folder twice")) == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "twice"),
+    [
+        ("x/event/*-added", "*/event/module-added", True),
+        ("x/event/*-added", "x/event/*-removed", False),
+    ],
+)
+def test_same_folder_run_twice_for_one_event(
+    tmp_path: Path, first: str, second: str, twice: bool
+) -> None:
+    handler(tmp_path / "h")
+    path = write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: a
+            on: "{first}"
+            do:
+              - run: h
+          - name: b
+            on: "{second}"
+            do:
+              - emit: {{channel: y/event/happened}}
+              - run: ./h
+        """,
+    )
+    findings = having(lint(tmp_path), "run the folder twice")
+    assert len(findings) == int(twice), listing(findings)
+    if twice:
+        assert findings[0].line == 10
+        assert findings[0].message.startswith(f"route b: runs handler folder {tmp_path / 'h'}, ")
+        assert f"as route a ({path}:2) does, and patterns {first} and {second}" in (
+            findings[0].message
+        )
+
+
+@pytest.mark.parametrize(("pattern", "twice"), [("*/event/*", True), ("x/event/other-ed", False)])
+def test_route_running_an_events_folder(tmp_path: Path, pattern: str, twice: bool) -> None:
+    events = tmp_path / "events"
+    handler(events / "module-added")
+    write(
+        tmp_path / "routes.d",
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: "{pattern}"
+            do:
+              - run: ../events/module-added
+        """,
+    )
+    findings = having(lint(tmp_path / "routes.d", [events]), "also runs by convention for")
+    assert len(findings) == int(twice), listing(findings)
+
+
+# --- past tense -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("word", "past"),
+    [
+        ("add", "added"),
+        ("finish", "finished"),
+        ("renew", "renewed"),
+        ("remove", "removed"),
+        ("apply", "applied"),
+        ("deploy", "deployed"),
+        ("stop", "stopped"),
+        ("plan", "planned"),
+        ("open", "opened"),
+        ("fix", "fixed"),
+        ("commit", "committed"),
+        ("send", "sent"),
+        ("write", "written"),
+        ("set", "set"),
+        ("starting", "started"),
+        ("stopping", "stopped"),
+        ("updates", "updated"),
+        ("install", "installed"),
+    ],
+)
+def test_past_tense(word: str, past: str) -> None:
+    assert past_tense(word) == past
+
+
+def test_event_names_not_in_the_past_tense(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: [cluster/event/module-add, cluster/event/module-removed, "x/event/*", "x/event/run"]
+            do:
+              - emit: {channel: cluster/event/backup-finish}
+              - emit: {channel: "cluster/event/{{ payload.kind }}"}
+              - emit: {channel: cluster/event/cert-renewed}
+        """,
+    )
+    findings = having(lint(tmp_path), "past tense")
+    assert sorted(str(d) for d in findings) == [
+        f"{path}:2: warning: route r: event name 'module-add' (pattern cluster/event/module-add) "
+        "is not in the past tense; event names say what happened: did you mean 'module-added'?",
+        f"{path}:5: warning: route r: event name 'backup-finish' (emitted channel "
+        "cluster/event/backup-finish) is not in the past tense; event names say what happened: "
+        "did you mean 'backup-finished'?",
+    ]
+
+
+# --- the shipped examples -------------------------------------------------------------------
+
+
+def test_examples_have_no_findings() -> None:
+    result = load_routes([EXAMPLES / "routes.d"])
+    assert result.ok
+    findings = deep_check(result, [EXAMPLES / "events"])
+    assert findings == [], listing(findings)
+
+
+def test_handler_folder_gone_after_loading_is_reported(tmp_path: Path) -> None:
+    folder = handler(tmp_path / "h")
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/happened
+            do:
+              - run: h
+        """,
+    )
+    result = load(tmp_path)
+    (folder / "10step").unlink()
+    folder.rmdir()
+    findings = deep_check(result, [])
+    assert [d.message for d in findings] == [
+        f"route r: handler folder {folder} cannot be read: No such file or directory"
+    ]
