@@ -14,12 +14,13 @@ import json
 import logging
 import random
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from eventrouter.chains import ChainTracker, chain_text
 from eventrouter.errors import TemplateRenderError
 from eventrouter.journal import Failure, encode_payload
 from eventrouter.lanes import Job, Scheduler
@@ -29,10 +30,6 @@ from eventrouter.steps import HandlerResult, StepRunner, describe_status
 from eventrouter.templates import event_context
 
 log = logging.getLogger(__name__)
-
-#: How long a derived event is remembered while waiting for it to come back from Redis.
-CHAIN_TTL = 60.0
-CHAIN_MAX = 100_000
 
 
 class FailureJournal(Protocol):
@@ -114,11 +111,6 @@ def _handler_failed(result: HandlerResult, attempts: int) -> Failed:
     return Failed(status, result.error or status, step, result.tail, attempts)
 
 
-def chain_text(chain: Sequence[ChainLink]) -> str:
-    """Return ``route -> channel -> route -> channel`` for a log line."""
-    return " -> ".join(f"{link.route} emitted {link.channel}" for link in chain)
-
-
 class Dispatcher:
     """Match events to routes and run their actions."""
 
@@ -143,8 +135,7 @@ class Dispatcher:
             max_pending=settings.max_pending,
             counters=self.counters,
         )
-        self._chains: OrderedDict[tuple[str, bytes], tuple[float, deque[tuple[ChainLink, ...]]]]
-        self._chains = OrderedDict()
+        self.chains = ChainTracker()
 
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
@@ -169,7 +160,7 @@ class Dispatcher:
             )
             return
         event = parse_event(channel, data)
-        chain = self._adopt_chain(channel, data)
+        chain = self.chains.adopt(channel, data)
         if chain:
             event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
         self.handle(event)
@@ -387,7 +378,7 @@ class Dispatcher:
                 "loop guard",
                 f"derived-event chain deeper than {self.settings.max_depth}: {chain_text(chain)}",
             )
-        self._remember_chain(channel, data, chain)
+        self.chains.remember(channel, data, chain)
         try:
             receivers = await self.publisher.publish(channel, data)
         except Exception as exc:  # the publisher's own errors vary with the transport
@@ -408,28 +399,6 @@ class Dispatcher:
             receivers,
         )
         return None
-
-    def _remember_chain(self, channel: str, data: bytes, chain: tuple[ChainLink, ...]) -> None:
-        now = time.monotonic()
-        while self._chains:
-            _key, (stamp, _) = next(iter(self._chains.items()))
-            if now - stamp < CHAIN_TTL and len(self._chains) < CHAIN_MAX:
-                break
-            self._chains.popitem(last=False)
-        entry = self._chains.get((channel, data))
-        if entry is None:
-            self._chains[(channel, data)] = (now, deque([chain]))
-        else:
-            entry[1].append(chain)
-
-    def _adopt_chain(self, channel: str, data: bytes) -> tuple[ChainLink, ...]:
-        entry = self._chains.get((channel, data))
-        if entry is None:
-            return ()
-        chain = entry[1].popleft()
-        if not entry[1]:
-            del self._chains[(channel, data)]
-        return chain
 
     async def close(self, grace: float) -> None:
         """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eventrouter.chains import chain_text
 from eventrouter.dispatch import convention_folders, parse_event, render_emit
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import ChainLink, EmitAction, Event, Route, RunAction
@@ -175,8 +176,7 @@ class Explainer:
         plan.channel, plan.payload = channel, json.loads(data)
         chain = (*event.chain, ChainLink(route.name, channel))
         if len(chain) > self.max_depth:
-            hops = " -> ".join(f"{link.route} emitted {link.channel}" for link in chain)
-            plan.cut = f"loop guard: chain deeper than {self.max_depth}: {hops}"
+            plan.cut = f"loop guard: chain deeper than {self.max_depth}: {chain_text(chain)}"
             return plan
         derived = Event(channel, data, plan.payload, True, chain)
         plan.cascade = self._event(derived, len(chain))
