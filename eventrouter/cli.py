@@ -137,6 +137,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="runs queued per route before new ones are dropped with an error (default: 10000)",
     )
     parser.add_argument(
+        "--max-pending",
+        type=_positive,
+        default=100_000,
+        metavar="N",
+        help="runs waiting in all queues together before new ones are dropped with an error "
+        "(default: 100000)",
+    )
+    parser.add_argument(
         "--state-dir",
         metavar="DIR",
         help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "
@@ -597,6 +605,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_payload=args.max_payload,
         max_depth=args.max_depth,
         queue_limit=args.queue_limit,
+        max_pending=args.max_pending,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         journal_key=args.journal_key,
         journal_size=args.journal_size,
