@@ -1,0 +1,98 @@
+"""The dispatcher without a server: a loop-back publisher stands in for Redis's delivery."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from eventrouter.config import load_routes
+from eventrouter.dispatch import Dispatcher
+from eventrouter.model import Settings
+from eventrouter.patterns import RouteIndex
+from eventrouter.steps import StepRunner
+
+
+class LoopBack:
+    """Deliver every publish back to the dispatcher, as Redis does for a subscriber."""
+
+    def __init__(self) -> None:
+        self.dispatcher: Dispatcher | None = None
+        self.sent: list[tuple[str, bytes]] = []
+
+    async def publish(self, channel: str, data: bytes) -> int:
+        self.sent.append((channel, data))
+        assert self.dispatcher is not None
+        asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
+        return 1
+
+
+def make(tmp_path: Path, text: str, **settings: object) -> tuple[Dispatcher, LoopBack]:
+    (tmp_path / "r.yml").write_text(text)
+    result = load_routes([tmp_path])
+    assert result.ok, result.diagnostics
+    publisher = LoopBack()
+    dispatcher = Dispatcher(
+        Settings(**settings),  # type: ignore[arg-type]
+        StepRunner(),
+        publisher,
+        RouteIndex(result.routes),
+    )
+    publisher.dispatcher = dispatcher
+    return dispatcher, publisher
+
+
+async def settle(dispatcher: Dispatcher) -> None:
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if not dispatcher.busy:
+            return
+
+
+async def test_loop_guard_counts_the_chain_across_round_trips(tmp_path: Path) -> None:
+    dispatcher, publisher = make(
+        tmp_path,
+        "routes:\n  - name: echo\n    on: a/event/x\n    do: [{emit: {channel: a/event/x}}]\n",
+        max_depth=3,
+    )
+    dispatcher.receive("a/event/x", b"{}")
+    await settle(dispatcher)
+    assert len(publisher.sent) == 3  # depth 1, 2, 3; the 4th is cut
+    assert dispatcher.counters["loops_cut"] == 1
+
+
+async def test_someone_elses_identical_event_starts_a_fresh_chain(tmp_path: Path) -> None:
+    dispatcher, publisher = make(
+        tmp_path,
+        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n",
+    )
+    dispatcher.receive("a/event/x", b"{}")
+    await settle(dispatcher)
+    assert dispatcher.chains.adopt("b/event/y", b"{}") == ()  # consumed on its way back
+    assert len(publisher.sent) == 1
+
+
+async def test_oversize_and_strict_schema_and_key_errors_are_counted(tmp_path: Path) -> None:
+    dispatcher, publisher = make(
+        tmp_path,
+        """
+routes:
+  - name: strict
+    on: cluster/event/module-added
+    schema: strict
+    do: [{emit: {channel: out/event/ok}}]
+  - name: keyed
+    on: k/event/x
+    key: "{{ payload.missing }}"
+    do: [{emit: {channel: out/event/keyed}}]
+""",
+        max_payload=50,
+    )
+    dispatcher.receive("cluster/event/module-added", b'{"module": "m"}')  # no "node"
+    dispatcher.receive("cluster/event/module-added", b"x" * 51)
+    dispatcher.receive("k/event/x", b"{}")
+    dispatcher.receive("cluster/event/module-added", b'{"module": "m", "node": 1}')
+    await settle(dispatcher)
+    assert dispatcher.counters["schema_rejected"] == 1
+    assert dispatcher.counters["dropped_oversize"] == 1
+    assert dispatcher.counters["key_errors"] == 1
+    assert [channel for channel, _ in publisher.sent] == ["out/event/ok"]
