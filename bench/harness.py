@@ -1,0 +1,307 @@
+"""The bench harness: a Redis server, the real router in a subprocess, and the table.
+
+Shared by the benchmarks of ``traffic`` and ``scale``; ``run`` drives them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from eventrouter.embedded import EmbeddedServer
+
+REPO = Path(__file__).resolve().parent.parent
+READY = r"subscribed to (\d+) pattern"
+POLL = 0.001  # seconds between polls of a file the router or a step writes
+STOP_WAIT = 40.0  # the router's own --stop-timeout is 30 s
+# What the cumulative profile shows: the router, redis-py, Jinja2, PyYAML, logging and asyncio's
+# subprocess code; the event loop's and runpy's wrappers would fill the list with 100 % entries.
+PROFILED_CODE = r"eventrouter/|redis/|jinja2/|yaml/|voluptuous/|logging/|subprocess|unix_events"
+
+
+class BenchError(Exception):
+    """The router did not do what a benchmark asked within its bounded time."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    spawn_runs: int = 500
+    spawn_rounds: int = 2
+    latency_rate: float = 100.0
+    latency_seconds: float = 5.0
+    latency_baseline: int = 200
+    emit_events: int = 20_000
+    scale_files: int = 1_000
+    routes_per_file: int = 10
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    spawn_runs=100, latency_seconds=2.0, latency_baseline=100, emit_events=5_000, scale_files=100
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the result table."""
+
+    bench: str
+    metric: str
+    measured: str
+    target: str
+    baseline: str = "-"
+    ratio: str = "-"
+    verdict: str = "info"
+
+
+@dataclass
+class Context:
+    """What every benchmark shares: the temp folder, the server, the sizes, the notes."""
+
+    tmp: Path
+    redis_url: str
+    sizes: Sizes
+    profile: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def verdict(ok: bool) -> str:
+    """Return PASS or FAIL."""
+    return "PASS" if ok else "FAIL"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """Return our environment without Redis/NS8/router settings, plus ``extra``."""
+    prefixes = ("REDIS_", "AGENT_", "EVENTROUTER_", "NOTIFY_SOCKET", "JOURNAL_")
+    env = {key: value for key, value in os.environ.items() if not key.startswith(prefixes)}
+    env.update(extra)
+    return env
+
+
+def step_env(channel: str, **extra: str) -> dict[str, str]:
+    """Return the environment the router gives a step for ``channel`` (SPEC 4), for baselines."""
+    source, _, name = channel.partition("/event/")
+    env = clean_env(**extra)
+    env.update(AGENT_EVENT_NAME=name, AGENT_EVENT_SOURCE=source, AGENT_COMFD="2")
+    return env
+
+
+def write_file(path: Path, text: str, *, executable: bool = False) -> Path:
+    """Write ``text`` to ``path`` (parents created); make it executable when asked."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if executable:
+        path.chmod(0o755)
+    return path
+
+
+def count_lines(path: Path) -> int:
+    """Return how many complete lines ``path`` holds (0 when it does not exist yet)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def wait_lines(path: Path, lines: int, timeout: float) -> float:
+    """Poll until ``path`` holds ``lines`` lines; return perf_counter() at that moment."""
+    deadline = time.perf_counter() + timeout
+    while True:
+        now = time.perf_counter()
+        have = count_lines(path)
+        if have >= lines:
+            return now
+        if now > deadline:
+            raise BenchError(f"only {have} of {lines} step runs recorded after {timeout:g}s")
+        time.sleep(POLL)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Return the nearest-rank percentile of ``values``."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def eventrouter_cmd(ctx: Context, name: str, args: Sequence[str]) -> list[str]:
+    """Return the command line of the real CLI, under cProfile with ``--profile``."""
+    cmd = [sys.executable]
+    if ctx.profile:
+        cmd += ["-m", "cProfile", "-o", str(ctx.tmp / f"{name}.prof")]
+    return [*cmd, "-m", "eventrouter", *args]
+
+
+def print_profile(ctx: Context, name: str) -> None:
+    """Print the functions that dominate a profiled router or CLI run."""
+    path = ctx.tmp / f"{name}.prof"
+    if not ctx.profile or not path.exists():
+        return
+    print(f"\n--- cProfile of {name} (main thread), by own time ---", flush=True)
+    stats = pstats.Stats(str(path), stream=sys.stdout).strip_dirs()
+    stats.sort_stats("tottime").print_stats(14)
+    print(f"--- cProfile of {name}, by cumulative time (router, redis, jinja2, logging) ---")
+    pstats.Stats(str(path), stream=sys.stdout).sort_stats("cumulative").print_stats(
+        PROFILED_CODE, 24
+    )
+
+
+def rss_mib(pid: int, key: str = "VmRSS") -> float:
+    """Return a memory figure of /proc/PID/status (VmRSS, VmHWM) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise BenchError(f"no {key} in /proc/{pid}/status")
+
+
+class Router:
+    """The real ``eventrouter run`` in a subprocess, with its log in a file."""
+
+    def __init__(
+        self, ctx: Context, name: str, args: Sequence[str], env: dict[str, str], level: str
+    ) -> None:
+        self.name = name
+        self.log_path = ctx.tmp / f"{name}.log"
+        self._log_out = self.log_path.open("wb")
+        self._log_in = self.log_path.open("rb")
+        self.text = ""
+        cli = ["--log-level", level, "run", "--redis", ctx.redis_url, *args]
+        self.proc = subprocess.Popen(
+            eventrouter_cmd(ctx, name, cli),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+
+    def read_log(self) -> str:
+        """Return everything the router logged so far."""
+        if not self._log_in.closed:
+            self.text += self._log_in.read().decode("utf-8", "replace")
+        return self.text
+
+    def wait_log(self, pattern: str, timeout: float, since: int = 0) -> re.Match[str]:
+        """Poll the log for ``pattern`` after offset ``since``; return its match."""
+        regex = re.compile(pattern)
+        deadline = time.perf_counter() + timeout
+        while True:
+            found = regex.search(self.read_log(), since)
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                tail = " | ".join(self.text.strip().splitlines()[-3:])
+                raise BenchError(f"router {self.name} exited ({self.proc.returncode}): {tail}")
+            if time.perf_counter() > deadline:
+                raise BenchError(f"router {self.name}: no {pattern!r} after {timeout:g}s")
+            time.sleep(POLL)
+
+    def error_lines(self) -> list[str]:
+        """Return the ERROR lines of the log."""
+        return [line for line in self.read_log().splitlines() if " ERROR " in line]
+
+    def stop(self) -> None:
+        """SIGTERM the router and reap it (SIGKILL if it does not stop in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log_out.close()
+        self.read_log()
+        self._log_in.close()
+
+
+def wait_patterns(
+    url: str, done: Callable[[int], bool], timeout: float, router: Router | None = None
+) -> None:
+    """Poll PUBSUB NUMPAT until ``done`` accepts it (the router's is then the only pattern)."""
+    client = redis.Redis.from_url(url)
+    deadline = time.perf_counter() + timeout
+    try:
+        while not done(int(client.pubsub_numpat())):
+            if router is not None and router.proc.poll() is not None:
+                raise BenchError(f"router {router.name} exited ({router.proc.returncode})")
+            if time.perf_counter() > deadline:
+                raise BenchError(f"PUBSUB NUMPAT not as expected after {timeout:g}s")
+            time.sleep(POLL)
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def running_router(
+    ctx: Context,
+    name: str,
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    level: str = "INFO",
+    ready_timeout: float = 30.0,
+) -> Iterator[Router]:
+    """Start a router, wait until it has subscribed, yield it; always stop it afterwards."""
+    quiet = level not in ("DEBUG", "INFO")
+    if quiet:
+        wait_patterns(ctx.redis_url, lambda n: n == 0, 5.0)
+    router = Router(ctx, name, args, clean_env(**(env or {})), level)
+    try:
+        if quiet:  # the 'subscribed' line is at INFO: ask the server instead
+            wait_patterns(ctx.redis_url, lambda n: n > 0, ready_timeout, router)
+        else:
+            router.wait_log(READY, ready_timeout)
+        yield router
+    finally:
+        router.stop()
+        errors = router.error_lines()
+        if errors:
+            ctx.notes.append(
+                f"{name}: the router logged {len(errors)} ERROR line(s); first: {errors[0]}"
+            )
+        print_profile(ctx, name)
+
+
+@contextlib.contextmanager
+def started(sizes: Sizes, profile: bool, keep: bool) -> Iterator[Context]:
+    """Start a Redis server on a Unix socket in a temp folder; clean everything up after."""
+    tmp = Path(tempfile.mkdtemp(prefix="erb-", dir="/tmp"))  # short: a socket path <= 107 bytes
+    server = EmbeddedServer(tmp / "redis")
+    try:
+        server.start()
+        yield Context(tmp, server.url, sizes, profile)
+    finally:
+        server.stop()
+        if keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def print_table(rows: Sequence[Row]) -> None:
+    """Print the rows as an aligned table."""
+    header = Row("bench", "metric", "measured", "target", "baseline", "ratio", "verdict")
+    cells = [
+        [r.bench, r.metric, r.measured, r.target, r.baseline, r.ratio, r.verdict]
+        for r in (header, *rows)
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
+    for n, line in enumerate(cells):
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+        if n == 0:
+            print("  ".join("-" * width for width in widths))

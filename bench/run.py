@@ -1,0 +1,88 @@
+"""Benchmark the real router against baselines measured in the same run.
+
+Benchmarks are not tests: this starts a real Redis-compatible server (``EmbeddedServer`` on a
+Unix socket in a temporary folder) and the real router (``python -m eventrouter run`` in a
+subprocess, on routes and handler folders generated here), drives it, and prints one table:
+measured figure, target, baseline, ratio, PASS/FAIL. It exits 0 whatever the verdicts, and
+non-zero only when the harness itself breaks. See bench/README.md for what each figure means.
+
+    .venv/bin/python bench/run.py [--quick] [--only NAME] [--profile] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+from harness import FULL, QUICK, BenchError, Context, Row, print_table, started
+from scale import bench_scale
+from traffic import bench_emit, bench_latency, bench_spawn
+
+BENCHES: dict[str, Callable[[Context], list[Row]]] = {
+    "spawn": bench_spawn,
+    "latency": bench_latency,
+    "emit": bench_emit,
+    "scale": bench_scale,
+}
+
+
+def run_one(ctx: Context, name: str) -> list[Row]:
+    """Run one benchmark; a router that misbehaves gives a FAIL row, not a crash."""
+    print(f"running {name} ...", flush=True)
+    start = time.perf_counter()
+    try:
+        rows = BENCHES[name](ctx)
+    except BenchError as exc:
+        ctx.notes.append(f"{name}: did not complete: {exc}")
+        rows = [Row(name, "did not complete (see the notes)", "-", "-", verdict="FAIL")]
+    print(f"  {name} took {time.perf_counter() - start:.1f}s", flush=True)
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description="Benchmark eventrouter (reports, never gates).")
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    parser.add_argument("--only", choices=sorted(BENCHES), help="run one benchmark")
+    parser.add_argument(
+        "--profile", action="store_true", help="run the router under cProfile (distorts figures)"
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temp folder and logs")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmarks and print the table; return 0 unless the harness breaks."""
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    names = [args.only] if args.only else list(BENCHES)
+    print(
+        f"eventrouter bench: Python {platform.python_version()}, {os.cpu_count()} CPU(s), "
+        f"{'quick' if args.quick else 'full'} sizes{', PROFILED' if args.profile else ''}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    rows: list[Row] = []
+    try:
+        with started(sizes, args.profile, args.keep) as ctx:
+            for name in names:
+                rows += run_one(ctx, name)
+    except Exception:
+        traceback.print_exc()
+        print("bench: the harness itself broke (see above)", file=sys.stderr)
+        return 2
+    print()
+    print_table(rows)
+    for note in ctx.notes:
+        print(f"note: {note}")
+    print(f"total {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
