@@ -15,7 +15,7 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,13 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from eventrouter.config import LoadResult
 from eventrouter.errors import Diagnostic
 from eventrouter.loops import (
+    SEGMENT,
+    STAR,
     Glob,
-    GlobIndex,
+    Neighbours,
+    Token,
     channel_glob,
+    contains,
     cycle_findings,
     emit_graph,
     overlap,
@@ -45,6 +49,23 @@ _MARKERS = ("{{", "{%", "{#")
 CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route")
 _BUILTIN = frozenset(DEFAULT_NAMESPACE) | {"loop", "caller", "self", "varargs", "kwargs"}
 _EVENT_CHANNEL = pattern_glob("*/event/*")
+_CONSTANTS = {"and", "or", "not", "is", "in", "true", "false", "none", "True", "False", "None"}
+_KEYWORDS = _CONSTANTS | {
+    "if", "else", "elif", "endif", "for", "endfor", "set", "endset", "recursive", "with",
+    "endwith", "macro", "endmacro", "call", "endcall", "filter", "endfilter", "block", "endblock",
+    "include", "import", "from", "as", "ignore", "missing", "context", "without", "extends", "do",
+    "break", "continue",
+}  # fmt: skip
+_KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests)
+_CODE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+# payload.x / match['x'], unless protected (| default, is defined) or a method call.
+_FIELD = re.compile(
+    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])(.*?)\3\s*\])"
+    r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?defined\b))"
+)
+_WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+_RAW = re.compile(r"\{%[-+]?\s*raw\b")
 _SOURCE_GLOBS = {"cluster": "cluster", "node": "node/*", "module": "module/*"}
 _NOT_LITERAL = frozenset("*?[]{}\\/%#")
 _SKIPPED = {
@@ -66,8 +87,9 @@ def deep_check(result: LoadResult, events_dirs: list[Path]) -> list[Diagnostic]:
         findings += template_findings(route, result.schemas)
         findings += pattern_findings(route)
         findings += tense_findings(route)
-    findings += duplicate_findings(routes)
-    findings += twice_findings(routes, events_dirs)
+    keys: dict[str, Any] = {}  # route name -> what it does, computed when needed
+    findings += duplicate_findings(routes, keys)
+    findings += twice_findings(routes, events_dirs, keys)
     return sorted(findings, key=lambda item: (item.file, item.line))
 
 
@@ -92,20 +114,28 @@ def _expression(source: str) -> nodes.Template | None:
     return _parse("{{ " + source + " }}")
 
 
+def _channel_part(node: nodes.Node) -> str | Sequence[Token]:
+    """Return what one part of a channel template can render: text, a segment or anything."""
+    if isinstance(node, nodes.TemplateData):
+        return node.data
+    key = _key(node)
+    return SEGMENT if key is not None and key[0] == "match" and len(key) == 2 else (STAR,)
+
+
 def _emit_glob(action: EmitAction) -> Glob:
-    """Return the channels an emit can produce: each template part becomes a star."""
+    """Return the channels an emit can produce (a capture is one segment, other parts a star)."""
     source = action.channel.source
     if not any(marker in source for marker in _MARKERS):
         return channel_glob(source, [source])
     tree = _parse(source)
-    parts: list[str | None] = [None]
+    parts: list[str | Sequence[Token]] = [(STAR,)]
     if tree is not None:
         parts = []
         for node in tree.body:  # text inside {% if %} / {% for %} may or may not appear
             if isinstance(node, nodes.Output):
-                parts += [c.data if isinstance(c, nodes.TemplateData) else None for c in node.nodes]
+                parts += [_channel_part(child) for child in node.nodes]
             else:
-                parts.append(None)
+                parts.append((STAR,))
     return channel_glob(source, parts)
 
 
@@ -113,12 +143,15 @@ def _can_stop(route: Route) -> bool:
     """Return True when the route has a ``when:`` that is not always true."""
     if route.when is None:
         return False
-    tree = _expression(route.when.source)
+    source = route.when.source
+    if not set(_WORD.findall(_STRING.sub("''", source))) <= _CONSTANTS:
+        return True  # it reads the event (or a name): not a constant
+    tree = _expression(source)
     if tree is None or not isinstance(tree.body[0], nodes.Output):
         return True
     try:
         return not tree.body[0].nodes[0].as_const(nodes.EvalContext(_ENV))
-    except Exception:  # not a constant: it depends on the event
+    except Exception:  # not a constant after all
         return True
 
 
@@ -200,31 +233,59 @@ def _references(tree: nodes.Template) -> list[Key]:
 # --- templates against event schemas and captures --------------------------------------------
 
 
-def _templates(route: Route) -> Iterator[tuple[str, int, nodes.Template | None]]:
-    """Yield (label, line, syntax tree) of every template of a route."""
+Template = tuple[str, int, str, bool]  # label, line, source, is a bare expression
+
+
+def _templates(route: Route) -> Iterator[Template]:
+    """Yield every template of a route."""
     if route.when is not None:
-        yield "when", route.line, _expression(route.when.source)
+        yield "when", route.line, route.when.source, True
     for action in route.actions:
         if isinstance(action, EmitAction):
-            yield "emit channel", action.line, _parse(action.channel.source)
+            yield "emit channel", action.line, action.channel.source, False
             if isinstance(action.payload, Value):
                 yield from _value_templates("emit payload", action.line, action.payload)
         else:
             for name, template in action.env:
-                yield f"env {name}", action.line, _parse(template.source)
+                yield f"env {name}", action.line, template.source, False
 
 
-def _value_templates(
-    label: str, line: int, value: Value
-) -> Iterator[tuple[str, int, nodes.Template | None]]:
+def _value_templates(label: str, line: int, value: Value) -> Iterator[Template]:
     if value.kind == "expr":
-        yield label, line, _expression(value.items.source)
+        yield label, line, value.items.source, True
     elif value.kind == "text":
-        yield label, line, _parse(value.source)
+        yield label, line, value.source, False
     elif value.kind in ("map", "list"):
         for key, item in value.items if value.kind == "map" else enumerate(value.items):
             where = f"{label}.{key}" if value.kind == "map" else f"{label}[{key}]"
             yield from _value_templates(where, line, item)
+
+
+@lru_cache(maxsize=8192)
+def _scan(source: str, expression: bool) -> tuple[Key, ...] | None:
+    """Return the unprotected references a quick scan finds, or None when it cannot tell."""
+    if expression:
+        code = source
+    elif not any(marker in source for marker in _MARKERS):
+        return ()
+    else:
+        parts = [a or b for a, b in _CODE.findall(source)]
+        if "{#" in source or _RAW.search(source) or any(
+            "'" in part or '"' in part for part in map(partial(_STRING.sub, ""), parts)
+        ):
+            return None  # a comment, a raw block, "}}" in a string: only the parser can tell
+        code = " ".join(parts)
+    if not set(_WORD.findall(_STRING.sub("''", code))) <= _KNOWN:
+        return None  # a name of its own ({% set %}, a typo): let the syntax tree decide
+    return tuple((found[1], found[2] or found[4]) for found in _FIELD.finditer(code))
+
+
+def _tree(source: str, expression: bool, route: Route, specs: Sequence[EventSpec]) -> Any:
+    """Return the syntax tree of a template that may hold a problem, else None."""
+    keys = _scan(source, expression)
+    if keys is not None and not any(next(_problems(k, route, specs), None) for k in keys):
+        return None  # parsing is slow; the quick scan proved every reference fine
+    return _expression(source) if expression else _parse(source)
 
 
 def _spec_of(pattern: str, schemas: dict[str, EventSpec]) -> EventSpec | None:
@@ -256,11 +317,13 @@ def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[st
 
 def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagnostic]:
     """Report template references to names, captures or payload fields an event lacks."""
-    specs = {spec.name: spec for p in route.patterns if (spec := _spec_of(p.text, schemas))}
+    found = {spec.name: spec for p in route.patterns if (spec := _spec_of(p.text, schemas))}
+    specs = list(found.values())
     findings = []
-    for label, line, tree in _templates(route):
+    for label, line, source, expression in _templates(route):
+        tree = _tree(source, expression, route, specs)
         for key in _references(tree) if tree is not None else ():
-            for problem in _problems(key, route, list(specs.values())):
+            for problem in _problems(key, route, specs):
                 findings.append(_warning(route, line, f"'{label}' uses {problem}"))
     return findings
 
@@ -328,7 +391,8 @@ def pattern_findings(route: Route) -> list[Diagnostic]:
             f"pattern {p.text} can never match an event channel <source>/event/<name>",
         )
         for p in route.patterns
-        if not overlap(pattern_glob(p.text), _EVENT_CHANNEL)
+        if not contains(pattern_glob(p.text), EVENT_MARK)  # the quick, usual answer
+        and not overlap(pattern_glob(p.text), _EVENT_CHANNEL)
     ]
 
 
@@ -342,32 +406,44 @@ def _value_key(value: Any) -> Any:
     return (value.kind, value.source if value.kind != "const" else repr(value.items))
 
 
-def _route_key(route: Route) -> Any:
-    """Return what a route does, without its name or place."""
-    actions = tuple(
-        ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
-        if isinstance(a, RunAction)
-        else ("emit", a.channel.source, _value_key(a.payload))
-        for a in route.actions
-    )
+def _route_key(route: Route, keys: dict[str, Any]) -> Any:
+    """Return what a route does, without its name or place (remembered in ``keys``)."""
+    if route.name not in keys:
+        actions = tuple(
+            ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
+            if isinstance(a, RunAction)
+            else ("emit", a.channel.source, _value_key(a.payload))
+            for a in route.actions
+        )
+        when = route.when.source if route.when is not None else None
+        patterns = tuple(p.text for p in route.patterns)
+        keys[route.name] = patterns, when, actions, route.mode, route.schema
+    return keys[route.name]
+
+
+def _rough_key(route: Route) -> Any:
+    """Return a key equal for identical routes, quick to compute, seldom equal otherwise."""
     when = route.when.source if route.when is not None else None
-    return tuple(p.text for p in route.patterns), when, actions, route.mode, route.schema
+    return tuple(p.text for p in route.patterns), when, tuple(a.describe() for a in route.actions)
 
 
-def duplicate_findings(routes: Sequence[Route]) -> list[Diagnostic]:
+def duplicate_findings(routes: Sequence[Route], keys: dict[str, Any]) -> list[Diagnostic]:
     """Report enabled routes identical to an earlier one but for their name."""
-    first: dict[Any, Route] = {}
-    findings = []
+    groups: dict[Any, list[Route]] = defaultdict(list)
     for route in routes:
-        if not route.enabled:
-            continue
-        earlier = first.setdefault(_route_key(route), route)
-        if earlier is not route:
-            message = (
-                f"duplicates route {earlier.name} ({earlier.file}:{earlier.line}): same "
-                "patterns, condition and actions, so every event runs both"
-            )
-            findings.append(_warning(route, route.line, message))
+        if route.enabled:
+            groups[_rough_key(route)].append(route)
+    findings = []
+    for group in groups.values():
+        first: dict[Any, Route] = {}
+        for route in group if len(group) > 1 else ():
+            earlier = first.setdefault(_route_key(route, keys), route)
+            if earlier is not route:
+                message = (
+                    f"duplicates route {earlier.name} ({earlier.file}:{earlier.line}): same "
+                    "patterns, condition and actions, so every event runs both"
+                )
+                findings.append(_warning(route, route.line, message))
     return findings
 
 
@@ -384,44 +460,59 @@ def _twice_message(folder: Path, other: Route | None, theirs: str, mine: str) ->
     )
 
 
-def _twice(users: Sequence[tuple[Route, RunAction]], convention: str | None) -> list[Diagnostic]:
-    """Report the users of one folder whose patterns overlap an earlier user's."""
-    index: GlobIndex[Route | None] = GlobIndex()
+def _first_clash(
+    route: Route, seen: Neighbours[Route | None], keys: dict[str, Any]
+) -> tuple[Route | None, str, str] | None:
+    """Return an earlier user of the folder whose pattern overlaps one of ``route``'s."""
+    for pattern in route.patterns:
+        for text in seen.near[pattern.text]:
+            for other in seen.owners.get(text, ()):
+                if other is None or _route_key(other, keys) != _route_key(route, keys):
+                    return other, text, pattern.text  # not a duplicate (reported as such)
+    return None
+
+
+def _twice(
+    users: Sequence[tuple[Route, RunAction]], convention: str | None, keys: dict[str, Any]
+) -> list[Diagnostic]:
+    """Report each user of one folder whose patterns overlap an earlier user's (the first)."""
+    seen: Neighbours[Route | None] = Neighbours()
     if convention is not None:
-        index.add(pattern_glob(f"*/event/{convention}"), None)
+        seen.add(f"*/event/{convention}", None)
     findings = []
     for route, action in users:
-        globs = [pattern_glob(p.text) for p in route.patterns]
-        clashes: dict[str, tuple[Route | None, str, str]] = {}
-        for glob in globs:
-            for other_glob, other in index.overlapping(glob):
-                if other is None or _route_key(other) != _route_key(route):  # else a duplicate
-                    clash = (other, other_glob.text, glob.text)
-                    clashes.setdefault(other.name if other else "", clash)
-        for other, theirs, mine in clashes.values():
-            message = _twice_message(action.path, other, theirs, mine)
+        for pattern in route.patterns:
+            seen.learn(pattern.text)
+        clash = _first_clash(route, seen, keys)
+        if clash is not None:
+            message = _twice_message(action.path, *clash)
             findings.append(_warning(route, action.line, message))
-        for glob in globs:
-            index.add(glob, route)
+        for pattern in route.patterns:
+            seen.add(pattern.text, route)
     return findings
 
 
-def twice_findings(routes: Sequence[Route], events_dirs: Sequence[Path]) -> list[Diagnostic]:
+def twice_findings(
+    routes: Sequence[Route], events_dirs: Sequence[Path], keys: dict[str, Any]
+) -> list[Diagnostic]:
     """Report handler folders that one event would run twice (two routes, or route and events)."""
     users: dict[str, list[tuple[Route, RunAction]]] = defaultdict(list)
+    real: dict[Path, str] = {}
     for route in routes:
         runs = {a.path: a for a in route.actions if isinstance(a, RunAction)}
         for path, action in runs.items() if route.enabled else ():
-            users[os.path.realpath(path)].append((route, action))
+            if path not in real:
+                real[path] = os.path.realpath(path)
+            users[real[path]].append((route, action))
     conventions = {
         os.path.realpath(folder): folder.name
         for folder in _event_folders(events_dirs)
         if SAFE_NAME.fullmatch(folder.name)
     }
     findings = []
-    for real, found in users.items():
-        if len(found) > 1 or real in conventions:
-            findings += _twice(found, conventions.get(real))
+    for folder, found in users.items():
+        if len(found) > 1 or folder in conventions:
+            findings += _twice(found, conventions.get(folder), keys)
     return findings
 
 

@@ -3,16 +3,18 @@
 A channel pattern or an emitted channel is turned into a ``Glob``: a sequence of tokens, each
 one character out of a set, or any number of them (a star). Two globs overlap when some
 channel matches both; that is reachability in the product of the two automata, a few hundred
-states at most. Globs are indexed by their literal first and last path segments, so matching
-every emit against every route stays close to linear in the number of routes.
+states at most. Globs are indexed by their literal prefix and suffix, so matching every emit
+against every route stays close to linear in the number of routes.
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from eventrouter.errors import Diagnostic
@@ -22,6 +24,8 @@ T = TypeVar("T")
 Ranges = tuple[tuple[str, str], ...]
 #: How many cycles are listed; past it, one more finding says that others exist.
 MAX_CYCLES = 50
+#: How many characters of a literal prefix or suffix the index keys on.
+AFFIX = 16
 
 
 @dataclass(frozen=True)
@@ -31,61 +35,44 @@ class Token:
     negated: bool
     ranges: Ranges
     star: bool = False
-
-    @property
-    def char(self) -> str | None:
-        """Return the one character this token stands for, or None."""
-        if self.star or self.negated or len(self.ranges) != 1:
-            return None
-        low, high = self.ranges[0]
-        return low if low == high else None
+    char: str | None = None  # the one character a literal token stands for
 
 
 ANY = Token(True, ())
 STAR = Token(True, (), star=True)
 #: A ``{capture}`` is one path segment: one non-``/`` character, then any number of them.
 SEGMENT = (Token(True, (("/", "/"),)), Token(True, (("/", "/"),), star=True))
+_LITERALS: dict[str, Token] = {}
 
 
 def _literal(char: str) -> Token:
-    return Token(False, ((char, char),))
+    token = _LITERALS.get(char)
+    if token is None:
+        token = _LITERALS[char] = Token(False, ((char, char),), char=char)
+    return token
 
 
 @dataclass(frozen=True)
 class Glob:
-    """A channel pattern or emitted channel as tokens, with its literal first and last segment."""
+    """A channel pattern or emitted channel as tokens, with its literal ends."""
 
     text: str
     tokens: tuple[Token, ...]
-
-    @cached_property
-    def literal(self) -> str | None:
-        """Return the one channel this glob matches, or None."""
-        chars = [token.char for token in self.tokens]
-        return None if None in chars else "".join(c for c in chars if c is not None)
-
-    @cached_property
-    def head(self) -> str | None:
-        """Return the first path segment every matching channel has, or None."""
-        return _segment(self.tokens)
-
-    @cached_property
-    def tail(self) -> str | None:
-        """Return the last path segment every matching channel has, or None."""
-        found = _segment(self.tokens[::-1])
-        return None if found is None else found[::-1]
+    prefix: str  # every matching channel starts with it
+    suffix: str  # ... and ends with it
+    literal: bool  # it matches exactly one channel: ``prefix``
+    simple: bool = False  # it has only literal characters and plain stars
 
 
-def _segment(tokens: Sequence[Token]) -> str | None:
-    chars: list[str] = []
-    for token in tokens:
-        char = token.char
-        if char is None:
-            return None
-        if char == "/":
-            break
-        chars.append(char)
-    return "".join(chars)
+def _glob(text: str, tokens: Sequence[Token]) -> Glob:
+    chars = [token.char or "" for token in tokens]
+    wild = [i for i, token in enumerate(tokens) if token.char is None]
+    if not wild:
+        whole = "".join(chars)
+        return Glob(text, tuple(tokens), whole, whole, True)
+    prefix, suffix = "".join(chars[: wild[0]]), "".join(chars[wild[-1] + 1 :])
+    simple = all(tokens[i] == STAR for i in wild)
+    return Glob(text, tuple(tokens), prefix, suffix, False, simple)
 
 
 def _char_class(text: str, start: int) -> tuple[Token, int]:
@@ -108,6 +95,7 @@ def _char_class(text: str, start: int) -> tuple[Token, int]:
     return Token(negated, tuple(ranges)), i + 1
 
 
+@lru_cache(maxsize=65536)
 def pattern_glob(text: str) -> Glob:
     """Return the glob of a route's channel pattern (``{name}`` is one path segment)."""
     tokens: list[Token] = []
@@ -128,19 +116,23 @@ def pattern_glob(text: str) -> Glob:
             continue
         tokens.append(STAR if char == "*" else ANY if char == "?" else _literal(char))
         i += 1
-    return Glob(text, tuple(tokens))
+    return _glob(text, tokens)
 
 
-def channel_glob(text: str, parts: Sequence[str | None]) -> Glob:
-    """Return the glob of an emitted channel: literal parts, and None for each template part."""
+def channel_glob(text: str, parts: Sequence[str | Sequence[Token]]) -> Glob:
+    """Return the glob of an emitted channel: literal parts, and tokens for template parts."""
     tokens: list[Token] = []
     for part in parts:
-        if part is None:
-            if not tokens or tokens[-1] != STAR:
-                tokens.append(STAR)
-        else:
+        if isinstance(part, str):
             tokens.extend(_literal(char) for char in part)
-    return Glob(text, tuple(tokens))
+        elif not (tokens and tokens[-1] == STAR and list(part) == [STAR]):
+            tokens.extend(part)
+    return _glob(text, tokens)
+
+
+def contains(glob: Glob, text: str) -> bool:
+    """Return True when every channel ``glob`` matches holds ``text`` (literally in the glob)."""
+    return text in "".join(token.char or "\0" for token in glob.tokens)
 
 
 def _uncovered(low: str, high: str, holes: Ranges) -> bool:
@@ -155,6 +147,13 @@ def _uncovered(low: str, high: str, holes: Ranges) -> bool:
 
 def _meet(a: Token, b: Token) -> bool:
     """Return True when some character is allowed by both tokens."""
+    if a.char is not None and b.char is not None:
+        return a.char == b.char
+    if a.char is not None or b.char is not None:
+        char, other = (a.char, b) if a.char is not None else (b.char, a)
+        assert char is not None
+        inside = any(low <= char <= high for low, high in other.ranges)
+        return inside != other.negated
     if a.negated and b.negated:
         return True  # two finite exclusions never cover every character
     if not a.negated and not b.negated:
@@ -167,70 +166,137 @@ def _meet(a: Token, b: Token) -> bool:
     return any(_uncovered(low, high, negative.ranges) for low, high in positive.ranges)
 
 
+def _ends_fit(a: Glob, b: Glob) -> bool:
+    """Return False when the literal ends of two globs already disagree."""
+    one, two = a.prefix, b.prefix
+    if not (one.startswith(two) if len(one) >= len(two) else two.startswith(one)):
+        return False
+    one, two = a.suffix, b.suffix
+    return one.endswith(two) if len(one) >= len(two) else two.endswith(one)
+
+
 def overlap(a: Glob, b: Glob) -> bool:
     """Return True when some channel matches both globs."""
-    left, right = a.literal, b.literal
-    if left is not None and right is not None:
-        return left == right
-    x, y = a.tokens, b.tokens
-    seen: set[tuple[int, int]] = set()
-    stack = [(0, 0)]
+    if a.literal and b.literal:
+        return a.prefix == b.prefix
+    if a.literal and len(a.prefix) < len(b.prefix) + len(b.suffix):
+        return False  # b needs its prefix and its suffix, apart
+    if b.literal and len(b.prefix) < len(a.prefix) + len(a.suffix):
+        return False
+    if not _ends_fit(a, b):
+        return False
+    if a.simple and b.simple:
+        # P0*...*Pn and Q0*...*Qm with agreeing ends both match max(P0, Q0) + P1...P(n-1) +
+        # Q1...Q(m-1) + max(Pn, Qm): what lies between the ends is eaten by the other's stars.
+        return True
+    # The literal ends agree: search the product of what lies between them.
+    start = min(len(a.prefix), len(b.prefix))
+    end = min(len(a.suffix), len(b.suffix))
+    x, y = a.tokens[start : len(a.tokens) - end], b.tokens[start : len(b.tokens) - end]
+    return _product_accepts(x, y)
+
+
+def _product_accepts(x: Sequence[Token], y: Sequence[Token]) -> bool:
+    """Return True when some text matches both token sequences (depth-first, states as ints)."""
+    n, m = len(x), len(y)
+    width = m + 1  # state i * width + j: x[i:] and y[j:] remain to match
+    goal = n * width + m
+    seen: set[int] = set()
+    stack = [0]
     while stack:
         state = stack.pop()
         if state in seen:
             continue
-        seen.add(state)
-        i, j = state
-        if i == len(x) and j == len(y):
+        if state == goal:
             return True
-        one = x[i] if i < len(x) else None
-        two = y[j] if j < len(y) else None
+        seen.add(state)
+        i, j = divmod(state, width)
+        one = x[i] if i < n else None
+        two = y[j] if j < m else None
         if one is not None and one.star:
-            stack.append((i + 1, j))  # the star matches nothing more
+            stack.append(state + width)  # the star matches nothing more
         if two is not None and two.star:
-            stack.append((i, j + 1))
-        if one is not None and two is not None and _meet(one, two) and not (one.star and two.star):
-            stack.append((i if one.star else i + 1, j if two.star else j + 1))
+            stack.append(state + 1)
+        if one is not None and two is not None and not (one.star and two.star) and _meet(one, two):
+            stack.append(state + (0 if one.star else width) + (0 if two.star else 1))
     return False
 
 
-class GlobIndex(Generic[T]):
-    """Find the items whose globs overlap a glob, testing only those with compatible segments."""
+class _Affixes(Generic[T]):
+    """Entries by the first ``AFFIX`` characters of a literal text (a prefix, or a reversed
+    suffix): two entries can only overlap when one such text starts the other."""
 
     def __init__(self) -> None:
-        self._pair: dict[tuple[str | None, str | None], list[tuple[Glob, T]]] = defaultdict(list)
-        self._head: dict[str | None, list[tuple[Glob, T]]] = defaultdict(list)
-        self._tail: dict[str | None, list[tuple[Glob, T]]] = defaultdict(list)
-        self._all: list[tuple[Glob, T]] = []
+        self._by_text: dict[str, list[T]] = {}
+        self._texts: list[str] = []  # the keys of _by_text, sorted
+
+    def add(self, text: str, entry: T) -> None:
+        key = text[:AFFIX]
+        found = self._by_text.get(key)
+        if found is None:
+            found = self._by_text[key] = []
+            bisect.insort(self._texts, key)
+        found.append(entry)
+
+    def buckets(self, text: str) -> Iterator[list[T]]:
+        key = text[:AFFIX]
+        for cut in range(len(key) + 1):  # the keys that start ``text``
+            found = self._by_text.get(key[:cut])
+            if found is not None:
+                yield found
+        if len(key) < AFFIX:  # the longer keys that ``text`` starts: they follow it, sorted
+            index = bisect.bisect_right(self._texts, key)
+            while index < len(self._texts) and self._texts[index].startswith(key):
+                yield self._by_text[self._texts[index]]
+                index += 1
+
+
+class GlobIndex(Generic[T]):
+    """Find the items whose globs overlap a glob, testing only those whose longer literal end
+    (prefix or suffix) agrees with the glob's."""
+
+    def __init__(self) -> None:
+        self._starts: _Affixes[tuple[Glob, T]] = _Affixes()
+        self._ends: _Affixes[tuple[Glob, T]] = _Affixes()
 
     def add(self, glob: Glob, item: T) -> None:
-        """Index ``item`` under ``glob``."""
-        entry = (glob, item)
-        head, tail = glob.head, glob.tail
-        self._pair[head, tail].append(entry)
-        self._head[head].append(entry)
-        self._tail[tail].append(entry)
-        self._all.append(entry)
-
-    def _candidates(self, glob: Glob) -> Iterator[tuple[Glob, T]]:
-        head, tail = glob.head, glob.tail
-        if head is not None and tail is not None:
-            for key in {(head, tail), (head, None), (None, tail), (None, None)}:
-                yield from self._pair.get(key, ())
-        elif head is not None:
-            yield from self._head.get(head, ())
-            yield from self._head.get(None, ())
-        elif tail is not None:
-            yield from self._tail.get(tail, ())
-            yield from self._tail.get(None, ())
+        """Index ``item`` under ``glob``, by the longer of its literal prefix and suffix."""
+        if len(glob.prefix) >= len(glob.suffix):
+            self._starts.add(glob.prefix, (glob, item))
         else:
-            yield from self._all
+            self._ends.add(glob.suffix[::-1], (glob, item))
 
     def overlapping(self, glob: Glob) -> Iterator[tuple[Glob, T]]:
         """Yield each (glob, item) whose glob overlaps ``glob``."""
-        for entry in self._candidates(glob):
-            if overlap(glob, entry[0]):
-                yield entry
+        buckets = self._starts.buckets(glob.prefix), self._ends.buckets(glob.suffix[::-1])
+        for bucket in itertools.chain(*buckets):
+            for entry in bucket:
+                if overlap(glob, entry[0]):
+                    yield entry
+
+
+class Neighbours(Generic[T]):
+    """Distinct channel patterns with their owners, and which of them overlap which."""
+
+    def __init__(self) -> None:
+        self._index: GlobIndex[str] = GlobIndex()
+        self.near: dict[str, list[str]] = {}  # pattern -> the patterns it overlaps, itself too
+        self.owners: dict[str, list[T]] = defaultdict(list)
+
+    def learn(self, text: str) -> None:
+        """Compare pattern ``text`` with the others, once."""
+        if text not in self.near:
+            glob = pattern_glob(text)
+            others = [other for _, other in self._index.overlapping(glob)]
+            self.near[text] = [text, *others]
+            for other in others:
+                self.near[other].append(text)
+            self._index.add(glob, text)
+
+    def add(self, text: str, owner: T) -> None:
+        """Record that ``owner`` listens to pattern ``text``."""
+        self.learn(text)
+        self.owners[text].append(owner)
 
 
 Graph = dict[int, dict[int, str]]  # route -> route it triggers -> the emitted channel
@@ -238,19 +304,21 @@ Graph = dict[int, dict[int, str]]  # route -> route it triggers -> the emitted c
 
 def emit_graph(routes: Sequence[Route], emits: Sequence[Sequence[Glob]]) -> Graph:
     """Return, for each route, the routes one of its emitted channels can match."""
-    index: GlobIndex[int] = GlobIndex()
+    index: GlobIndex[list[int]] = GlobIndex()
+    owners: dict[str, list[int]] = {}  # distinct pattern -> the routes listening to it
     for number, route in enumerate(routes):
-        if route.enabled:
-            for pattern in route.patterns:
-                index.add(pattern_glob(pattern.text), number)
+        for pattern in route.patterns if route.enabled else ():
+            if pattern.text not in owners:
+                owners[pattern.text] = []
+                index.add(pattern_glob(pattern.text), owners[pattern.text])
+            owners[pattern.text].append(number)
     graph: Graph = {}
     for number, globs in enumerate(emits):
-        if not routes[number].enabled:
-            continue
         edges: dict[int, str] = {}
-        for glob in globs:
-            for _, target in index.overlapping(glob):
-                edges.setdefault(target, glob.text)
+        for glob in globs if routes[number].enabled else ():
+            for _, targets in index.overlapping(glob):
+                for target in targets:
+                    edges.setdefault(target, glob.text)
         if edges:
             graph[number] = edges
     return graph

@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from eventrouter.model import Route
 
 _CAPTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_SPECIAL = frozenset("*?[\\")
+_SPECIAL_OR_BRACE = frozenset("*?[\\{}")
 
 
 class PatternError(ValueError):
@@ -100,10 +102,21 @@ def compile_pattern(text: str) -> tuple[str, str, tuple[str, ...]]:
             i += 2
             continue
         else:
-            regex.append(re.escape(char))
-            glob.append(char)
+            end = i + 1
+            while end < len(text) and text[end] not in _SPECIAL_OR_BRACE:
+                end += 1
+            regex.append(re.escape(text[i:end]))  # a whole literal run at once
+            glob.append(text[i:end])
+            i = end
+            continue
         i += 1
     return "".join(regex), "".join(glob), tuple(names)
+
+
+@lru_cache(maxsize=16384)
+def _compiled(regex: str) -> re.Pattern[str]:
+    """Compile once per distinct regex: route sets repeat their patterns."""
+    return re.compile(regex, re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -113,25 +126,32 @@ class ChannelPattern:
     text: str
     glob: str
     captures: tuple[str, ...]
-    regex: re.Pattern[str] = field(compare=False, repr=False)
+    #: None for a literal pattern, which is compared as a string; else the regex source,
+    #: compiled on first use (shared by equal patterns): loading stays fast and small.
+    regex: str | None = field(compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str) -> ChannelPattern:
         """Compile ``text``; raise PatternError with what is wrong."""
         regex, glob, names = compile_pattern(_as_bytes(text))
-        return cls(text=text, glob=glob, captures=names, regex=re.compile(regex, re.DOTALL))
+        if not any(char in _GLOB_SPECIAL for char in glob):
+            return cls(text=text, glob=glob, captures=names, regex=None)
+        return cls(text=text, glob=glob, captures=names, regex=regex)
 
     @property
     def literal(self) -> bool:
         """Return True when the pattern matches exactly one channel."""
-        return not any(char in _GLOB_SPECIAL for char in self.glob)
+        return self.regex is None
 
     def match(self, channel: str) -> dict[str, str] | None:
         """Return the captures when ``channel`` matches, else None."""
+        if self.regex is None:
+            return {} if channel == self.text else None
+        regex = _compiled(self.regex)
         if channel.isascii():
-            found = self.regex.fullmatch(channel)
+            found = regex.fullmatch(channel)
             return None if found is None else found.groupdict()
-        found = self.regex.fullmatch(_as_bytes(channel))
+        found = regex.fullmatch(_as_bytes(channel))
         if found is None:
             return None
         return {key: _from_bytes(value) for key, value in found.groupdict().items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
+from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from eventrouter.errors import TemplateRenderError
@@ -38,11 +40,85 @@ class TemplateSyntaxError(ValueError):
         self.line = line
 
 
-def _check_syntax(source: str) -> nodes.Template:
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_LITERAL = r"""(?:'[^'\\]*'|"[^"\\]*"|-?[0-9]+(?:\.[0-9]+)?|\[\]|\{\}|true|false|none)"""
+#: ``a.b.c | filter('x') | other`` : the shape most templates have, known to parse.
+_SIMPLE = re.compile(
+    rf"\s*{_IDENT}(?:\.{_IDENT})*(?:\s*\|\s*({_IDENT})(?:\(\s*(?:{_LITERAL}"
+    rf"(?:\s*,\s*{_LITERAL})*)?\s*\))?)*\s*"
+)
+_FILTER_NAME = re.compile(rf"\|\s*({_IDENT})")
+#: Sources already checked (bounded): generated route sets repeat the same templates.
+_CHECKED: set[str] = set()
+_CHECKED_MAX = 50_000
+
+
+def _remember(source: str) -> None:
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(source)
+
+
+def _check_names(tree: nodes.Node) -> None:
+    """Refuse unknown filters and tests, which parsing alone lets through."""
+    found = [tree] if isinstance(tree, nodes.Filter | nodes.Test) else []
+    for node in [*found, *tree.find_all((nodes.Filter, nodes.Test))]:
+        known = _ENV.filters if isinstance(node, nodes.Filter) else _ENV.tests
+        if node.name not in known:
+            kind = "filter" if isinstance(node, nodes.Filter) else "test"
+            raise TemplateSyntaxError(f"no {kind} named {node.name!r}", node.lineno or 1)
+
+
+def _simple_expression(source: str) -> bool:
+    """Return True for the common ``path | filter(literal)`` shape, with known filters."""
+    if not _SIMPLE.fullmatch(source):
+        return False
+    return all(name in _ENV.filters for name in _FILTER_NAME.findall(source))
+
+
+_PLACEHOLDER = re.compile(r"\{\{-?(.*?)-?\}\}", re.DOTALL)
+
+
+def _simple_template(source: str) -> bool:
+    """Return True for text with only simple ``{{ path | filter }}`` placeholders."""
+    if "{%" in source or "{#" in source:
+        return False
+    rest = _PLACEHOLDER.sub("", source)
+    if "{{" in rest:
+        return False
+    return all(_simple_expression(inner) for inner in _PLACEHOLDER.findall(source))
+
+
+def _check_syntax(source: str) -> None:
+    """Check a template's syntax and names without compiling it."""
+    if source in _CHECKED or _simple_template(source):
+        return
     try:
-        return _ENV.parse(source)
+        _check_names(_ENV.parse(source))
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateSyntaxError(exc.message or str(exc), exc.lineno or 1) from exc
+    _remember(source)
+
+
+def _check_expression(source: str) -> None:
+    """Parse an expression as ``compile_expression`` does, without compiling it.
+
+    Checking is all load time needs; compiling to Python code is done on first use (and
+    cached), which keeps loading 10,000 routes fast and their memory small.
+    """
+    if source in _CHECKED or _simple_expression(source):
+        return
+    try:
+        parser = Parser(_ENV, source, state="variable")
+        expression = parser.parse_expression()
+        if not parser.stream.eos:
+            raise jinja2.TemplateSyntaxError(
+                "chunk after expression", parser.stream.current.lineno, None, None
+            )
+        _check_names(expression)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateSyntaxError(exc.message or str(exc), exc.lineno or 1) from exc
+    _remember(source)
 
 
 @lru_cache(maxsize=4096)
@@ -93,10 +169,7 @@ class Condition:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        try:
-            _ENV.compile_expression(source, undefined_to_none=False)
-        except jinja2.TemplateSyntaxError as exc:
-            raise TemplateSyntaxError(exc.message or str(exc), exc.lineno or 1) from exc
+        _check_expression(source)
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Return the expression's value; raise TemplateRenderError."""
@@ -109,18 +182,14 @@ class Condition:
             raise _fail("condition", self.source, exc) from exc
 
 
-def _single_expression(source: str, tree: nodes.Template) -> str | None:
+def _single_expression(source: str) -> str | None:
     """Return the expression text when ``source`` is exactly one ``{{ expression }}``."""
-    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+    if not (source.startswith("{{") and source.endswith("}}")):
         return None
-    parts = tree.body[0].nodes
-    if len(parts) != 1 or isinstance(parts[0], nodes.TemplateData):
+    inner = source[2:-2]
+    if any(marker in inner for marker in ("{{", "}}", "{%", "%}", "{#", "#}")):
         return None
-    stripped = source.strip()
-    if not (stripped.startswith("{{") and stripped.endswith("}}")):
-        return None
-    inner = stripped[2:-2].strip("-+ \t\n")
-    return inner if "{{" not in inner and "}}" not in inner else None
+    return inner.strip("-+ \t\n") or None
 
 
 def _check_json(value: Any, source: str) -> Any:
@@ -156,11 +225,10 @@ class Value:
         self.source = ""
         if isinstance(data, str):
             self.source = data
-            tree = _check_syntax(data) if any(m in data for m in _MARKERS) else None
-            expression = _single_expression(data, tree) if tree is not None else None
+            expression = _single_expression(data)
             if expression is not None:
                 self.kind, self.items = "expr", Condition(expression)
-            elif tree is not None:
+            elif any(marker in data for marker in _MARKERS):
                 self.kind, self.items = "text", Text(data)
             else:
                 self.kind, self.items = "const", data

@@ -45,7 +45,12 @@ class LineList(list[Any]):
     item_lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
+# libyaml's parser when PyYAML was built with it (about ten times faster), else PyYAML's own;
+# both give nodes with marks, so line numbers are the same.
+_Base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[valid-type,misc]
     """SafeLoader with YAML 1.2 booleans and line-stamped containers."""
 
 
@@ -61,6 +66,16 @@ _Loader.add_implicit_resolver(
 )
 
 
+_STR = "tag:yaml.org,2002:str"
+
+
+def _construct(loader: _Loader, node: yaml.Node) -> Any:
+    # Most nodes are plain strings: take them as they are, skipping the generic machinery.
+    if node.tag == _STR and isinstance(node, yaml.ScalarNode):
+        return node.value
+    return loader.construct_object(node, deep=True)
+
+
 def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     explicit_nodes = {id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
     loader.flatten_mapping(node)  # merged pairs come first; explicit keys override them
@@ -69,7 +84,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     result.key_lines = {}
     explicit: set[Any] = set()
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+        key = _construct(loader, key_node)
         if not isinstance(key, str | int | float | bool) and key is not None:
             raise yaml.constructor.ConstructorError(
                 None, None, "a mapping key must be a plain value", key_node.start_mark
@@ -80,13 +95,13 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
             )
         if id(key_node) in explicit_nodes:
             explicit.add(key)
-        result[key] = loader.construct_object(value_node, deep=True)
+        result[key] = _construct(loader, value_node)
         result.key_lines[key] = key_node.start_mark.line + 1
     return result
 
 
 def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> LineList:
-    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result = LineList(_construct(loader, child) for child in node.value)
     result.line = node.start_mark.line + 1
     result.item_lines = [child.start_mark.line + 1 for child in node.value]
     return result
@@ -121,7 +136,8 @@ def loads(text: str) -> Any:
         node = loader.get_single_node()
         if node is None:
             return None
-        if _expanded_size(node, {}) > MAX_EXPANDED_NODES:
+        # No anchor, no alias to expand: skip the walk for the usual file.
+        if "&" in text and _expanded_size(node, {}) > MAX_EXPANDED_NODES:
             raise YamlError(
                 node.start_mark.line + 1,
                 f"document expands to more than {MAX_EXPANDED_NODES} nodes "
@@ -134,6 +150,10 @@ def loads(text: str) -> Any:
             mark = exc.context_mark  # an unterminated construct: point where it opens
         line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or str(exc)
+        if problem == "found undefined alias" and exc.problem_mark is not None:
+            # libyaml does not name the alias; the mark points at it.
+            alias = re.match(r"\*([^\s,\]}]+)", text[exc.problem_mark.index :])
+            problem += f" {alias.group(1)!r}" if alias else ""
         context = f" ({exc.context})" if exc.context else ""
         raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
     except yaml.YAMLError as exc:

@@ -376,3 +376,19 @@ def test_context_match_is_a_copy() -> None:
     ctx["match"]["module"] = "other"
 
     assert captures == {"module": "mail1"}
+
+
+@pytest.mark.parametrize(
+    ("build", "source", "message"),
+    [
+        (Condition, "payload.x | defualt(1)", "no filter named 'defualt'"),
+        (Condition, "payload.x is definedd", "no test named 'definedd'"),
+        (Text, "a {{ payload.y | lenght }}", "no filter named 'lenght'"),
+        (Value, {"a": ["{{ payload.z | tojsn }}"]}, "no filter named 'tojsn'"),
+    ],
+)
+def test_unknown_filters_and_tests_are_refused_at_load(
+    build: Any, source: Any, message: str
+) -> None:
+    with pytest.raises(TemplateSyntaxError, match=message):
+        build(source)
