@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -172,19 +174,107 @@ def _clock(stamp: float) -> str:
 
 
 class RedisPublisher:
-    """Publish derived events on their own connection (``dispatch.Publisher``)."""
+    """Publish derived events in order, in pipelined batches, on their own connection.
 
-    def __init__(self, url: str) -> None:
+    ``publish`` queues the event and returns at once, waiting only while the outbox is
+    full; one writer sends what is queued as a pipeline, so a burst of derived events costs
+    a round trip per batch, not per event, and order is kept. During a Redis outage the
+    outbox holds the events (bounded: then ``publish`` waits, which slows the routes down
+    instead of dropping) and sends them when Redis is back.
+    """
+
+    def __init__(self, url: str, *, limit: int = 10_000, batch: int = 500) -> None:
         self.url = url
+        self.limit = limit
+        self.batch = batch
+        self.sent = 0
         self._client = client(url)
+        self._outbox: deque[tuple[str, bytes]] = deque()
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._drained = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """Publish ``data`` on ``channel``; return how many subscribers received it."""
-        return int(await self._client.publish(channel, data))
+    @property
+    def pending(self) -> int:
+        """Return how many derived events wait to be sent."""
+        return len(self._outbox)
 
-    async def close(self) -> None:
-        """Close the connection pool."""
+    def start(self) -> None:
+        """Start the writer task."""
+        self._writer = asyncio.create_task(self._write(), name="publisher")
+
+    async def publish(self, channel: str, data: bytes) -> None:
+        """Queue ``data`` for ``channel``; wait only while the outbox is full."""
+        while len(self._outbox) >= self.limit:
+            self._space.clear()
+            await self._space.wait()
+        self._outbox.append((channel, data))
+        self._wake.set()
+
+    async def _write(self) -> None:
+        delay, down_since = BACKOFF_START, 0.0
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox[n] for n in range(min(self.batch, len(self._outbox)))]
+                try:
+                    await self._send(batch)
+                except (RedisError, OSError) as exc:
+                    if not down_since:
+                        down_since = time.time()
+                        log.error(
+                            "cannot publish derived events to %s: %s; %d waiting, "
+                            "retrying with backoff",
+                            redact(self.url),
+                            exc,
+                            len(self._outbox),
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_CAP)
+                    continue
+                if down_since:
+                    log.warning(
+                        "publishing to %s again after %.1fs",
+                        redact(self.url),
+                        time.time() - down_since,
+                    )
+                    down_since, delay = 0.0, BACKOFF_START
+                for _ in batch:
+                    self._outbox.popleft()
+                self.sent += len(batch)
+                self._space.set()
+            self._drained.set()
+
+    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
+        if len(batch) == 1:
+            await self._client.publish(*batch[0])
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for channel, data in batch:
+            pipe.publish(channel, data)
+        await pipe.execute()
+
+    async def close(self, grace: float = 5.0) -> int:
+        """Send what is queued (for up to ``grace`` seconds), then close; return what was not."""
+        if self._outbox and self._writer is not None:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):  # what is left is reported just below
+                await asyncio.wait_for(self._drained.wait(), grace)
+        left = len(self._outbox)
+        if left:
+            log.error(
+                "%d derived event(s) could not be published to %s before stopping",
+                left,
+                redact(self.url),
+            )
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self._client.aclose()
+        return left
 
 
 async def publish_once(url: str, channel: str, data: bytes) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter import __version__, embedded, logs
-from eventrouter.config import LoadResult, load_routes, parse_duration
+from eventrouter.config import FileCache, LoadResult, load_routes, parse_duration
 from eventrouter.connections import address_url
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
@@ -343,11 +343,13 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     retry.set_defaults(handler=cmd_retry)
 
 
-def _load(args: argparse.Namespace) -> tuple[LoadResult, list[Path]]:
+def _load(
+    args: argparse.Namespace, cache: FileCache | None = None
+) -> tuple[LoadResult, list[Path]]:
     folders, explicit = routes_dirs(args.routes, os.environ)
     if not explicit and not folders[0].is_dir():
         folders = []  # the default ./routes.d is optional
-    return load_routes(folders), folders
+    return load_routes(folders, cache), folders
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -586,7 +588,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
     from eventrouter.daemon import Daemon, log_diagnostics
 
-    result, folders = _load(args)
+    cache: FileCache = {}
+    result, folders = _load(args, cache)
     log_diagnostics(result)
     if not result.ok:
         print(
@@ -612,7 +615,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         instance=args.instance,
     )
     try:
-        status = asyncio.run(Daemon(settings, result).run())
+        status = asyncio.run(Daemon(settings, result, cache).run())
         # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -7,12 +7,11 @@ routes, so a reload with any error keeps the old table.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -40,8 +39,28 @@ from eventrouter.schemas import (
     payload_problem,
 )
 from eventrouter.templates import Condition, TemplateSyntaxError, Text, Value
-from eventrouter.yamlload import YamlError, line_of
-from eventrouter.yamlload import load_file as load_yaml
+from eventrouter.validation import (
+    FileContext,
+    boolean,
+    count,
+    key_path,
+    kind,
+    mapping,
+    parse_duration,
+    report,
+    text,
+    wrap,
+)
+from eventrouter.yamlload import YamlError, line_of, loads, read_text
+
+__all__ = [
+    "LoadResult",
+    "load_file",
+    "load_file_routes",
+    "load_routes",
+    "parse_duration",
+    "route_files",
+]
 
 ROUTE_KEYS = (
     "name",
@@ -64,47 +83,11 @@ DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
 MODES = ("queued", "parallel", "single", "restart")
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def parse_duration(value: Any) -> float:
-    """Return seconds for ``500ms``, ``30s``, ``2m``, ``1h`` or a number; raise ValueError."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 30s, 2m, 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        found = _DURATION.fullmatch(str(value))
-        if not found:
-            raise ValueError(f"{value!r} is not a duration (use 500ms, 30s, 2m, 1h or seconds)")
-        seconds = float(found.group(1)) * _UNITS[found.group(2)]
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return seconds
-
-
-def _wrap(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Turn a function raising ValueError into a voluptuous validator."""
-
-    def validator(value: Any) -> Any:
-        try:
-            return check(value)
-        except (ValueError, PatternError, TemplateSyntaxError) as exc:
-            raise vol.Invalid(str(exc)) from exc
-
-    return validator
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_kind(value)}")
-    return value
-
-
 def _route_name(value: Any) -> str:
-    name = _text(value)
+    name = text(value)
     if not ROUTE_NAME.fullmatch(name):
         raise ValueError(f"route name {name!r} must match [a-z0-9][a-z0-9._-]*")
     return name
@@ -112,7 +95,7 @@ def _route_name(value: Any) -> str:
 
 def _pattern(value: Any) -> ChannelPattern:
     try:
-        return ChannelPattern.parse(_text(value))
+        return ChannelPattern.parse(text(value))
     except PatternError as exc:
         raise ValueError(f"bad channel pattern {value!r}: {exc}") from exc
 
@@ -130,7 +113,7 @@ def _template_error(kind: str, exc: TemplateSyntaxError) -> ValueError:
 
 
 def _condition(value: Any) -> Condition:
-    source = _text(value).strip()
+    source = text(value).strip()
     if source.startswith("{{") and source.endswith("}}"):
         raise ValueError("'when' is an expression: write it without {{ }}")
     try:
@@ -141,7 +124,7 @@ def _condition(value: Any) -> Condition:
 
 def _text_template(value: Any) -> Text:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise ValueError(f"expected a string, got {_kind(value)}")
+        raise ValueError(f"expected a string, got {kind(value)}")
     try:
         return Text(str(value))
     except TemplateSyntaxError as exc:
@@ -155,83 +138,49 @@ def _value_template(value: Any) -> Value:
         raise _template_error("template", exc) from exc
 
 
-def _mapping(value: Any) -> dict[Any, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of variable names to values, got {_kind(value)}")
-    return value
-
-
 def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
     if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
         raise ValueError(f"{key!r} is not a valid environment variable name")
     return key, _text_template(value)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing (null)"
-    for kind, name in (
-        (bool, "a boolean"),
-        (dict, "a mapping"),
-        (list, "a list"),
-        (str, "a string"),
-        (int, "a number"),
-        (float, "a number"),
-    ):
-        if isinstance(value, kind):
-            return name
-    return f"a {type(value).__name__}"
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return value
-
-
 RETRY_SCHEMA = vol.Schema(
     {
-        vol.Required("attempts"): _wrap(_count),
-        vol.Optional("backoff"): _wrap(parse_duration),
-        vol.Optional("max_backoff"): _wrap(parse_duration),
+        vol.Required("attempts"): wrap(count),
+        vol.Optional("backoff"): wrap(parse_duration),
+        vol.Optional("max_backoff"): wrap(parse_duration),
     }
 )
 RUN_SCHEMA = vol.Schema(
     {
-        vol.Required("run"): _wrap(_text),
-        vol.Optional("timeout"): _wrap(parse_duration),
-        vol.Optional("env"): _wrap(_mapping),
+        vol.Required("run"): wrap(text),
+        vol.Optional("timeout"): wrap(parse_duration),
+        vol.Optional("env"): wrap(mapping),
     }
 )
 EMIT_SCHEMA = vol.Schema(
     {
         vol.Required("emit"): vol.Schema(
             {
-                vol.Required("channel"): _wrap(_text_template),
-                vol.Optional("payload"): _wrap(_value_template),
+                vol.Required("channel"): wrap(_text_template),
+                vol.Optional("payload"): wrap(_value_template),
             }
         )
     }
 )
 ROUTE_SCHEMA = vol.Schema(
     {
-        vol.Required("name"): _wrap(_route_name),
-        vol.Optional("description"): _wrap(_text),
-        vol.Required("on"): _wrap(_patterns),
-        vol.Optional("when"): _wrap(_condition),
+        vol.Required("name"): wrap(_route_name),
+        vol.Optional("description"): wrap(text),
+        vol.Required("on"): wrap(_patterns),
+        vol.Optional("when"): wrap(_condition),
         vol.Required("do"): list,
-        vol.Optional("enabled"): _wrap(_boolean),
+        vol.Optional("enabled"): wrap(boolean),
         vol.Optional("mode"): vol.In(MODES, msg=f"mode must be one of: {', '.join(MODES)}"),
-        vol.Optional("max"): _wrap(_count),
-        vol.Optional("key"): _wrap(_text_template),
-        vol.Optional("debounce"): _wrap(parse_duration),
-        vol.Optional("throttle"): _wrap(parse_duration),
+        vol.Optional("max"): wrap(count),
+        vol.Optional("key"): wrap(_text_template),
+        vol.Optional("debounce"): wrap(parse_duration),
+        vol.Optional("throttle"): wrap(parse_duration),
         vol.Optional("retry"): RETRY_SCHEMA,
         vol.Optional("schema"): vol.In(
             ("strict", "off"),
@@ -243,7 +192,7 @@ FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"):
 
 
 def _event_name(value: Any) -> str:
-    name = _text(value)
+    name = text(value)
     if not SAFE_NAME.fullmatch(name):
         raise ValueError(f"event name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
     if name in WELL_KNOWN:
@@ -253,7 +202,7 @@ def _event_name(value: Any) -> str:
 
 def _fields(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of field names to types, got {_kind(value)}")
+        raise ValueError(f"expected a mapping of field names to types, got {kind(value)}")
     for key, raw in value.items():
         if not isinstance(key, str) or not key.rstrip("?"):
             raise ValueError(f"{key!r} is not a field name")
@@ -263,75 +212,24 @@ def _fields(value: Any) -> dict[str, Any]:
 
 EVENT_SCHEMA = vol.Schema(
     {
-        vol.Optional("description"): _wrap(_text),
+        vol.Optional("description"): wrap(text),
         vol.Optional("source"): vol.In(SOURCES, msg=f"source must be one of: {', '.join(SOURCES)}"),
-        vol.Required("fields"): _wrap(_fields),
+        vol.Required("fields"): wrap(_fields),
     }
 )
 
 
-@dataclass
-class _FileContext:
-    """Where findings go while one file is checked."""
-
-    path: Path
-    data: Any
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-
-    def error(self, where: list[Any], message: str) -> None:
-        line = line_of(self.data, where, 1)
-        self.diagnostics.append(Diagnostic(str(self.path), line, "error", message))
-
-    def warning(self, where: list[Any], message: str) -> None:
-        line = line_of(self.data, where, 1)
-        self.diagnostics.append(Diagnostic(str(self.path), line, "warning", message))
-
-
-def _key_path(path: Iterable[Any]) -> str:
-    text = ""
-    for step in path:
-        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
-    return text
-
-
-def _explain(error: vol.Invalid, allowed: Iterable[str]) -> str:
-    """Rewrite a voluptuous message into one that says what to do."""
-    key = error.path[-1] if error.path else None
-    message = error.error_message
-    if message == "extra keys not allowed":
-        close = difflib.get_close_matches(str(key), list(allowed), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
-    if message == "required key not provided":
-        return f"missing required key {key!r}"
-    if message.startswith("expected dict"):
-        return "expected a mapping"
-    if message.startswith("expected list"):
-        return "expected a list"
-    return message
-
-
-def _report(ctx: _FileContext, prefix: list[Any], exc: vol.MultipleInvalid, allowed: Any) -> None:
-    for error in exc.errors:
-        where = prefix + list(error.path)
-        keys = allowed
-        if isinstance(allowed, dict):  # action keys depend on the action kind and depth
-            head = str(error.path[0]) if error.path else "run"
-            keys = allowed.get(head + "." if len(error.path) > 1 else head, allowed["run"])
-        ctx.error(where, f"{_key_path(where)}: {_explain(error, keys)}")
-
-
-def _build_action(ctx: _FileContext, where: list[Any], raw: Any) -> Any:
+def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     """Validate one item of ``do``; return a RunAction/EmitAction or None after reporting."""
     line = line_of(ctx.data, where, 1)
     if not isinstance(raw, dict) or ("run" in raw) == ("emit" in raw):
-        ctx.error(where, f"{_key_path(where)}: an action is a mapping with either 'run' or 'emit'")
+        ctx.error(where, f"{key_path(where)}: an action is a mapping with either 'run' or 'emit'")
         return None
     schema = RUN_SCHEMA if "run" in raw else EMIT_SCHEMA
     try:
         valid = schema(raw)
     except vol.MultipleInvalid as exc:
-        _report(ctx, where, exc, ACTION_KEYS)
+        report(ctx, where, exc, ACTION_KEYS)
         return None
     if "emit" in valid:
         emit = valid["emit"]
@@ -341,14 +239,14 @@ def _build_action(ctx: _FileContext, where: list[Any], raw: Any) -> Any:
         path = Path(os.path.normpath(ctx.path.parent / path))
     if not path.is_dir():
         problem = "does not exist" if not path.exists() else "is not a directory"
-        ctx.error([*where, "run"], f"{_key_path([*where, 'run'])}: handler folder {path} {problem}")
+        ctx.error([*where, "run"], f"{key_path([*where, 'run'])}: handler folder {path} {problem}")
         return None
     env = []
     for key, value in valid.get("env", {}).items():
         try:
             env.append(_env_entry(key, value))
         except ValueError as exc:
-            ctx.error([*where, "env", key], f"{_key_path([*where, 'env', key])}: {exc}")
+            ctx.error([*where, "env", key], f"{key_path([*where, 'env', key])}: {exc}")
     if len(env) < len(valid.get("env", {})):
         return None
     return RunAction(path, line, valid.get("timeout"), tuple(env))
@@ -361,18 +259,18 @@ def _retry(raw: dict[str, Any] | None) -> RetryPolicy | None:
     return RetryPolicy(raw["attempts"], backoff, max(backoff, raw.get("max_backoff", 30.0)))
 
 
-def _modes_fit(ctx: _FileContext, where: list[Any], valid: dict[str, Any]) -> bool:
+def _modes_fit(ctx: FileContext, where: list[Any], valid: dict[str, Any]) -> bool:
     """Report options that contradict each other; return True when there is none."""
     ok = True
     if "max" in valid and valid.get("mode") != "parallel":
         ctx.error(
-            [*where, "max"], f"{_key_path([*where, 'max'])}: 'max' applies to mode: parallel only"
+            [*where, "max"], f"{key_path([*where, 'max'])}: 'max' applies to mode: parallel only"
         )
         ok = False
     if "debounce" in valid and "throttle" in valid:
         ctx.error(
             [*where, "throttle"],
-            f"{_key_path([*where, 'throttle'])}: choose "
+            f"{key_path([*where, 'throttle'])}: choose "
             "'debounce' (run once when quiet) or 'throttle' (at most one run per "
             "period), not both",
         )
@@ -380,22 +278,22 @@ def _modes_fit(ctx: _FileContext, where: list[Any], valid: dict[str, Any]) -> bo
     return ok
 
 
-def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
+def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
     """Validate one route; return it, or None after reporting every problem."""
     where: list[Any] = ["routes", index]
     if not isinstance(raw, dict):
-        ctx.error(where, f"{_key_path(where)}: a route is a mapping, got {_kind(raw)}")
+        ctx.error(where, f"{key_path(where)}: a route is a mapping, got {kind(raw)}")
         return None
     try:
         valid = ROUTE_SCHEMA(raw)
     except vol.MultipleInvalid as exc:
-        _report(ctx, where, exc, ROUTE_KEYS)
+        report(ctx, where, exc, ROUTE_KEYS)
         valid = None
     steps = raw.get("do")
     actions = []
     if isinstance(steps, list):
         if not steps:
-            ctx.error([*where, "do"], f"{_key_path([*where, 'do'])}: expected at least one action")
+            ctx.error([*where, "do"], f"{key_path([*where, 'do'])}: expected at least one action")
         actions = [_build_action(ctx, [*where, "do", i], item) for i, item in enumerate(steps)]
     if valid is not None and not _modes_fit(ctx, where, valid):
         valid = None
@@ -423,7 +321,7 @@ def _build_route(ctx: _FileContext, index: int, raw: Any) -> Route | None:
     )
 
 
-def _build_schemas(ctx: _FileContext, raw: dict[str, Any]) -> dict[str, EventSpec]:
+def _build_schemas(ctx: FileContext, raw: dict[str, Any]) -> dict[str, EventSpec]:
     """Validate the operator's event schemas of one file."""
     found: dict[str, EventSpec] = {}
     for name, body in raw.items():
@@ -431,34 +329,88 @@ def _build_schemas(ctx: _FileContext, raw: dict[str, Any]) -> dict[str, EventSpe
         try:
             _event_name(name)
         except ValueError as exc:
-            ctx.error(where, f"{_key_path(where)}: {exc}")
+            ctx.error(where, f"{key_path(where)}: {exc}")
             continue
         try:
             valid = EVENT_SCHEMA(body)
         except vol.MultipleInvalid as exc:
-            _report(ctx, where, exc, SCHEMA_KEYS)
+            report(ctx, where, exc, SCHEMA_KEYS)
             continue
         found[name] = declared_spec(name, valid.get("source", "any"), valid["fields"])
     return found
 
 
+@dataclass(frozen=True)
+class FileResult:
+    """What one route file gave, and the hash of the text it was built from."""
+
+    digest: bytes
+    routes: tuple[Route, ...]
+    schemas: dict[str, EventSpec]
+    diagnostics: tuple[Diagnostic, ...]
+
+
+#: Route files already built, by path: a reload rebuilds only the files that changed.
+FileCache = dict[str, FileResult]
+
+
 def load_file(path: Path) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
     """Load one route file; return its routes, its event schemas and every finding."""
     try:
-        data = load_yaml(path)
+        text = read_text(path)
     except YamlError as exc:
         return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
-    ctx = _FileContext(path, data)
+    return _load_text(path, text)
+
+
+def _load_cached(path: Path, cache: FileCache, fresh: FileCache) -> FileResult:
+    """Load a file, reusing what the cache built from the very same text."""
+    try:
+        text = read_text(path)
+    except YamlError as exc:
+        problem = Diagnostic(str(path), exc.line, "error", exc.message)
+        return FileResult(b"", (), {}, (problem,))
+    digest = hashlib.sha256(text.encode()).digest()
+    known = cache.get(str(path))
+    if (
+        known is not None
+        and known.digest == digest
+        and not any(item.severity == "error" for item in known.diagnostics)
+        and _folders_still_there(known)
+    ):
+        fresh[str(path)] = known
+        return known
+    routes, schemas, diagnostics = _load_text(path, text)
+    result = FileResult(digest, tuple(routes), schemas, tuple(diagnostics))
+    fresh[str(path)] = result
+    return result
+
+
+def _folders_still_there(result: FileResult) -> bool:
+    return all(
+        action.path.is_dir()
+        for route in result.routes
+        for action in route.actions
+        if isinstance(action, RunAction)
+    )
+
+
+def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
+    try:
+        data = loads(text)
+    except YamlError as exc:
+        return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
+    ctx = FileContext(path, data)
     if data is None:
         ctx.warning([], "file is empty; expected a mapping with the key 'routes'")
         return [], {}, ctx.diagnostics
     if not isinstance(data, dict):
-        ctx.error([], f"expected a mapping with the key 'routes', got {_kind(data)}")
+        ctx.error([], f"expected a mapping with the key 'routes', got {kind(data)}")
         return [], {}, ctx.diagnostics
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
-        _report(ctx, [], exc, ("routes", "schemas"))
+        report(ctx, [], exc, ("routes", "schemas"))
         return [], {}, ctx.diagnostics
     if "routes" not in data and "schemas" not in data:
         ctx.warning([], "file has neither 'routes' nor 'schemas'")
@@ -503,8 +455,13 @@ class LoadResult:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
-def load_routes(directories: Iterable[Path]) -> LoadResult:
-    """Load every route file of ``directories``; report duplicates across files."""
+def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> LoadResult:
+    """Load every route file of ``directories``; report duplicates across files.
+
+    With a ``cache`` (kept by the daemon between reloads), a file whose text has not
+    changed is not parsed again; the cache is left holding the files of this load.
+    """
+    fresh: FileCache = {}
     routes: list[Route] = []
     diagnostics: list[Diagnostic] = []
     schemas: dict[str, EventSpec] = dict(WELL_KNOWN)
@@ -516,7 +473,15 @@ def load_routes(directories: Iterable[Path]) -> LoadResult:
             diagnostics.append(Diagnostic(str(directory), 0, "error", message))
             continue
         for path in files:
-            found, declared, notes = load_file(path)
+            if cache is None:
+                found, declared, notes = load_file(path)
+            else:
+                result = _load_cached(path, cache, fresh)
+                found, declared, notes = (
+                    list(result.routes),
+                    result.schemas,
+                    list(result.diagnostics),
+                )
             routes.extend(found)
             diagnostics.extend(notes)
             for name, spec in declared.items():
@@ -539,6 +504,9 @@ def load_routes(directories: Iterable[Path]) -> LoadResult:
         unique.append(
             replace(route, payload_check=partial(_strict_check, schemas)) if strict else route
         )
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
     return LoadResult(tuple(unique), tuple(diagnostics), schemas)
 
 

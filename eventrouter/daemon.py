@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventrouter import bus, embedded, sdnotify
-from eventrouter.config import LoadResult, load_routes
+from eventrouter.config import FileCache, LoadResult, load_routes
 from eventrouter.connections import publish_url, subscribe_url
 from eventrouter.dispatch import Dispatcher, convention_route, parse_event
 from eventrouter.journal import Journal, instance_name, open_journal, parse_retry_message
@@ -76,9 +76,13 @@ class Intents:
 class Daemon:
     """Load routes, subscribe, dispatch, reload on SIGHUP, stop on SIGTERM/SIGINT."""
 
-    def __init__(self, settings: Settings, routes: LoadResult) -> None:
+    def __init__(
+        self, settings: Settings, routes: LoadResult, cache: FileCache | None = None
+    ) -> None:
         self.settings = settings
         self.routes = routes.routes
+        #: The route files as last built: a reload re-parses only the files that changed.
+        self.cache: FileCache = cache if cache is not None else {}
         self.intents = Intents()
         self.server: embedded.EmbeddedServer | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
@@ -174,6 +178,7 @@ class Daemon:
             kill_grace=self.settings.kill_grace,
         )
         publisher = bus.RedisPublisher(pub_url)
+        publisher.start()
         dispatcher = Dispatcher(self.settings, runner, publisher, index)
         dispatcher.instance = instance_name(self.settings.instance)
         state = self.settings.state_dir or embedded.default_state_dir()
@@ -224,7 +229,7 @@ class Daemon:
             "SIGHUP: reloading routes from %s",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        result = await asyncio.to_thread(load_routes, self.settings.routes_dirs)
+        result = await asyncio.to_thread(load_routes, self.settings.routes_dirs, self.cache)
         log_diagnostics(result)
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")

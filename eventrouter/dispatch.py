@@ -43,8 +43,8 @@ class FailureJournal(Protocol):
 class Publisher(Protocol):
     """Where derived events go."""
 
-    async def publish(self, channel: str, data: bytes) -> int:
-        """Publish ``data`` on ``channel``; return how many subscribers received it."""
+    async def publish(self, channel: str, data: bytes) -> None:
+        """Hand ``data`` over for publication on ``channel``, in order."""
         ...
 
 
@@ -379,25 +379,9 @@ class Dispatcher:
                 f"derived-event chain deeper than {self.settings.max_depth}: {chain_text(chain)}",
             )
         self.chains.remember(channel, data, chain)
-        try:
-            receivers = await self.publisher.publish(channel, data)
-        except Exception as exc:  # the publisher's own errors vary with the transport
-            log.error(
-                "route %s: event %r: cannot publish derived event %r: %s",
-                route.name,
-                event.channel,
-                channel,
-                exc,
-            )
-            return Failed("publish failed", f"cannot publish {channel!r}: {exc}")
+        await self.publisher.publish(channel, data)
         self.counters["emitted"] += 1
-        log.info(
-            "route %s emitted %r (caused by %r, %d receivers)",
-            route.name,
-            channel,
-            event.channel,
-            receivers,
-        )
+        log.info("route %s emitted %r (caused by %r)", route.name, channel, event.channel)
         return None
 
     async def close(self, grace: float) -> None:

@@ -143,9 +143,8 @@ class Scheduler:
         self._admit(lane, replace(job, coalesced=count))
 
     def _admit(self, lane: Lane, job: Job) -> bool:
-        """Apply the mode: start, queue, drop or restart."""
+        """Apply the mode: queue (and start), drop or restart."""
         mode = job.route.mode
-        limit = job.route.max_runs if mode == "parallel" else 1
         if mode == "single" and lane.running:
             self.counters["dropped_single"] += 1
             log.info(
@@ -165,22 +164,16 @@ class Scheduler:
             self.pending -= len(lane.queue)
             lane.queue.clear()
             for task in lane.running:
-                task.cancel()
-        elif len(lane.running) >= limit or lane.queue:
-            if len(lane.queue) >= self.queue_limit:
-                return self._overflow(
-                    lane, job, f"for this route ({len(lane.queue)} queued, --queue-limit)"
-                )
-            if self.pending >= self.max_pending:
-                return self._overflow(lane, job, "in all queues (--max-pending)")
-            lane.queue.append(job)
-            self.pending += 1
-            return True
-        if mode == "restart" and lane.running:
-            lane.queue.append(job)  # starts as soon as the stopped run is gone
-            self.pending += 1
-            return True
-        self._start(lane, job)
+                task.cancel()  # the new job starts once the stopped run is gone
+        if len(lane.queue) >= self.queue_limit:
+            return self._overflow(
+                lane, job, f"for this route ({len(lane.queue)} queued, --queue-limit)"
+            )
+        if self.pending >= self.max_pending:
+            return self._overflow(lane, job, "in all queues (--max-pending)")
+        lane.queue.append(job)
+        self.pending += 1
+        self._pump(lane)
         return True
 
     def _overflow(self, lane: Lane, job: Job, where: str) -> bool:
@@ -190,33 +183,37 @@ class Scheduler:
         )
         return False
 
-    def _start(self, lane: Lane, job: Job) -> None:
-        task = asyncio.create_task(self._run(lane, job), name=f"route:{lane.name}")
-        lane.running.add(task)
-        task.add_done_callback(lambda done: self._finished(lane, done))
-
-    async def _run(self, lane: Lane, job: Job) -> None:
-        try:
-            await self._execute(job)
-        except asyncio.CancelledError:
-            log.info("route %s: run for %r stopped", lane.name, job.event.channel)
-            raise
-
-    def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
-        lane.running.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("route %s: internal error in a run", lane.name, exc_info=task.exception())
-        self._pump(lane)
-        self._cleanup(lane)
-
     def _pump(self, lane: Lane) -> None:
-        """Start queued jobs while the mode allows."""
+        """Start workers while the mode allows and jobs wait."""
         limit = lane.route.max_runs if lane.route.mode == "parallel" else 1
-        while lane.queue and len(lane.running) < limit and not self.closing:
+        while len(lane.running) < min(limit, len(lane.queue)) and not self.closing:
+            if any(task.cancelling() for task in lane.running):
+                return  # a restart: wait until the stopped run is gone
+            task = asyncio.create_task(self._work(lane), name=f"route:{lane.name}")
+            lane.running.add(task)
+            task.add_done_callback(lambda done: self._finished(lane, done))
+
+    async def _work(self, lane: Lane) -> None:
+        """Run the lane's jobs one after another until its queue is empty."""
+        while lane.queue and not self.closing:
             job = lane.queue.popleft()
             self.pending -= 1
             lane.route = job.route  # a reload may have changed the route since
-            self._start(lane, job)
+            try:
+                await self._execute(job)
+            except asyncio.CancelledError:
+                log.info("route %s: run for %r stopped", lane.name, job.event.channel)
+                raise
+            except Exception:  # a bug in one run must not stop the lane
+                log.exception(
+                    "route %s: internal error in a run for %r", lane.name, job.event.channel
+                )
+            await asyncio.sleep(0)  # let the intake and the other lanes have their turn
+
+    def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
+        lane.running.discard(task)
+        self._pump(lane)
+        self._cleanup(lane)
 
     def _cleanup(self, lane: Lane) -> None:
         if lane.idle and self.lanes.get(lane.name) is lane:

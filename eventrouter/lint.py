@@ -270,8 +270,10 @@ def _scan(source: str, expression: bool) -> tuple[Key, ...] | None:
         return ()
     else:
         parts = [a or b for a, b in _CODE.findall(source)]
-        if "{#" in source or _RAW.search(source) or any(
-            "'" in part or '"' in part for part in map(partial(_STRING.sub, ""), parts)
+        if (
+            "{#" in source
+            or _RAW.search(source)
+            or any("'" in part or '"' in part for part in map(partial(_STRING.sub, ""), parts))
         ):
             return None  # a comment, a raw block, "}}" in a string: only the parser can tell
         code = " ".join(parts)

@@ -14,7 +14,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Generic, TypeVar
 
 from eventrouter.errors import Diagnostic
@@ -61,18 +61,25 @@ class Glob:
     prefix: str  # every matching channel starts with it
     suffix: str  # ... and ends with it
     literal: bool  # it matches exactly one channel: ``prefix``
-    simple: bool = False  # it has only literal characters and plain stars
+    simple: bool  # it has only literal characters and plain stars
+    chars: str  # the tokens as text, NUL for a wildcard
+
+    @cached_property
+    def runs(self) -> tuple[int, ...]:
+        """Return the length of the literal run starting at each token."""
+        runs = [0] * (len(self.tokens) + 1)
+        for i in range(len(self.tokens) - 1, -1, -1):
+            runs[i] = runs[i + 1] + 1 if self.tokens[i].char is not None else 0
+        return tuple(runs)
 
 
-def _glob(text: str, tokens: Sequence[Token]) -> Glob:
-    chars = [token.char or "" for token in tokens]
-    wild = [i for i, token in enumerate(tokens) if token.char is None]
+def _glob(text: str, tokens: tuple[Token, ...], chars: str) -> Glob:
+    wild = [i for i, token in enumerate(tokens) if token.char is None] if "\0" in chars else []
     if not wild:
-        whole = "".join(chars)
-        return Glob(text, tuple(tokens), whole, whole, True)
-    prefix, suffix = "".join(chars[: wild[0]]), "".join(chars[wild[-1] + 1 :])
-    simple = all(tokens[i] == STAR for i in wild)
-    return Glob(text, tuple(tokens), prefix, suffix, False, simple)
+        return Glob(text, tokens, chars, chars, True, False, chars)
+    prefix, suffix = chars[: wild[0]], chars[wild[-1] + 1 :]
+    simple = all(tokens[i] is STAR for i in wild)
+    return Glob(text, tokens, prefix, suffix, False, simple, chars)
 
 
 def _char_class(text: str, start: int) -> tuple[Token, int]:
@@ -116,23 +123,26 @@ def pattern_glob(text: str) -> Glob:
             continue
         tokens.append(STAR if char == "*" else ANY if char == "?" else _literal(char))
         i += 1
-    return _glob(text, tokens)
+    return _glob(text, tuple(tokens), "".join(token.char or "\0" for token in tokens))
 
 
 def channel_glob(text: str, parts: Sequence[str | Sequence[Token]]) -> Glob:
     """Return the glob of an emitted channel: literal parts, and tokens for template parts."""
     tokens: list[Token] = []
+    chars: list[str] = []
     for part in parts:
         if isinstance(part, str):
-            tokens.extend(_literal(char) for char in part)
-        elif not (tokens and tokens[-1] == STAR and list(part) == [STAR]):
-            tokens.extend(part)
-    return _glob(text, tokens)
+            tokens += [_LITERALS.get(char) or _literal(char) for char in part]
+            chars.append(part)
+        elif not (tokens and tokens[-1] is STAR and len(part) == 1 and part[0] is STAR):
+            tokens += part
+            chars.append("".join(token.char or "\0" for token in part))
+    return _glob(text, tuple(tokens), "".join(chars))
 
 
 def contains(glob: Glob, text: str) -> bool:
     """Return True when every channel ``glob`` matches holds ``text`` (literally in the glob)."""
-    return text in "".join(token.char or "\0" for token in glob.tokens)
+    return text in glob.chars
 
 
 def _uncovered(low: str, high: str, holes: Ranges) -> bool:
@@ -192,27 +202,69 @@ def overlap(a: Glob, b: Glob) -> bool:
     # The literal ends agree: search the product of what lies between them.
     start = min(len(a.prefix), len(b.prefix))
     end = min(len(a.suffix), len(b.suffix))
-    x, y = a.tokens[start : len(a.tokens) - end], b.tokens[start : len(b.tokens) - end]
-    return _product_accepts(x, y)
+    return _product_accepts(a, b, start, end)
 
 
-def _product_accepts(x: Sequence[Token], y: Sequence[Token]) -> bool:
-    """Return True when some text matches both token sequences (depth-first, states as ints)."""
-    n, m = len(x), len(y)
-    width = m + 1  # state i * width + j: x[i:] and y[j:] remain to match
-    goal = n * width + m
+def _star_stops(
+    star: Glob, i: int, stop: int, *, text: Glob, j: int, end: int
+) -> tuple[list[int], int]:
+    """Return where the star ``star.tokens[i]`` can stop inside the literal run of ``text`` at
+    ``j`` (``stop``, ``end``: where each side's tokens end), and the run's end when the star
+    can eat the whole run (else -1)."""
+    token = star.tokens[i]
+    run_end = j + min(text.runs[j], end - j)
+    limit = run_end  # the star eats text.chars[j:limit] at most
+    if token.ranges == (("/", "/"),):  # a capture's star
+        found = text.chars.find("/", j, run_end)
+        limit = run_end if found < 0 else found
+    elif token.ranges:
+        limit = next((p for p in range(j, run_end) if not _meet(token, text.tokens[p])), run_end)
+    last = min(limit, run_end - 1)
+    after = star.tokens[i + 1].char if i + 1 < stop else ""
+    if after == "":  # nothing follows the star: it cannot stop before the text ends
+        stops = []
+    elif after is None:  # a wildcard follows the star: it may face any character
+        stops = list(range(j, last + 1))
+    else:  # a literal follows the star: only where the text has that character
+        stops = [p for p in range(j, last + 1) if text.chars[p] == after]
+    return stops, run_end if limit == run_end else -1
+
+
+def _product_accepts(a: Glob, b: Glob, start: int, end: int) -> bool:
+    """Return True when some text matches both globs from token ``start`` to ``end`` before
+    the end (a depth-first search of the product automaton, each state an int)."""
+    x, y = a.tokens, b.tokens
+    n, m = len(x) - end, len(y) - end
+    width = m + 1  # state i * width + j: x[i:n] and y[j:m] remain to match
     seen: set[int] = set()
-    stack = [0]
+    stack = [start * width + start]
     while stack:
         state = stack.pop()
         if state in seen:
             continue
-        if state == goal:
-            return True
         seen.add(state)
         i, j = divmod(state, width)
+        if i == n and j == m:
+            return True
         one = x[i] if i < n else None
         two = y[j] if j < m else None
+        if one is not None and one.star and two is not None and two.char is not None:
+            stops, whole = _star_stops(
+                a, i, n, text=b, j=j, end=m
+            )  # jump over a literal run at once
+            stack += [(i + 1) * width + p for p in stops]
+            stack += [(i + 1) * width + whole, i * width + whole] if whole >= 0 else []
+            continue
+        if two is not None and two.star and one is not None and one.char is not None:
+            stops, whole = _star_stops(b, j, m, text=a, j=i, end=n)
+            stack += [p * width + j + 1 for p in stops]
+            stack += [whole * width + j + 1, whole * width + j] if whole >= 0 else []
+            continue
+        step = min(a.runs[i], b.runs[j], n - i, m - j)
+        if step:  # two literal runs: compare them at once
+            if a.chars[i : i + step] == b.chars[j : j + step]:
+                stack.append(state + step * width + step)
+            continue
         if one is not None and one.star:
             stack.append(state + width)  # the star matches nothing more
         if two is not None and two.star:

@@ -49,18 +49,18 @@ from typing import Any, TextIO
 
 import voluptuous as vol
 
-from eventrouter.config import (  # route-file validators and wording: both files read alike
-    _boolean,
-    _explain,
-    _FileContext,
-    _key_path,
-    _kind,
-    _text,
-    _wrap,
-    route_files,
-)
+from eventrouter.config import route_files
 from eventrouter.errors import Diagnostic
 from eventrouter.explain import EventPlan, Explainer, RoutePlan
+from eventrouter.validation import (  # route files' validators and wording: both read alike
+    FileContext,
+    boolean,
+    explain,
+    key_path,
+    kind,
+    text,
+    wrap,
+)
 from eventrouter.yamlload import YamlError, line_of, load_file
 
 ANY = object()  # an expected derived event that gives no payload matches any payload
@@ -86,24 +86,24 @@ def _event_data(value: Any) -> bytes:
 
 def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
-        raise ValueError(f"expected a list of names, got {_kind(value)}")
-    return tuple(_text(item) for item in value)
+        raise ValueError(f"expected a list of names, got {kind(value)}")
+    return tuple(text(item) for item in value)
 
 
-EMIT = vol.Schema({vol.Required("channel"): _wrap(_text), vol.Optional("payload"): _wrap(_json)})
+EMIT = vol.Schema({vol.Required("channel"): wrap(text), vol.Optional("payload"): wrap(_json)})
 TEST_SCHEMA = vol.Schema(
     {
-        vol.Required("name"): _wrap(_text),
+        vol.Required("name"): wrap(text),
         vol.Required("event"): {
-            vol.Required("channel"): _wrap(_text),
-            vol.Optional("payload", default=""): _wrap(_event_data),
+            vol.Required("channel"): wrap(text),
+            vol.Optional("payload", default=""): wrap(_event_data),
         },
         vol.Required("expect"): vol.All(
             {
-                **{vol.Optional(k): _wrap(_strings) for k in ("fire", "fire_only", "not_fire")},
-                vol.Optional("steps"): _wrap(_strings),
+                **{vol.Optional(k): wrap(_strings) for k in ("fire", "fire_only", "not_fire")},
+                vol.Optional("steps"): wrap(_strings),
                 vol.Optional("emits"): [EMIT],
-                **{vol.Optional(k): _wrap(_boolean) for k in ("nothing", "cut", "errors")},
+                **{vol.Optional(k): wrap(boolean) for k in ("nothing", "cut", "errors")},
             },
             vol.Length(min=1, msg="give at least one of " + ", ".join(KEYS["tests.expect"])),
         ),
@@ -151,11 +151,11 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
 
 
-def _report(ctx: _FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
+def _report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
     for error in exc.errors:
         where = prefix + list(error.path)
         keys = KEYS.get(".".join(str(s) for s in where[:-1] if not isinstance(s, int)), ())
-        ctx.error(where, f"{_key_path(where) or 'file'}: {_explain(error, keys)}")
+        ctx.error(where, f"{key_path(where) or 'file'}: {explain(error, keys)}")
 
 
 def _unknown(name: str, known: set[str]) -> str:
@@ -167,29 +167,29 @@ def _unknown(name: str, known: set[str]) -> str:
     return f"no route or events folder {name!r}"
 
 
-def _check_names(ctx: _FileContext, where: list[Any], known: set[str], seen: set[str]) -> None:
+def _check_names(ctx: FileContext, where: list[Any], known: set[str], seen: set[str]) -> None:
     """Report duplicate test names and unknown route names, even in an invalid test."""
     raw = ctx.data["tests"][where[-1]]
     name = raw.get("name") if isinstance(raw, dict) else None
     if isinstance(name, str):
         if name in seen:
-            ctx.error([*where, "name"], f"{_key_path([*where, 'name'])}: duplicate test {name!r}")
+            ctx.error([*where, "name"], f"{key_path([*where, 'name'])}: duplicate test {name!r}")
         seen.add(name)
     expect = raw.get("expect") if isinstance(raw, dict) else None
     if not isinstance(expect, dict):
         return
     if "fire" in expect and "fire_only" in expect:
         path = [*where, "expect", "fire_only"]
-        ctx.error(path, f"{_key_path(path)}: give either fire or fire_only, not both")
+        ctx.error(path, f"{key_path(path)}: give either fire or fire_only, not both")
     for key in ("fire", "fire_only", "not_fire"):
         items = expect.get(key)
         for index, item in enumerate(items if isinstance(items, list) else ()):
             if isinstance(item, str) and item not in known:
                 path = [*where, "expect", key, index]
-                ctx.error(path, f"{_key_path(path)}: {_unknown(item, known)}")
+                ctx.error(path, f"{key_path(path)}: {_unknown(item, known)}")
 
 
-def _build(ctx: _FileContext, index: int, known: set[str], seen: set[str]) -> RouteTest | None:
+def _build(ctx: FileContext, index: int, known: set[str], seen: set[str]) -> RouteTest | None:
     """Validate one test; return it, or None after reporting every problem."""
     where: list[Any] = ["tests", index]
     _check_names(ctx, where, known, seen)
@@ -213,9 +213,9 @@ def load_tests(path: Path, known: set[str]) -> tuple[list[RouteTest], list[Diagn
         data = load_file(path)
     except YamlError as exc:
         return [], [Diagnostic(str(path), exc.line, "error", exc.message)]
-    ctx = _FileContext(path, data)
+    ctx = FileContext(path, data)
     if not isinstance(data, dict):
-        ctx.error([], f"expected a mapping with the key 'tests', got {_kind(data)}")
+        ctx.error([], f"expected a mapping with the key 'tests', got {kind(data)}")
         return [], ctx.diagnostics
     try:
         FILE_SCHEMA(data)

@@ -232,6 +232,8 @@ class Value:
                 self.kind, self.items = "text", Text(data)
             else:
                 self.kind, self.items = "const", data
+        elif not _has_template(data):
+            self.kind, self.items = "const", _plain(data)  # one object, not a tree of them
         elif isinstance(data, Mapping):
             self.kind = "map"
             self.items = tuple((str(key), Value(item)) for key, item in data.items())
@@ -251,6 +253,25 @@ class Value:
         if self.kind == "map":
             return {key: item.render(context) for key, item in self.items}
         return [item.render(context) for item in self.items]
+
+
+def _has_template(data: Any) -> bool:
+    if isinstance(data, str):
+        return any(marker in data for marker in _MARKERS)
+    if isinstance(data, Mapping):
+        return any(_has_template(item) for item in data.values())
+    if isinstance(data, list | tuple):
+        return any(_has_template(item) for item in data)
+    return False
+
+
+def _plain(data: Any) -> Any:
+    """Return ``data`` as plain dicts and lists (not the loader's line-stamped ones)."""
+    if isinstance(data, Mapping):
+        return {str(key): _plain(item) for key, item in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain(item) for item in data]
+    return data
 
 
 def event_context(

@@ -166,6 +166,11 @@ def loads(text: str) -> Any:
 
 def load_file(path: Path) -> Any:
     """Read and parse a YAML file; raise YamlError for I/O and syntax problems."""
+    return loads(read_text(path))
+
+
+def read_text(path: Path) -> str:
+    """Read a YAML file as text; raise YamlError when it cannot be read or is not UTF-8."""
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_FILE_SIZE + 1)
@@ -178,7 +183,7 @@ def load_file(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise YamlError(line, "file is not valid UTF-8") from exc
-    return loads(text)
+    return text
 
 
 def line_of(data: Any, path: list[Any], default: int) -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -1022,3 +1024,31 @@ def test_shipped_examples_load_routes() -> None:
         for action in route.actions:
             if isinstance(action, RunAction):
                 assert action.path.is_dir()
+
+
+def test_reload_cache_rebuilds_only_changed_files(tmp_path: Path) -> None:
+    folder = tmp_path / "routes.d"
+    handler(folder / "h")
+    write(folder, "10-a.yml", one_route("first"))
+    write(folder, "20-b.yml", one_route("second"))
+    cache: dict[str, Any] = {}
+    before = load_routes([folder], cache)
+    write(folder, "20-b.yml", one_route("changed"))
+    after = load_routes([folder], cache)
+    assert after.routes[0] is before.routes[0]  # same text: the very same object
+    assert [route.name for route in after.routes] == ["first", "changed"]
+    (folder / "10-a.yml").unlink()
+    assert [route.name for route in load_routes([folder], cache).routes] == ["changed"]
+    assert sorted(Path(name).name for name in cache) == ["20-b.yml"]
+
+
+def test_reload_cache_sees_handler_folders_come_and_go(tmp_path: Path) -> None:
+    folder = tmp_path / "routes.d"
+    text = "routes:\n  - name: r\n    on: a/event/b\n    do: [{run: h}]\n"
+    write(folder, "r.yml", text)
+    cache: dict[str, Any] = {}
+    assert not load_routes([folder], cache).ok  # the folder is missing
+    handler(folder / "h")
+    assert load_routes([folder], cache).ok  # same text, but the error is not reused
+    shutil.rmtree(folder / "h")
+    assert not load_routes([folder], cache).ok  # nor is a success once the folder is gone

@@ -19,11 +19,10 @@ class LoopBack:
         self.dispatcher: Dispatcher | None = None
         self.sent: list[tuple[str, bytes]] = []
 
-    async def publish(self, channel: str, data: bytes) -> int:
+    async def publish(self, channel: str, data: bytes) -> None:
         self.sent.append((channel, data))
         assert self.dispatcher is not None
         asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
-        return 1
 
 
 def make(tmp_path: Path, text: str, **settings: object) -> tuple[Dispatcher, LoopBack]:

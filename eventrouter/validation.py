@@ -1,0 +1,145 @@
+"""Small voluptuous validators and the wording of configuration errors, shared by the
+route files (``config``) and the route test files (``routetest``).
+
+Validators raise ValueError with a message that says what to do; ``wrap`` turns them into
+voluptuous validators; ``report`` turns voluptuous errors into ``FILE:LINE`` diagnostics
+naming the key path, with a did-you-mean for unknown keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+
+from eventrouter.errors import Diagnostic
+from eventrouter.patterns import PatternError
+from eventrouter.templates import TemplateSyntaxError
+from eventrouter.yamlload import line_of
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Return seconds for ``500ms``, ``30s``, ``2m``, ``1h`` or a number; raise ValueError."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 500ms, 30s, 2m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        found = _DURATION.fullmatch(str(value))
+        if not found:
+            raise ValueError(f"{value!r} is not a duration (use 500ms, 30s, 2m, 1h or seconds)")
+        seconds = float(found.group(1)) * _UNITS[found.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+def wrap(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Turn a function raising ValueError into a voluptuous validator."""
+
+    def validator(value: Any) -> Any:
+        try:
+            return check(value)
+        except (ValueError, PatternError, TemplateSyntaxError) as exc:
+            raise vol.Invalid(str(exc)) from exc
+
+    return validator
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {kind(value)}")
+    return value
+
+
+def mapping(value: Any) -> dict[Any, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of variable names to values, got {kind(value)}")
+    return value
+
+
+def kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    for kind, name in (
+        (bool, "a boolean"),
+        (dict, "a mapping"),
+        (list, "a list"),
+        (str, "a string"),
+        (int, "a number"),
+        (float, "a number"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+@dataclass
+class FileContext:
+    """Where findings go while one file is checked."""
+
+    path: Path
+    data: Any
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, where: list[Any], message: str) -> None:
+        line = line_of(self.data, where, 1)
+        self.diagnostics.append(Diagnostic(str(self.path), line, "error", message))
+
+    def warning(self, where: list[Any], message: str) -> None:
+        line = line_of(self.data, where, 1)
+        self.diagnostics.append(Diagnostic(str(self.path), line, "warning", message))
+
+
+def key_path(path: Iterable[Any]) -> str:
+    text = ""
+    for step in path:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
+
+
+def explain(error: vol.Invalid, allowed: Iterable[str]) -> str:
+    """Rewrite a voluptuous message into one that says what to do."""
+    key = error.path[-1] if error.path else None
+    message = error.error_message
+    if message == "extra keys not allowed":
+        close = difflib.get_close_matches(str(key), list(allowed), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
+    if message == "required key not provided":
+        return f"missing required key {key!r}"
+    if message.startswith("expected dict"):
+        return "expected a mapping"
+    if message.startswith("expected list"):
+        return "expected a list"
+    return message
+
+
+def report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid, allowed: Any) -> None:
+    for error in exc.errors:
+        where = prefix + list(error.path)
+        keys = allowed
+        if isinstance(allowed, dict):  # action keys depend on the action kind and depth
+            head = str(error.path[0]) if error.path else "run"
+            keys = allowed.get(head + "." if len(error.path) > 1 else head, allowed["run"])
+        ctx.error(where, f"{key_path(where)}: {explain(error, keys)}")
