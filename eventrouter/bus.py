@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.1
+#: Messages read (or jobs run) between two turns given to the other tasks.
+YIELD_EVERY = 32
 BACKOFF_CAP = 5.0
 #: While Redis stays unreachable, repeat the warning this often (seconds).
 STILL_DOWN_EVERY = 60.0
@@ -90,7 +92,7 @@ class Subscriber:
             log.warning("could not update subscriptions now (%s); they apply on reconnect", exc)
 
     async def _connect(self) -> None:
-        self._client = client(self.url, health_check_interval=30)
+        self._client = client(self.url)
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         if self.patterns:
             await self._pubsub.psubscribe(*sorted(self.patterns))
@@ -110,6 +112,7 @@ class Subscriber:
                     log.debug("closing the old Redis connection: %s", exc)
 
     async def _read(self) -> None:
+        count = 0
         while True:
             message = await self._pubsub.get_message(timeout=None)
             if message is None or message.get("type") != "pmessage":
@@ -122,6 +125,11 @@ class Subscriber:
                 self.handler(channel.decode("utf-8", "replace"), data)
             except Exception:  # a bug in handling one event must not stop the intake
                 log.exception("internal error while handling an event on %r", channel)
+            # Buffered messages come back without suspending: yield now and then, so that
+            # the routes run while a burst is read and it does not all pile up queued.
+            count += 1
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
 
     async def run(self) -> None:
         """Connect, subscribe and deliver messages forever, reconnecting with backoff."""
@@ -155,6 +163,14 @@ class Subscriber:
             except asyncio.CancelledError:
                 await self._disconnect()
                 raise
+            except Exception:  # a client bug or misuse: say so loudly, but keep trying
+                log.exception(
+                    "unexpected error on the Redis connection to %s; reconnecting in %.1fs",
+                    redact(self.url),
+                    BACKOFF_CAP,
+                )
+                await self._disconnect()
+                await asyncio.sleep(BACKOFF_CAP)
 
     def _log_restored(self, down_since: float) -> None:
         now = time.time()
@@ -218,6 +234,7 @@ class RedisPublisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._gather()
             while self._outbox:
                 batch = [self._outbox[n] for n in range(min(self.batch, len(self._outbox)))]
                 try:
@@ -247,6 +264,15 @@ class RedisPublisher:
                 self.sent += len(batch)
                 self._space.set()
             self._drained.set()
+
+    async def _gather(self) -> None:
+        """Let a burst build up a batch: wait while each turn of the loop adds to it."""
+        size = len(self._outbox)
+        while size < self.batch:
+            await asyncio.sleep(0)
+            if len(self._outbox) == size:
+                return
+            size = len(self._outbox)
 
     async def _send(self, batch: list[tuple[str, bytes]]) -> None:
         if len(batch) == 1:

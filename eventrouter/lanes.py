@@ -26,6 +26,9 @@ from eventrouter.model import Event, Route
 
 log = logging.getLogger(__name__)
 
+#: Jobs a worker runs back to back (when they do not wait) before yielding to other tasks.
+YIELD_EVERY = 32
+
 
 @dataclass(frozen=True)
 class Job:
@@ -195,6 +198,7 @@ class Scheduler:
 
     async def _work(self, lane: Lane) -> None:
         """Run the lane's jobs one after another until its queue is empty."""
+        done = 0
         while lane.queue and not self.closing:
             job = lane.queue.popleft()
             self.pending -= 1
@@ -208,7 +212,9 @@ class Scheduler:
                 log.exception(
                     "route %s: internal error in a run for %r", lane.name, job.event.channel
                 )
-            await asyncio.sleep(0)  # let the intake and the other lanes have their turn
+            done += 1
+            if done % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # let the intake and the other lanes have their turn
 
     def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         lane.running.discard(task)

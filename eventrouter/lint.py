@@ -61,11 +61,13 @@ _CODE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
 _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
 # payload.x / match['x'], unless protected (| default, is defined) or a method call.
 _FIELD = re.compile(
-    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])(.*?)\3\s*\])"
-    r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?defined\b))"
+    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
+    r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?(?:un)?defined\b))"
 )
 _WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 _RAW = re.compile(r"\{%[-+]?\s*raw\b")
+#: Tests and filters that may be given an undefined value without failing.
+_GUARDS = ("defined", "undefined", "default", "d")
 _SOURCE_GLOBS = {"cluster": "cluster", "node": "node/*", "module": "module/*"}
 _NOT_LITERAL = frozenset("*?[]{}\\/%#")
 _SKIPPED = {
@@ -193,7 +195,7 @@ def _walk(node: nodes.Node, guarded: frozenset[Key], found: dict[Key, None]) -> 
             found.setdefault(key)
         return
     skip: nodes.Node | None = None
-    if isinstance(node, nodes.Test | nodes.Filter) and node.name in ("defined", "default", "d"):
+    if isinstance(node, nodes.Test | nodes.Filter) and node.name in _GUARDS:
         skip = node.node  # its own reference is protected; what it is built from is not
         if skip is not None and _key(skip) is None:
             _walk_children(skip, guarded, found, None)
@@ -339,15 +341,10 @@ def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagno
         steps, skipped = list_steps(folder)
     except OSError as exc:
         return [_warning(where, line, f"handler folder {folder} cannot be read: {exc.strerror}")]
-    findings = [
-        _warning(
-            where,
-            line,
-            f"{folder / entry.name} "
-            + _SKIPPED.get(entry.reason, f"cannot run ({entry.reason}); it is skipped"),
-        )
-        for entry in skipped
-    ]
+    findings = []
+    for entry in skipped:
+        why = _SKIPPED.get(entry.reason, f"cannot run ({entry.reason}); it is skipped")
+        findings.append(_warning(where, line, f"{folder / entry.name} {why}"))
     if not steps:
         findings.append(_warning(where, line, f"handler folder {folder} has no runnable step"))
     return findings

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from eventrouter.errors import Diagnostic
@@ -43,6 +44,8 @@ STAR = Token(True, (), star=True)
 #: A ``{capture}`` is one path segment: one non-``/`` character, then any number of them.
 SEGMENT = (Token(True, (("/", "/"),)), Token(True, (("/", "/"),), star=True))
 _LITERALS: dict[str, Token] = {}
+#: A run of characters that stand for themselves in a pattern.
+_PLAIN = re.compile(r"[^*?\[\\{]+")
 
 
 def _literal(char: str) -> Token:
@@ -63,23 +66,25 @@ class Glob:
     literal: bool  # it matches exactly one channel: ``prefix``
     simple: bool  # it has only literal characters and plain stars
     chars: str  # the tokens as text, NUL for a wildcard
-
-    @cached_property
-    def runs(self) -> tuple[int, ...]:
-        """Return the length of the literal run starting at each token."""
-        runs = [0] * (len(self.tokens) + 1)
-        for i in range(len(self.tokens) - 1, -1, -1):
-            runs[i] = runs[i + 1] + 1 if self.tokens[i].char is not None else 0
-        return tuple(runs)
+    runs: tuple[int, ...]  # the length of the literal run starting at each token
 
 
 def _glob(text: str, tokens: tuple[Token, ...], chars: str) -> Glob:
-    wild = [i for i, token in enumerate(tokens) if token.char is None] if "\0" in chars else []
+    wild, at = [], chars.find("\0")
+    while at >= 0:  # a literal NUL counts as a wildcard here: the ends and runs stay true
+        wild.append(at)
+        at = chars.find("\0", at + 1)
     if not wild:
-        return Glob(text, tokens, chars, chars, True, False, chars)
+        runs = tuple(range(len(tokens), -1, -1))
+        return Glob(text, tokens, chars, chars, True, False, chars, runs)
     prefix, suffix = chars[: wild[0]], chars[wild[-1] + 1 :]
     simple = all(tokens[i] is STAR for i in wild)
-    return Glob(text, tokens, prefix, suffix, False, simple, chars)
+    counts: list[int] = []
+    start = 0
+    for stop in [*wild, len(tokens)]:
+        counts += [*range(stop - start, 0, -1), 0]  # a literal run, then the wildcard
+        start = stop + 1
+    return Glob(text, tokens, prefix, suffix, False, simple, chars, tuple(counts))
 
 
 def _char_class(text: str, start: int) -> tuple[Token, int]:
@@ -106,24 +111,30 @@ def _char_class(text: str, start: int) -> tuple[Token, int]:
 def pattern_glob(text: str) -> Glob:
     """Return the glob of a route's channel pattern (``{name}`` is one path segment)."""
     tokens: list[Token] = []
+    chars: list[str] = []  # the tokens as text, NUL for a wildcard
     i = 0
     while i < len(text):
-        char = text[i]
-        if char == "{":
-            tokens.extend(SEGMENT)
+        part = text[i]
+        if part == "{":
+            wild: Sequence[Token] = SEGMENT
             i = text.index("}", i) + 1
-            continue
-        if char == "[":
+        elif part == "[":
             token, i = _char_class(text, i)
-            tokens.append(token)
+            wild = (token,)
+        elif part in ("*", "?"):
+            wild = (STAR if part == "*" else ANY,)
+            i += 1
+        else:
+            escaped = part == "\\" and i + 1 < len(text)
+            found = None if escaped else _PLAIN.match(text, i)
+            start, end = (i + 1, i + 2) if escaped else (i, found.end() if found else i + 1)
+            tokens += [_LITERALS.get(char) or _literal(char) for char in text[start:end]]
+            chars.append(text[start:end])
+            i = end
             continue
-        if char == "\\" and i + 1 < len(text):
-            tokens.append(_literal(text[i + 1]))
-            i += 2
-            continue
-        tokens.append(STAR if char == "*" else ANY if char == "?" else _literal(char))
-        i += 1
-    return _glob(text, tuple(tokens), "".join(token.char or "\0" for token in tokens))
+        tokens += wild
+        chars.append("\0" * len(wild))
+    return _glob(text, tuple(tokens), "".join(chars))
 
 
 def channel_glob(text: str, parts: Sequence[str | Sequence[Token]]) -> Glob:
@@ -248,14 +259,13 @@ def _product_accepts(a: Glob, b: Glob, start: int, end: int) -> bool:
             return True
         one = x[i] if i < n else None
         two = y[j] if j < m else None
-        if one is not None and one.star and two is not None and two.char is not None:
-            stops, whole = _star_stops(
-                a, i, n, text=b, j=j, end=m
-            )  # jump over a literal run at once
+        if one is not None and one.star and two is not None and b.runs[j]:
+            # A star facing a literal run: jump to where it can stop, all at once.
+            stops, whole = _star_stops(a, i, n, text=b, j=j, end=m)
             stack += [(i + 1) * width + p for p in stops]
             stack += [(i + 1) * width + whole, i * width + whole] if whole >= 0 else []
             continue
-        if two is not None and two.star and one is not None and one.char is not None:
+        if two is not None and two.star and one is not None and a.runs[i]:
             stops, whole = _star_stops(b, j, m, text=a, j=i, end=n)
             stack += [p * width + j + 1 for p in stops]
             stack += [whole * width + j + 1, whole * width + j] if whole >= 0 else []
@@ -281,19 +291,23 @@ class _Affixes(Generic[T]):
     def __init__(self) -> None:
         self._by_text: dict[str, list[T]] = {}
         self._texts: list[str] = []  # the keys of _by_text, sorted
+        self._sizes: set[int] = set()  # their lengths
 
     def add(self, text: str, entry: T) -> None:
+        """File ``entry`` under the start of ``text``."""
         key = text[:AFFIX]
         found = self._by_text.get(key)
         if found is None:
             found = self._by_text[key] = []
             bisect.insort(self._texts, key)
+            self._sizes.add(len(key))
         found.append(entry)
 
     def buckets(self, text: str) -> Iterator[list[T]]:
+        """Yield the entries whose text starts ``text``, or that ``text`` starts."""
         key = text[:AFFIX]
-        for cut in range(len(key) + 1):  # the keys that start ``text``
-            found = self._by_text.get(key[:cut])
+        for size in self._sizes:  # the keys that start ``text``
+            found = self._by_text.get(key[:size]) if size <= len(key) else None
             if found is not None:
                 yield found
         if len(key) < AFFIX:  # the longer keys that ``text`` starts: they follow it, sorted

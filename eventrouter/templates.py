@@ -47,6 +47,7 @@ _SIMPLE = re.compile(
     rf"\s*{_IDENT}(?:\.{_IDENT})*(?:\s*\|\s*({_IDENT})(?:\(\s*(?:{_LITERAL}"
     rf"(?:\s*,\s*{_LITERAL})*)?\s*\))?)*\s*"
 )
+_PATH = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
 _FILTER_NAME = re.compile(rf"\|\s*({_IDENT})")
 #: Sources already checked (bounded): generated route sets repeat the same templates.
 _CHECKED: set[str] = set()
@@ -162,17 +163,41 @@ class Text:
             raise _fail("template", self.source, exc) from exc
 
 
+_MISSING = object()
+
+
+def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """Follow ``a.b.c`` through mappings as Jinja2 would; _MISSING when Jinja2 must decide.
+
+    Jinja2 tries an attribute before an item, so a key that is also a dict method
+    (``payload.items``) and anything that is not a present key is left to Jinja2.
+    """
+    value: Any = context
+    for name in path:
+        if not isinstance(value, dict) or name not in value or hasattr(dict, name):
+            return _MISSING
+        value = value[name]
+    return value
+
+
 class Condition:
     """A ``when:`` expression (implements ``model.Expression``)."""
 
-    __slots__ = ("source",)
+    __slots__ = ("path", "source")
 
     def __init__(self, source: str) -> None:
         self.source = source
         _check_expression(source)
+        stripped = source.strip()
+        # A bare ``payload.module`` is the commonest expression: look it up directly.
+        self.path = tuple(stripped.split(".")) if _PATH.fullmatch(stripped) else None
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Return the expression's value; raise TemplateRenderError."""
+        if self.path is not None:
+            value = _lookup(context, self.path)
+            if value is not _MISSING:
+                return value
         try:
             value = _compiled_expression(self.source)(**context)
             if isinstance(value, jinja2.Undefined):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from eventrouter import lint as lint_module
 from eventrouter.config import LoadResult, load_routes
 from eventrouter.errors import Diagnostic
 from eventrouter.lint import deep_check, past_tense
@@ -89,28 +91,38 @@ def test_glob_overlap(one: str, two: str, expected: bool) -> None:
     assert overlap(pattern_glob(two), pattern_glob(one)) is expected
 
 
+PIECES = ["a", "b", "/", "ab", "a/", "*", "b*", "?", "[ab]", "[a-c]", "[^a]", "[^/]", "[/a]"]
+PIECES += ["\\*", "{x}"]
+#: Every channel of up to 6 characters over a small alphabet ("c" stands for any other).
+CHANNELS = ["".join(p) for n in range(7) for p in itertools.product("ab/*c", repeat=n)]
+
+
 def _random_pattern(rng: random.Random) -> str:
-    pieces = ["a", "b", "/", "*", "?", "[ab]", "[^a]", "[^/]", "\\*", "{x}"]
-    chosen = [rng.choice(pieces) for _ in range(rng.randint(0, 3))]
     text, count = "", 0
-    for piece in chosen:  # capture names must differ
-        text += piece.replace("{x}", f"{{x{count}}}")
+    for piece in (rng.choice(PIECES) for _ in range(rng.randint(0, 4))):
+        text += piece.replace("{x}", f"{{x{count}}}")  # capture names must differ
         count += piece == "{x}"
     return text or "a"
 
 
+@functools.cache
+def _channels_of(text: str) -> frozenset[str]:
+    pattern = ChannelPattern.parse(text)
+    return frozenset(channel for channel in CHANNELS if pattern.match(channel) is not None)
+
+
 def test_glob_overlap_agrees_with_brute_force() -> None:
-    # A shortest common channel is never longer than the two patterns' tokens together (6).
-    channels = ["".join(p) for n in range(7) for p in itertools.product("ab/*c", repeat=n)]
     rng = random.Random(8)
-    for _ in range(300):
-        one, two = (
-            ChannelPattern.parse(_random_pattern(rng)),
-            ChannelPattern.parse(_random_pattern(rng)),
-        )
-        expected = any(one.match(c) is not None and two.match(c) is not None for c in channels)
-        found = overlap(pattern_glob(one.text), pattern_glob(two.text))
-        assert found is expected, (one.text, two.text)
+    checked = 0
+    while checked < 400:
+        one, two = _random_pattern(rng), _random_pattern(rng)
+        tokens = [t for text in (one, two) for t in pattern_glob(text).tokens if not t.star]
+        if len(tokens) > 6:
+            continue  # a shortest common channel has at most one character per such token
+        checked += 1
+        expected = bool(_channels_of(one) & _channels_of(two))
+        assert overlap(pattern_glob(one), pattern_glob(two)) is expected, (one, two)
+        assert overlap(pattern_glob(two), pattern_glob(one)) is expected, (two, one)
 
 
 def test_elementary_cycles_are_each_found_once() -> None:
@@ -236,6 +248,38 @@ def test_capture_matches_one_segment_only(tmp_path: Path, pattern: str, cycle: b
         """,
     )
     assert bool(having(lint(tmp_path), "derived-event cycle")) is cycle
+
+
+@pytest.mark.parametrize(("part", "cycle"), [("match.id", False), ("payload.id", True)])
+def test_emitted_capture_is_one_segment(tmp_path: Path, part: str, cycle: bool) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: one
+            on: x/{{id}}/event/pinged
+            do:
+              - emit: {{channel: "x/{{{{ {part} }}}}/event/ponged"}}
+          - name: two
+            on: x/a/b/event/ponged
+            do:
+              - emit: {{channel: x/q/event/pinged}}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert len(findings) == int(cycle), listing(findings)
+
+
+def test_too_many_cycles_are_cut_short(tmp_path: Path) -> None:
+    body = "routes:\n"
+    for number in range(6):  # each emits what every route listens to: 415 cycles
+        body += f"  - name: r{number}\n    on: x/event/e{number}-happened\n"
+        body += '    do:\n      - emit: {channel: "x/event/{{ payload.next }}"}\n'
+    write(tmp_path, "routes.yml", body)
+    findings = lint(tmp_path)
+    assert len(having(findings, "derived-event cycle: ")) == 50
+    assert len(having(findings, "more than 50 derived-event cycles")) == 1
 
 
 def test_cycle_that_every_when_can_break_is_a_warning(tmp_path: Path) -> None:
@@ -415,6 +459,17 @@ def test_handler_folder_entries_that_will_not_run(tmp_path: Path) -> None:
     assert having(findings, "no runnable step") == []
 
 
+def test_events_folder_with_a_name_that_never_runs(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    handler(events / "bad name")
+    handler(events / "good-happened")
+    (tmp_path / "routes.d").mkdir()
+    findings = lint(tmp_path / "routes.d", [events])
+    assert [(d.file, d.message) for d in findings] == [
+        (str(events / "bad name"), "never runs: event names must match [A-Za-z0-9][A-Za-z0-9._-]*")
+    ]
+
+
 def test_handler_folder_without_a_runnable_step(tmp_path: Path) -> None:
     (tmp_path / "handlers" / "empty").mkdir(parents=True)
     handler(tmp_path / "handlers" / "good")
@@ -486,6 +541,8 @@ def test_when_field_missing_from_a_well_known_event(tmp_path: Path) -> None:
         "payload.get('modul') == 'mail1'",
         "'modul' in payload and payload.modul == 'mail1'",
         "payload.modul == 'mail1' if payload.modul is defined else false",
+        "payload.modul is undefined or payload.modul == 'mail1'",
+        "not (payload.modul is defined) or payload.modul == 'mail1'",
     ],
 )
 def test_present_or_protected_fields_are_not_reported(tmp_path: Path, when: str) -> None:
@@ -502,6 +559,41 @@ def test_present_or_protected_fields_are_not_reported(tmp_path: Path, when: str)
         """,
     )
     assert lint(tmp_path) == []
+
+
+QUICK_SCAN_CASES = [
+    "payload.get('modul') == 'x' and payload.nod == 1",
+    "payload.modul.upper() == 'X'",
+    "payload['modul'] == 'x' or payload['node'] == 1",
+    "payload.modul | default('x') == payload.modul",
+    "match.id == 'x' and match['nope'] == 'y'",
+    "paylod.module == 'x'",
+    "payload.module is defined and payload.module ~ '}}' == payload.modul",
+]
+
+
+@pytest.mark.parametrize("when", QUICK_SCAN_CASES)
+def test_quick_scan_agrees_with_the_syntax_tree(
+    tmp_path: Path, when: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler(tmp_path / "h")
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: "{when}"
+            do:
+              - run: h
+                env: {{A: "{{{{ {when} }}}}"}}
+        """,
+    )
+    quick = [str(d) for d in lint(tmp_path)]
+    monkeypatch.setattr(lint_module, "_scan", lambda source, expression: None)
+    assert quick == [str(d) for d in lint(tmp_path)]
+    assert quick  # each case has a problem to find
 
 
 @pytest.mark.parametrize(
