@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter import lint as lint_module
+from eventrouter import refs as refs_module
 from eventrouter.config import LoadResult, load_routes
 from eventrouter.errors import Diagnostic
-from eventrouter.lint import deep_check, past_tense
+from eventrouter.lint import deep_check
 from eventrouter.loops import elementary_cycles, overlap, pattern_glob
 from eventrouter.patterns import ChannelPattern
+from eventrouter.tense import past_tense
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "ns8-cluster"
@@ -591,7 +592,7 @@ def test_quick_scan_agrees_with_the_syntax_tree(
         """,
     )
     quick = [str(d) for d in lint(tmp_path)]
-    monkeypatch.setattr(lint_module, "_scan", lambda source, expression: None)
+    monkeypatch.setattr(refs_module, "_scan", lambda source, expression: None)
     assert quick == [str(d) for d in lint(tmp_path)]
     assert quick  # each case has a problem to find
 

@@ -1,0 +1,312 @@
+"""What templates refer to: payload fields, captures and names, read from the Jinja2 syntax
+tree (never rendered), for the deep lint; and the channels an emit can produce.
+
+templates.py owns rendering; this module only reads syntax trees, which is why it imports
+jinja2 too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache, partial
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.defaults import DEFAULT_NAMESPACE
+
+from eventrouter.errors import Diagnostic
+from eventrouter.loops import SEGMENT, STAR, Glob, Token, channel_glob, overlap, pattern_glob
+from eventrouter.model import EVENT_MARK, EmitAction, Route
+from eventrouter.schemas import EventSpec
+from eventrouter.templates import Value
+
+#: Parses only (lint never renders): a plain environment knows the same syntax.
+_ENV = jinja2.Environment(keep_trailing_newline=True)
+
+
+_MARKERS = ("{{", "{%", "{#")
+
+
+#: Names a template sees (SPEC 3), and those Jinja2 itself provides.
+CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route")
+
+
+_BUILTIN = frozenset(DEFAULT_NAMESPACE) | {"loop", "caller", "self", "varargs", "kwargs"}
+
+
+_CONSTANTS = {"and", "or", "not", "is", "in", "true", "false", "none", "True", "False", "None"}
+
+
+_KEYWORDS = _CONSTANTS | {
+    "if", "else", "elif", "endif", "for", "endfor", "set", "endset", "recursive", "with",
+    "endwith", "macro", "endmacro", "call", "endcall", "filter", "endfilter", "block", "endblock",
+    "include", "import", "from", "as", "ignore", "missing", "context", "without", "extends", "do",
+    "break", "continue",
+}  # fmt: skip
+
+
+_KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests)
+
+
+_CODE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
+
+
+_STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
+
+
+_FIELD = re.compile(
+    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
+    r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?(?:un)?defined\b))"
+)
+
+
+_WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
+
+
+_RAW = re.compile(r"\{%[-+]?\s*raw\b")
+
+
+#: Tests and filters that may be given an undefined value without failing.
+_GUARDS = ("defined", "undefined", "default", "d")
+
+
+_SOURCE_GLOBS = {"cluster": "cluster", "node": "node/*", "module": "module/*"}
+
+
+NOT_LITERAL = frozenset("*?[]{}\\/%#")
+
+
+Key = tuple[str, ...]
+
+
+def warning(where: Route | str, line: int, message: str) -> Diagnostic:
+    if isinstance(where, Route):
+        return Diagnostic(where.file, line, "warning", f"route {where.name}: {message}")
+    return Diagnostic(where, line, "warning", message)
+
+
+@lru_cache(maxsize=8192)
+def parse(source: str) -> nodes.Template | None:
+    try:
+        return _ENV.parse(source)
+    except jinja2.TemplateSyntaxError:
+        return None  # config.py refuses such templates; nothing to lint
+
+
+def _expression(source: str) -> nodes.Template | None:
+    return parse("{{ " + source + " }}")
+
+
+def _channel_part(node: nodes.Node) -> str | Sequence[Token]:
+    """Return what one part of a channel template can render: text, a segment or anything."""
+    if isinstance(node, nodes.TemplateData):
+        return node.data
+    key = _key(node)
+    return SEGMENT if key is not None and key[0] == "match" and len(key) == 2 else (STAR,)
+
+
+def emit_glob(action: EmitAction) -> Glob:
+    """Return the channels an emit can produce (a capture is one segment, other parts a star)."""
+    source = action.channel.source
+    if not any(marker in source for marker in _MARKERS):
+        return channel_glob(source, [source])
+    tree = parse(source)
+    parts: list[str | Sequence[Token]] = [(STAR,)]
+    if tree is not None:
+        parts = []
+        for node in tree.body:  # text inside {% if %} / {% for %} may or may not appear
+            if isinstance(node, nodes.Output):
+                parts += [_channel_part(child) for child in node.nodes]
+            else:
+                parts.append((STAR,))
+    return channel_glob(source, parts)
+
+
+def can_stop(route: Route) -> bool:
+    """Return True when the route has a ``when:`` that is not always true."""
+    if route.when is None:
+        return False
+    source = route.when.source
+    if not set(_WORD.findall(_STRING.sub("''", source))) <= _CONSTANTS:
+        return True  # it reads the event (or a name): not a constant
+    tree = _expression(source)
+    if tree is None or not isinstance(tree.body[0], nodes.Output):
+        return True
+    try:
+        return not tree.body[0].nodes[0].as_const(nodes.EvalContext(_ENV))
+    except Exception:  # not a constant after all
+        return True
+
+
+def _key(node: nodes.Node) -> Key | None:
+    """Return ``(name,)`` or ``(name, field)`` for ``name``, ``name.field``, ``name['field']``."""
+    if isinstance(node, nodes.Name) and node.ctx == "load":
+        return (node.name,)
+    if isinstance(node, nodes.Getattr | nodes.Getitem) and isinstance(node.node, nodes.Name):
+        field = node.attr if isinstance(node, nodes.Getattr) else _const_text(node.arg)
+        return None if field is None else (node.node.name, field)
+    return None
+
+
+def _const_text(node: nodes.Node) -> str | None:
+    return node.value if isinstance(node, nodes.Const) and isinstance(node.value, str) else None
+
+
+def _defined_if(test: nodes.Node, truth: bool) -> frozenset[Key]:
+    """Return the references known to be defined when ``test`` is ``truth``."""
+    if isinstance(test, nodes.Not):
+        return _defined_if(test.node, not truth)
+    if isinstance(test, nodes.Test) and test.name in ("defined", "undefined"):
+        key = _key(test.node)
+        return frozenset([key]) if key and truth == (test.name == "defined") else frozenset()
+    if isinstance(test, nodes.And if truth else nodes.Or):
+        return _defined_if(test.left, truth) | _defined_if(test.right, truth)
+    if isinstance(test, nodes.Compare) and len(test.ops) == 1:  # 'field' in payload
+        operand, field = test.ops[0], _const_text(test.expr)
+        if operand.op == ("in" if truth else "notin") and isinstance(operand.expr, nodes.Name):
+            return frozenset() if field is None else frozenset([(operand.expr.name, field)])
+    return frozenset()
+
+
+def _walk(node: nodes.Node, guarded: frozenset[Key], found: dict[Key, None]) -> None:
+    """Collect the references of ``node`` that no ``is defined``/``default`` protects."""
+    key = _key(node)
+    if key is not None:
+        if key not in guarded:
+            found.setdefault(key)
+        return
+    skip: nodes.Node | None = None
+    if isinstance(node, nodes.Test | nodes.Filter) and node.name in _GUARDS:
+        skip = node.node  # its own reference is protected; what it is built from is not
+        if skip is not None and _key(skip) is None:
+            _walk_children(skip, guarded, found, None)
+    elif isinstance(node, nodes.Call) and _key(node.node) is not None:
+        skip = node.node  # a method call such as payload.get('field')
+    if isinstance(node, nodes.And | nodes.Or):
+        _walk(node.left, guarded, found)
+        _walk(node.right, guarded | _defined_if(node.left, isinstance(node, nodes.And)), found)
+    elif isinstance(node, nodes.CondExpr | nodes.If):
+        body = node.expr1 if isinstance(node, nodes.CondExpr) else node.body
+        other = node.expr2 if isinstance(node, nodes.CondExpr) else [*node.elif_, *node.else_]
+        _walk(node.test, guarded, found)
+        for item in body if isinstance(body, list) else [body]:
+            _walk(item, guarded | _defined_if(node.test, True), found)
+        for item in other if isinstance(other, list) else [other] if other else []:
+            _walk(item, guarded | _defined_if(node.test, False), found)
+    else:
+        _walk_children(node, guarded, found, skip)
+
+
+def _walk_children(
+    node: nodes.Node, guarded: frozenset[Key], found: dict[Key, None], skip: nodes.Node | None
+) -> None:
+    for child in node.iter_child_nodes():
+        if child is not skip:
+            _walk(child, guarded, found)
+
+
+def _references(tree: nodes.Template) -> list[Key]:
+    """Return the unprotected references to template names, in order of first use."""
+    local = {name.name for name in tree.find_all(nodes.Name) if name.ctx != "load"}
+    found: dict[Key, None] = {}
+    _walk(tree, frozenset(), found)
+    return [key for key in found if key[0] not in local and key[0] not in _BUILTIN]
+
+
+Template = tuple[str, int, str, bool]  # label, line, source, is a bare expression
+
+
+def _templates(route: Route) -> Iterator[Template]:
+    """Yield every template of a route."""
+    if route.when is not None:
+        yield "when", route.line, route.when.source, True
+    for action in route.actions:
+        if isinstance(action, EmitAction):
+            yield "emit channel", action.line, action.channel.source, False
+            if isinstance(action.payload, Value):
+                yield from _value_templates("emit payload", action.line, action.payload)
+        else:
+            for name, template in action.env:
+                yield f"env {name}", action.line, template.source, False
+
+
+def _value_templates(label: str, line: int, value: Value) -> Iterator[Template]:
+    if value.kind == "expr":
+        yield label, line, value.items.source, True
+    elif value.kind == "text":
+        yield label, line, value.source, False
+    elif value.kind in ("map", "list"):
+        for key, item in value.items if value.kind == "map" else enumerate(value.items):
+            where = f"{label}.{key}" if value.kind == "map" else f"{label}[{key}]"
+            yield from _value_templates(where, line, item)
+
+
+@lru_cache(maxsize=8192)
+def _scan(source: str, expression: bool) -> tuple[Key, ...] | None:
+    """Return the unprotected references a quick scan finds, or None when it cannot tell."""
+    if expression:
+        code = source
+    elif not any(marker in source for marker in _MARKERS):
+        return ()
+    else:
+        parts = [a or b for a, b in _CODE.findall(source)]
+        if (
+            "{#" in source
+            or _RAW.search(source)
+            or any("'" in part or '"' in part for part in map(partial(_STRING.sub, ""), parts))
+        ):
+            return None  # a comment, a raw block, "}}" in a string: only the parser can tell
+        code = " ".join(parts)
+    if not set(_WORD.findall(_STRING.sub("''", code))) <= _KNOWN:
+        return None  # a name of its own ({% set %}, a typo): let the syntax tree decide
+    return tuple((found[1], found[2] or found[4]) for found in _FIELD.finditer(code))
+
+
+def _tree(source: str, expression: bool, route: Route, specs: Sequence[EventSpec]) -> Any:
+    """Return the syntax tree of a template that may hold a problem, else None."""
+    keys = _scan(source, expression)
+    if keys is not None and not any(next(_problems(k, route, specs), None) for k in keys):
+        return None  # parsing is slow; the quick scan proved every reference fine
+    return _expression(source) if expression else parse(source)
+
+
+def _spec_of(pattern: str, schemas: dict[str, EventSpec]) -> EventSpec | None:
+    """Return the schema of the one event ``pattern`` names literally, when its source fits."""
+    source, sep, name = pattern.partition(EVENT_MARK)
+    spec = schemas.get(name) if sep and not NOT_LITERAL.intersection(name) else None
+    if spec is None:
+        return None
+    fits = pattern_glob(_SOURCE_GLOBS.get(spec.sources, "*"))
+    return spec if overlap(pattern_glob(source), fits) else None
+
+
+def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[str]:
+    """Yield why a reference fails for some event the route can receive."""
+    if key[0] not in CONTEXT:
+        yield f"{key[0]}, which is not defined (templates see: {', '.join(CONTEXT)})"
+    elif key[0] == "match" and len(key) == 2:
+        for pattern in route.patterns:
+            captures = getattr(pattern, "captures", ())
+            if key[1] not in captures:
+                have = f"captures: {', '.join(captures)}" if captures else "it captures nothing"
+                yield f"match.{key[1]}, which pattern {pattern.text} does not capture ({have})"
+    elif key[0] == "payload" and len(key) == 2:
+        for spec in specs:
+            if key[1] not in spec.fields:
+                fields = ", ".join(spec.fields) or "none"
+                yield f"payload.{key[1]}, which {spec.name} does not carry (fields: {fields})"
+
+
+def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagnostic]:
+    """Report template references to names, captures or payload fields an event lacks."""
+    found = {spec.name: spec for p in route.patterns if (spec := _spec_of(p.text, schemas))}
+    specs = list(found.values())
+    findings = []
+    for label, line, source, expression in _templates(route):
+        tree = _tree(source, expression, route, specs)
+        for key in _references(tree) if tree is not None else ():
+            for problem in _problems(key, route, specs):
+                findings.append(warning(route, line, f"'{label}' uses {problem}"))
+    return findings
