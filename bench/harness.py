@@ -1,6 +1,6 @@
 """The bench harness: a Redis server, the real router in a subprocess, and the table.
 
-Shared by the benchmarks of ``traffic`` and ``scale``; ``run`` drives them.
+Shared by the benchmarks of ``traffic``, ``modes`` and ``scale``; ``run`` drives them.
 """
 
 from __future__ import annotations
@@ -47,13 +47,20 @@ class Sizes:
     latency_seconds: float = 5.0
     latency_baseline: int = 200
     emit_events: int = 20_000
+    modes_events: int = 5_000
+    modes_keys: int = 50
     scale_files: int = 1_000
     routes_per_file: int = 10
 
 
 FULL = Sizes()
 QUICK = Sizes(
-    spawn_runs=100, latency_seconds=2.0, latency_baseline=100, emit_events=5_000, scale_files=100
+    spawn_runs=100,
+    latency_seconds=2.0,
+    latency_baseline=100,
+    emit_events=5_000,
+    modes_events=1_000,
+    scale_files=100,
 )
 
 

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from harness import FULL, QUICK, BenchError, Context, Row, print_table, started
+from modes import bench_modes
 from scale import bench_scale
 from traffic import bench_emit, bench_latency, bench_spawn
 
@@ -27,6 +28,7 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "spawn": bench_spawn,
     "latency": bench_latency,
     "emit": bench_emit,
+    "modes": bench_modes,
     "scale": bench_scale,
 }
 

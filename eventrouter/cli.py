@@ -352,6 +352,14 @@ def _load(
     return load_routes(folders, cache), folders
 
 
+def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | None:
+    """Load the routes, printing findings on stderr; None when any is an error."""
+    result, folders = _load(args)
+    for item in result.diagnostics:
+        print(item, file=sys.stderr)
+    return (result, folders) if result.ok else None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate route files and events folders; print findings on stdout."""
     from eventrouter.lint import deep_check
@@ -387,11 +395,10 @@ def _describe(route: Route) -> str:
 
 def cmd_routes(args: argparse.Namespace) -> int:
     """List the routes with patterns, actions and origin."""
-    result, _ = _load(args)
-    for item in result.diagnostics:
-        print(item, file=sys.stderr)
-    if not result.ok:
+    loaded = _load_valid(args)
+    if loaded is None:
         return EXIT_INVALID
+    result = loaded[0]
     for route in result.routes:
         state = "" if route.enabled else " (disabled)"
         print(
@@ -555,12 +562,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     """Explain what an event would trigger, without Redis."""
     from eventrouter.explain import Explainer, format_text
 
-    result, _ = _load(args)
-    for item in result.diagnostics:
-        print(item, file=sys.stderr)
-    if not result.ok:
+    loaded = _load_valid(args)
+    if loaded is None:
         return EXIT_INVALID
-    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    explainer = Explainer(
+        loaded[0].routes, events_dirs(args.events_dir, os.environ), args.max_depth
+    )
     plan = explainer.explain(args.channel, _payload(args.payload))
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
@@ -574,11 +581,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     from eventrouter import routetest
     from eventrouter.explain import Explainer
 
-    result, folders = _load(args)
-    for item in result.diagnostics:
-        print(item, file=sys.stderr)
-    if not result.ok:
+    loaded = _load_valid(args)
+    if loaded is None:
         return EXIT_INVALID
+    result, folders = loaded
     explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
     return routetest.run(files, explainer, sys.stdout)
