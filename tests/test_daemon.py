@@ -237,6 +237,15 @@ def test_sighup_reload_applies_changes_and_keeps_old_on_error(
     wait_for(lambda: len(lines(out)) >= 3, what="the old routes still working")
     assert lines(out)[-1] == "new a"
 
+    (routes / "30.yml").unlink()
+    (routes / "40.yml").symlink_to(tmp_path / "vanished.yml")  # unreadable: dangling
+    router.signal(signal.SIGHUP)
+    log = router.wait_log("reload failed with 1 error")
+    assert f"{routes / '40.yml'}:1: error: cannot read file" in log
+    redis_cli("PUBLISH", "x/event/b", "{}")
+    wait_for(lambda: len(lines(out)) >= 4, what="the old routes after an unreadable file")
+    assert lines(out)[-1] == "two b"
+
 
 def test_no_event_lost_during_a_sighup_storm(
     tmp_path: Path, router_factory, redis_url: str
@@ -250,6 +259,12 @@ def test_no_event_lost_during_a_sighup_storm(
     )
     router = router_factory("--routes", str(tmp_path))
     client = redis.Redis.from_url(redis_url)
+
+    def subscriber_ids() -> set[str]:
+        listing = client.client_list(_type="pubsub")
+        return {str(entry["id"]) for entry in listing}
+
+    before = subscriber_ids()
     total = 150
     for number in range(total):
         client.publish("x/event/n", str(number))
@@ -258,6 +273,7 @@ def test_no_event_lost_during_a_sighup_storm(
     wait_for(lambda: len(lines(out)) >= total, timeout=30, what=f"{total} runs")
     assert [int(line) for line in lines(out)] == list(range(total))  # all, in order
     assert "reloaded: 1 routes (+0 -0 ~0)" in router.log
+    assert subscriber_ids() == before  # the same connection all along
     assert router.stop() == 0
 
 
