@@ -49,6 +49,7 @@ class Sizes:
     emit_events: int = 20_000
     modes_events: int = 5_000
     modes_keys: int = 50
+    modes_rounds: int = 2
     scale_files: int = 1_000
     routes_per_file: int = 10
 
