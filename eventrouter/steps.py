@@ -17,13 +17,13 @@ import os
 import re
 import signal
 import stat
-import subprocess
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from eventrouter.limiter import FairLimiter
+from eventrouter.spawn import Child
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class _LineRelay:
         self._emit(level, sanitize(piece))
 
 
-class _StepProtocol(asyncio.SubprocessProtocol):
+class _StepProtocol:
     """Relay a step's output and report its exit and the end of its output separately."""
 
     def __init__(self, relays: dict[int, _LineRelay]) -> None:
@@ -446,32 +446,18 @@ class StepRunner:
         error = f"step {step.name} of handler {job.directory} failed: {how}"
         return _Outcome(result, error, tuple(tail))
 
-    async def _spawn(
-        self, job: _Job, step: StepEntry, protocol: _StepProtocol
-    ) -> asyncio.SubprocessTransport:
+    async def _spawn(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> Child:
         """Start the step's process in a new session and hand it the payload on stdin."""
         cwd, env = self._step_environment(job)
         # Absolute, because the child changes directory before exec.
         program = str(step.path.absolute())
         logger.debug("%s running step %s of handler %s", job.tag, step.name, job.directory)
-        loop = asyncio.get_running_loop()
-        transport, _ = await loop.subprocess_exec(
-            lambda: protocol,
-            program,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
+        # The payload is written as the pipe takes it: a step that never reads stdin cannot
+        # block us, and the write error when it exits is reported to the protocol.
+        # Alone, start it right here; with others running, in a thread so they go on.
+        return await Child.start(
+            [program], cwd=cwd, env=env, payload=job.payload, sink=protocol, inline=not self.running
         )
-        stdin = transport.get_pipe_transport(0)
-        if isinstance(stdin, asyncio.WriteTransport):
-            # Buffered by the loop: a step that never reads stdin cannot block us, and the
-            # write error when it exits is reported to the protocol, not raised here.
-            stdin.write(job.payload)
-            stdin.write_eof()
-        return transport
 
     def _step_environment(self, job: _Job) -> tuple[str, dict[str, str]]:
         """Return the working directory and the environment for the next step (SPEC 4)."""
@@ -500,7 +486,7 @@ class StepRunner:
         self,
         job: _Job,
         step: StepEntry,
-        transport: asyncio.SubprocessTransport,
+        transport: Child,
         protocol: _StepProtocol,
     ) -> bool:
         """Wait for the step to exit, enforcing the timeout; return whether it timed out."""

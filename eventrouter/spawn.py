@@ -1,0 +1,183 @@
+"""Start a step process without blocking the event loop, and watch it with file descriptors.
+
+asyncio's ``subprocess_exec`` forks and waits for the exec in the event-loop thread, and on
+Python 3.11 learns of the exit through a thread per child. For short steps that is most of
+the cost, and while one step is being started no other event is handled. Here the fork and
+exec happen in a small thread pool, the payload is written and the output read through
+non-blocking pipes registered with the loop, and the exit is seen through a pidfd (Linux
+5.3+; elsewhere a waiting thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Protocol
+
+logger = logging.getLogger(__name__)
+
+#: Threads that fork and exec; a start takes about a millisecond, so a few are plenty.
+_STARTERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="step-start")
+#: Threads that wait for exits where there is no pidfd; one per running step at most.
+_WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="step-wait")
+_CHUNK = 256 * 1024
+
+
+class Sink(Protocol):
+    """Where a child's output and exit are reported (``asyncio.SubprocessProtocol`` calls)."""
+
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        """Take a chunk of stdout (1) or stderr (2)."""
+
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        """Learn that stdin (0), stdout (1) or stderr (2) is closed."""
+
+    def process_exited(self) -> None:
+        """Learn that the process has exited and been reaped."""
+
+
+def _popen(
+    argv: list[str], fds: tuple[int, int, int], cwd: str, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    stdin, stdout, stderr = fds
+    return subprocess.Popen(
+        argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, start_new_session=True
+    )
+
+
+class Child:
+    """A running step: the subset of ``asyncio.SubprocessTransport`` the runner uses."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], sink: Sink, payload: bytes) -> None:
+        self._proc = proc
+        self._sink = sink
+        self._loop = asyncio.get_running_loop()
+        self._readers: dict[int, int] = {}  # our fd -> the child's (1 or 2)
+        self._stdin: int | None = None
+        self._payload = memoryview(payload)
+
+    @classmethod
+    async def start(
+        cls,
+        argv: list[str],
+        *,
+        cwd: str,
+        env: Mapping[str, str],
+        payload: bytes,
+        sink: Sink,
+        inline: bool = False,
+    ) -> Child:
+        """Start ``argv`` in a new session; raise OSError when it cannot be started.
+
+        ``inline`` starts it in the loop's thread, which is quicker when nothing else is
+        running (no thread hop) but holds the loop for the fork and exec.
+        """
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        popen = partial(_popen, argv, (stdin_r, out_w, err_w), cwd, dict(env))
+        try:
+            if inline:
+                proc = popen()
+            else:
+                proc = await asyncio.get_running_loop().run_in_executor(_STARTERS, popen)
+        except BaseException:
+            for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        for fd in (stdin_r, out_w, err_w):  # the child's ends
+            os.close(fd)
+        child = cls(proc, sink, payload)
+        child._watch(stdin_w, out_r, err_r)
+        return child
+
+    def _watch(self, stdin_w: int, out_r: int, err_r: int) -> None:
+        for fd, number in ((out_r, 1), (err_r, 2)):
+            os.set_blocking(fd, False)
+            self._readers[fd] = number
+            self._loop.add_reader(fd, self._readable, fd)
+        os.set_blocking(stdin_w, False)
+        self._stdin = stdin_w
+        self._feed()
+        self._watch_exit()
+
+    def _readable(self, fd: int) -> None:
+        try:
+            data = os.read(fd, _CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            logger.debug("reading step output: %s", exc)
+            data = b""
+        if data:
+            self._sink.pipe_data_received(self._readers[fd], data)
+            return
+        number = self._readers.pop(fd)
+        self._loop.remove_reader(fd)
+        os.close(fd)
+        self._sink.pipe_connection_lost(number, None)
+
+    def _feed(self) -> None:
+        """Write what the pipe takes of the payload; the rest when it is writable again."""
+        if self._stdin is None:
+            return
+        try:
+            while self._payload:
+                written = os.write(self._stdin, self._payload)
+                self._payload = self._payload[written:]
+        except BlockingIOError:
+            self._loop.add_writer(self._stdin, self._writable)
+            return
+        except OSError as exc:  # the step exited or closed stdin without reading it all
+            self._sink.pipe_connection_lost(0, exc)
+        self._close_stdin()
+
+    def _writable(self) -> None:
+        if self._stdin is not None:
+            self._loop.remove_writer(self._stdin)
+        self._feed()
+
+    def _close_stdin(self) -> None:
+        if self._stdin is not None:
+            self._loop.remove_writer(self._stdin)
+            os.close(self._stdin)
+            self._stdin = None
+
+    def _watch_exit(self) -> None:
+        try:
+            pidfd = os.pidfd_open(self._proc.pid)
+        except (AttributeError, OSError):
+            waiting = self._loop.run_in_executor(_WAITERS, self._proc.wait)
+            waiting.add_done_callback(lambda _: self._sink.process_exited())
+            return
+        self._loop.add_reader(pidfd, self._exited, pidfd)
+
+    def _exited(self, pidfd: int) -> None:
+        self._loop.remove_reader(pidfd)
+        os.close(pidfd)
+        self._proc.wait()  # reap it: it has exited, so this returns at once
+        self._sink.process_exited()
+
+    def get_pid(self) -> int:
+        """Return the step's pid (also its process group and session id)."""
+        return self._proc.pid
+
+    def get_returncode(self) -> int | None:
+        """Return the exit status, negative for a signal, or None while it runs."""
+        return self._proc.returncode
+
+    def close(self) -> None:
+        """Stop watching the pipes and close our ends (the output may be left unread)."""
+        self._close_stdin()
+        for fd, number in list(self._readers.items()):
+            self._loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._sink.pipe_connection_lost(number, None)
+        self._readers.clear()
