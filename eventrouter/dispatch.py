@@ -129,6 +129,7 @@ class Dispatcher:
         #: Where failed runs are recorded (set by the daemon once the journal is open).
         self.journal: FailureJournal | None = None
         self.instance = settings.instance
+        self._recording: set[asyncio.Task[None]] = set()
         self.scheduler = Scheduler(
             self.execute,
             queue_limit=settings.queue_limit,
@@ -220,6 +221,7 @@ class Dispatcher:
                 event.channel,
                 exc,
             )
+            self._journal_soon(Job(route, event, captures), "when", str(exc))
             return False
         if not value:
             log.debug("route %s: event %r: 'when' is false", route.name, event.channel)
@@ -242,6 +244,7 @@ class Dispatcher:
                     event.channel,
                     exc,
                 )
+                self._journal_soon(Job(route, event, captures), "key", str(exc))
                 return 0
         return int(self.scheduler.submit(Job(route, event, captures, key)))
 
@@ -266,16 +269,25 @@ class Dispatcher:
                         position,
                         left,
                     )
-                await self._journal(job, position, action, failed, started)
+                await self._journal(job, position, action.describe(), failed, started)
                 return False
         self.counters["runs_ok"] += 1
         return True
+
+    def _journal_soon(self, job: Job, where: str, reason: str) -> None:
+        """Record a template error met before the run (``when``, ``key``): it can be retried."""
+        if self.journal is None:
+            return
+        failed = Failed("template error", f"{where}: {reason}")
+        task = asyncio.create_task(self._journal(job, 0, where, failed, time.time()))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     async def _journal(
         self,
         job: Job,
         position: int,
-        action: RunAction | EmitAction,
+        action: str,
         failed: Failed,
         started: float,
     ) -> None:
@@ -290,7 +302,7 @@ class Dispatcher:
             route=job.route.name,
             route_file=job.route.file,
             route_line=job.route.line,
-            action=action.describe(),
+            action=action,
             action_index=position,
             step=failed.step,
             status=failed.status,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from eventrouter.config import load_routes
 from eventrouter.dispatch import Dispatcher
+from eventrouter.journal import Failure
 from eventrouter.model import Settings
 from eventrouter.patterns import RouteIndex
 from eventrouter.steps import StepRunner
@@ -95,3 +96,42 @@ routes:
     assert dispatcher.counters["dropped_oversize"] == 1
     assert dispatcher.counters["key_errors"] == 1
     assert [channel for channel, _ in publisher.sent] == ["out/event/ok"]
+
+
+class MemoryJournal:
+    """Keep recorded failures in a list."""
+
+    def __init__(self) -> None:
+        self.failures: list[Failure] = []
+
+    async def record(self, failure: Failure) -> str:
+        self.failures.append(failure)
+        return f"{len(self.failures)}-0"
+
+
+async def test_template_errors_before_and_during_runs_are_journaled(tmp_path: Path) -> None:
+    dispatcher, _ = make(
+        tmp_path,
+        """
+routes:
+  - name: bad-when
+    on: a/event/x
+    when: payload.deep.field > 1
+    do: [{emit: {channel: out/event/never}}]
+  - name: bad-emit
+    on: a/event/x
+    do: [{emit: {channel: "out/event/{{ payload.missing }}"}}]
+""",
+    )
+    journal = MemoryJournal()
+    dispatcher.journal = journal
+    dispatcher.receive("a/event/x", b'{"n": 1}')
+    await settle(dispatcher)
+    await asyncio.sleep(0.05)
+    by_route = {failure.route: failure for failure in journal.failures}
+    assert set(by_route) == {"bad-when", "bad-emit"}
+    assert by_route["bad-when"].action == "when"
+    assert by_route["bad-when"].status == "template error"
+    assert by_route["bad-emit"].action_index == 1
+    assert "missing" in by_route["bad-emit"].reason
+    assert by_route["bad-emit"].payload == '{"n": 1}'
