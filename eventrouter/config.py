@@ -8,7 +8,6 @@ routes, so a reload with any error keeps the old table.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -299,8 +298,6 @@ def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
         valid = None
     if valid is None or not steps or None in actions:
         return None
-    resolved = [str(a.path) if isinstance(a, RunAction) else None for a in actions]
-    digest = json.dumps([raw, resolved], sort_keys=True, default=str)
     return Route(
         name=valid["name"],
         patterns=valid["on"],
@@ -317,7 +314,6 @@ def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
         throttle=valid.get("throttle"),
         retry=_retry(valid.get("retry")),
         schema=valid.get("schema", "off"),
-        digest=hashlib.sha256(digest.encode()).hexdigest(),
     )
 
 

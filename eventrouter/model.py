@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -96,6 +97,10 @@ class ValueTemplate(Protocol):
         """Return the rendered value, structure and native types kept."""
         ...
 
+    def fingerprint(self) -> Any:
+        """Return what the structure says, hashable, mapping order left out."""
+        ...
+
 
 @dataclass(frozen=True)
 class RunAction:
@@ -162,10 +167,30 @@ class Route:
     retry: RetryPolicy | None = None
     schema: str = "off"
     convention: bool = False
-    #: What the route says, independent of where it stands: equal digests, same behaviour.
-    digest: str = ""
     #: ``schema: strict``: returns why an event does not fit its schema, or None.
     payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def digest(self) -> str:
+        """Return a hash of what the route does: equal digests, same behaviour.
+
+        Independent of where the route stands and how it is written (key order, flow
+        style); computed when a reload compares tables, not at load.
+        """
+        actions = tuple(
+            ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
+            if isinstance(a, RunAction)
+            else ("emit", a.channel.source, a.payload.fingerprint())
+            for a in self.actions
+        )
+        what = (
+            tuple(pattern.text for pattern in self.patterns),
+            self.when.source if self.when is not None else None,
+            self.key.source if self.key is not None else None,
+            self.description, self.enabled, self.mode, self.max_runs, self.debounce,
+            self.throttle, self.retry, self.schema, actions,
+        )  # fmt: skip
+        return hashlib.sha256(repr(what).encode()).hexdigest()
 
     def match(self, channel: str) -> dict[str, str] | None:
         """Return the captures of the first pattern matching ``channel``, else None."""

@@ -267,6 +267,16 @@ class Value:
         else:
             self.kind, self.items = "const", data
 
+    def fingerprint(self) -> Any:
+        """Return what the structure says, hashable, mapping order left out."""
+        if self.kind == "const":
+            return ("c", json.dumps(self.items, sort_keys=True, default=str))
+        if self.kind in ("text", "expr"):
+            return (self.kind, self.source)
+        if self.kind == "map":
+            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in self.items)))
+        return ("l", tuple(item.fingerprint() for item in self.items))
+
     def render(self, context: Mapping[str, Any]) -> Any:
         """Return the rendered JSON value; raise TemplateRenderError."""
         if self.kind == "const":
