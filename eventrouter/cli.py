@@ -164,6 +164,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="this router's name in the failure journal; retries go to it (default: host name)",
     )
+    parser.add_argument(
+        "--control-channel",
+        default="eventrouter/control/retry",
+        metavar="CHANNEL",
+        help="where `eventrouter retry` requests arrive (default: eventrouter/control/retry)",
+    )
 
 
 def _add_journal_key(parser: argparse.ArgumentParser) -> None:
@@ -619,6 +625,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         journal_key=args.journal_key,
         journal_size=args.journal_size,
         instance=args.instance,
+        control_channel=args.control_channel,
     )
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())
