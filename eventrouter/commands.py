@@ -1,0 +1,339 @@
+"""What each command does; ``cli`` parses the arguments and hands them here.
+
+Every command returns its exit status (0 success, 1 invalid input or configuration); only
+``cli.main`` ends the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from eventrouter import embedded
+from eventrouter.config import FileCache, LoadResult, load_routes
+from eventrouter.connections import address_url
+from eventrouter.errors import Diagnostic, PayloadError
+from eventrouter.model import EmitAction, Route, Settings
+
+if TYPE_CHECKING:
+    from eventrouter.journal import Failure, Journal
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_INVALID = 0, 1
+
+
+def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
+    """Return the routes folders (SPEC 7) and whether they were named explicitly."""
+    if flags:
+        return [Path(item) for item in flags], True
+    if env.get("EVENTROUTER_ROUTES"):
+        return [Path(item) for item in env["EVENTROUTER_ROUTES"].split(":") if item], True
+    if env.get("AGENT_INSTALL_DIR"):
+        return [Path(env["AGENT_INSTALL_DIR"]) / "routes.d"], True
+    return [Path("routes.d")], False
+
+
+def events_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> list[Path]:
+    """Return the events folders: --events-dir, else $AGENT_INSTALL_DIR/events."""
+    if flags:
+        return [Path(item) for item in flags]
+    if env.get("AGENT_INSTALL_DIR"):
+        return [Path(env["AGENT_INSTALL_DIR"]) / "events"]
+    return []
+
+
+def _load(
+    args: argparse.Namespace, cache: FileCache | None = None
+) -> tuple[LoadResult, list[Path]]:
+    folders, explicit = routes_dirs(args.routes, os.environ)
+    if not explicit and not folders[0].is_dir():
+        folders = []  # the default ./routes.d is optional
+    return load_routes(folders, cache), folders
+
+
+def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | None:
+    """Load the routes, printing findings on stderr; None when any is an error."""
+    result, folders = _load(args)
+    for item in result.diagnostics:
+        print(item, file=sys.stderr)
+    return (result, folders) if result.ok else None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate route files and events folders; print findings on stdout."""
+    from eventrouter.lint import deep_check
+
+    result, _ = _load(args)
+    findings = list(result.diagnostics)
+    folders = events_dirs(args.events_dir, os.environ)
+    for folder in folders:
+        if not folder.is_dir():
+            findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
+    if result.ok:  # the deep lint needs a table that loads
+        findings.extend(deep_check(result, folders))
+    for item in findings:
+        print(item)
+    errors = sum(1 for item in findings if item.severity == "error")
+    warnings = len(findings) - errors
+    print(
+        f"{len(result.routes)} routes checked: {errors} error(s), {warnings} warning(s)",
+        file=sys.stderr,
+    )
+    return EXIT_INVALID if errors else EXIT_OK
+
+
+def _describe(route: Route) -> str:
+    parts = []
+    for action in route.actions:
+        if isinstance(action, EmitAction):
+            parts.append(f"emit {action.channel.source}")
+        else:
+            parts.append(f"run {action.path}")
+    return "; ".join(parts)
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    """List the routes with patterns, actions and origin."""
+    loaded = _load_valid(args)
+    if loaded is None:
+        return EXIT_INVALID
+    result = loaded[0]
+    for route in result.routes:
+        state = "" if route.enabled else " (disabled)"
+        print(
+            f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
+            f"{_describe(route)}\t{route.file}:{route.line}"
+        )
+    return EXIT_OK
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if args.state_dir else embedded.default_state_dir()
+
+
+def _write_url(args: argparse.Namespace) -> str | None:
+    """Return where writes go: --redis, $REDIS_ADDRESS, the embedded server if it answers."""
+    if args.redis:
+        return str(args.redis)
+    if os.environ.get("REDIS_ADDRESS"):
+        return address_url(os.environ["REDIS_ADDRESS"], os.environ)
+    socket = embedded.socket_path(_state_dir(args))
+    return embedded.unix_url(socket) if embedded.ping(socket) else None
+
+
+def _journal_url(args: argparse.Namespace) -> str | None:
+    """Return the Redis holding the failure journal; None: the local file.
+
+    The embedded server keeps nothing across restarts, so with it the journal is the file
+    in the state folder, as the daemon does.
+    """
+    if args.redis or os.environ.get("REDIS_ADDRESS"):
+        return _write_url(args)
+    return None
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    """Check and publish one event; print how many subscribers received it."""
+    from eventrouter import bus, schemas
+
+    data = _payload(args.payload)
+    if not args.raw:
+        loaded, _ = _load(args)  # the operators' own event schemas, when the routes load
+        declared = loaded.schemas if loaded.ok else None
+        try:
+            schemas.check_payload(args.channel, data.decode("utf-8"), declared)
+        except (PayloadError, UnicodeDecodeError) as exc:
+            print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
+            return EXIT_INVALID
+    url = _write_url(args)
+    if url is None:
+        print(
+            f"eventrouter publish: no Redis configured and no embedded server answers at "
+            f"{embedded.socket_path(_state_dir(args))}; start `eventrouter run` first or pass "
+            "--redis URL",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        receivers = asyncio.run(bus.publish_once(url, args.channel, data))
+    except ConnectionError as exc:
+        print(f"eventrouter publish: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    # Redis counts one receiver per matching pattern of each subscribed client.
+    print(f"published {args.channel}: {receivers} receiver(s)")
+    return EXIT_OK
+
+
+def _payload(argument: str | None) -> bytes:
+    if argument == "-" or (argument is None and not sys.stdin.isatty()):
+        return sys.stdin.buffer.read()
+    return (argument or "").encode()
+
+
+async def _with_journal(
+    url: str | None, args: argparse.Namespace, work: Callable[[Journal], Awaitable[T]]
+) -> T:
+    from eventrouter.journal import open_journal
+
+    # The size only bounds writes, and these commands only read.
+    book = await open_journal(url, args.journal_key, 10_000, _state_dir(args))
+    try:
+        return await work(book)
+    finally:
+        await book.close()
+
+
+def _failure_lines(failure: Failure) -> list[str]:
+    from datetime import datetime
+
+    stamp = datetime.fromtimestamp(failure.time).isoformat(sep=" ", timespec="seconds")
+    step = f"  step {failure.step}" if failure.step else ""
+    payload = failure.payload if len(failure.payload) <= 200 else failure.payload[:200] + "…"
+    return [
+        f"{failure.id}  {stamp}  {failure.instance}  {failure.route}  {failure.channel}  "
+        f"{failure.status}{step}",
+        f"  action {failure.action_index}: {failure.action}; payload: {payload}",
+        *(f"    {line}" for line in failure.tail),
+    ]
+
+
+def cmd_failures(args: argparse.Namespace) -> int:
+    """List the failed runs in the failure journal, newest first."""
+    from eventrouter.journal import JournalError
+
+    async def fetch(book: Journal) -> tuple[str, list[Failure]]:
+        found = await book.list(limit=args.limit, route=args.route, event=args.event)
+        return book.where, found
+
+    try:
+        where, failures = asyncio.run(_with_journal(_journal_url(args), args, fetch))
+    except JournalError as exc:
+        print(f"eventrouter failures: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps([item.to_json() for item in failures], indent=2, ensure_ascii=False))
+    elif not failures:
+        what = "no failures match" if args.route or args.event else "no failures recorded"
+        print(f"{what} ({where})")
+    else:
+        for item in failures:
+            print("\n".join(_failure_lines(item)))
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Ask the router that recorded a failure to run its route again on that event."""
+    from eventrouter import bus
+    from eventrouter.journal import JournalError, retry_message
+
+    async def look(book: Journal) -> tuple[str, Failure | None]:
+        return book.where, await book.get(args.id)
+
+    url = _write_url(args)
+    try:
+        where, failure = asyncio.run(_with_journal(_journal_url(args), args, look))
+    except JournalError as exc:
+        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if failure is None:
+        print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
+        return EXIT_INVALID
+    print(
+        f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
+    )
+    listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
+    if url is None:
+        print(f"eventrouter retry: no Redis to reach it: {listening}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        receivers = asyncio.run(bus.publish_once(url, args.control_channel, retry_message(failure)))
+    except ConnectionError as exc:
+        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if receivers == 0:
+        print(f"eventrouter retry: {listening}", file=sys.stderr)
+        return EXIT_INVALID
+    print(f"asked on {args.control_channel}: {receivers} receiver(s)")
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain what an event would trigger, without Redis."""
+    from eventrouter.explain import Explainer, format_text
+
+    loaded = _load_valid(args)
+    if loaded is None:
+        return EXIT_INVALID
+    explainer = Explainer(
+        loaded[0].routes, events_dirs(args.events_dir, os.environ), args.max_depth
+    )
+    plan = explainer.explain(args.channel, _payload(args.payload))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print("\n".join(format_text(plan, verbose=args.verbose)))
+    return EXIT_OK
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Run route unit tests."""
+    from eventrouter import routetest
+    from eventrouter.explain import Explainer
+
+    loaded = _load_valid(args)
+    if loaded is None:
+        return EXIT_INVALID
+    result, folders = loaded
+    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    files = [Path(item) for item in args.files] or routetest.default_files(folders)
+    return routetest.run(files, explainer, sys.stdout)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Start the daemon."""
+    from eventrouter.daemon import Daemon, log_diagnostics
+
+    cache: FileCache = {}
+    result, folders = _load(args, cache)
+    log_diagnostics(result)
+    if not result.ok:
+        print(
+            "eventrouter run: the route files have errors (listed above); not starting",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    settings = Settings(
+        routes_dirs=tuple(folders),
+        events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
+        redis_url=args.redis,
+        publish_url=args.publish_redis,
+        step_timeout=args.step_timeout,
+        stop_timeout=args.stop_timeout,
+        max_concurrency=args.max_concurrency,
+        max_payload=args.max_payload,
+        max_depth=args.max_depth,
+        queue_limit=args.queue_limit,
+        max_pending=args.max_pending,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        journal_key=args.journal_key,
+        journal_size=args.journal_size,
+        instance=args.instance,
+        control_channel=args.control_channel,
+    )
+    try:
+        status = asyncio.run(Daemon(settings, result, cache).run())
+        # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return status
+    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"eventrouter run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
