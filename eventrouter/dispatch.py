@@ -290,6 +290,8 @@ class Dispatcher:
         action: str,
         failed: Failed,
         started: float,
+        *,
+        quiet: bool = False,
     ) -> None:
         if self.journal is None:
             return
@@ -314,7 +316,7 @@ class Dispatcher:
             attempts=failed.attempts,
         )
         failure_id = await self.journal.record(failure)
-        if failure_id:
+        if failure_id and not quiet:
             log.info(
                 "route %s: failure recorded as %s (eventrouter retry %s)",
                 job.route.name,
@@ -399,17 +401,30 @@ class Dispatcher:
     async def close(self, grace: float) -> None:
         """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""
         not_started = self.scheduler.close()
-        if not_started:
-            self.counters["not_started"] += not_started
-            log.error("shutdown: %d queued run(s) not started", not_started)
+        recording = asyncio.create_task(self._journal_not_started(not_started))
         running = self.scheduler.running
-        if not running:
+        if running:
+            log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
+            _, pending = await asyncio.wait(running, timeout=grace)
+            if pending:
+                killed = await self.runner.terminate_all()
+                log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await recording
+        await asyncio.gather(*self._recording, return_exceptions=True)
+
+    async def _journal_not_started(self, jobs: list[Job]) -> None:
+        """Log and record the runs that were queued when the router stopped."""
+        if not jobs:
             return
-        log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
-        _, pending = await asyncio.wait(running, timeout=grace)
-        if pending:
-            killed = await self.runner.terminate_all()
-            log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        self.counters["not_started"] += len(jobs)
+        log.error(
+            "shutdown: %d queued run(s) not started%s",
+            len(jobs),
+            "; recorded in the failure journal" if self.journal is not None else "",
+        )
+        failed = Failed("not started", "the router stopped before this run could start")
+        for job in jobs:
+            await self._journal(job, 0, "not started", failed, time.time(), quiet=True)

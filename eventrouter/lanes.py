@@ -230,12 +230,14 @@ class Scheduler:
         """Return every run going."""
         return [task for lane in self.lanes.values() for task in lane.running]
 
-    def close(self) -> int:
-        """Stop admitting and starting jobs; drop what waits; return how many were dropped."""
+    def close(self) -> list[Job]:
+        """Stop admitting and starting jobs; return the jobs that were waiting."""
         self.closing = True
-        dropped = 0
+        dropped: list[Job] = []
         for lane in self.lanes.values():
-            dropped += len(lane.queue) + (1 if lane.held is not None else 0)
+            dropped += lane.queue
+            if lane.held is not None:
+                dropped.append(lane.held)
             lane.queue.clear()
             lane.held = None
             if lane.timer is not None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import redis
+
 from eventrouter.embedded import EmbeddedServer
 from tests.conftest import RedisCli
 from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
@@ -250,8 +252,6 @@ def test_sighup_reload_applies_changes_and_keeps_old_on_error(
 def test_no_event_lost_during_a_sighup_storm(
     tmp_path: Path, router_factory, redis_url: str
 ) -> None:
-    import redis
-
     out = tmp_path / "seen"
     write_step(tmp_path / "h" / "10", f"cat >> {out}; echo >> {out}")
     (tmp_path / "r.yml").write_text(
@@ -278,7 +278,7 @@ def test_no_event_lost_during_a_sighup_storm(
 
 
 def test_sigterm_lets_running_step_finish_within_bound_then_kills(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+    tmp_path: Path, router_factory, redis_cli: RedisCli, redis_url: str
 ) -> None:
     pids = tmp_path / "pids"
     write_step(tmp_path / "h" / "10", f"sleep 60 & echo $! >> {pids}; echo $$ >> {pids}; wait")
@@ -293,7 +293,10 @@ def test_sigterm_lets_running_step_finish_within_bound_then_kills(
     assert router.stop() == 0
     assert time.monotonic() - started < 12
     log = router.log
-    assert "shutdown: 2 queued run(s) not started" in log
+    assert "shutdown: 2 queued run(s) not started; recorded in the failure journal" in log
+    entries = redis.Redis.from_url(redis_url).xrange("eventrouter/failures")
+    statuses = [json.loads(fields[b"data"])["status"] for _, fields in entries]
+    assert statuses.count("not started") == 2
     assert "killed 1 step(s) still running" in log
     for pid in lines(pids):
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), what=f"pid {pid} gone")
