@@ -222,6 +222,12 @@ class Daemon:
             bus.redact(sub_url),
             bus.redact(pub_url),
         )
+        for folder in self.settings.events_dirs:
+            if not folder.is_dir():  # it may appear later (a module installed): warn only
+                log.warning(
+                    "events folder %s does not exist; events will run nothing there until it does",
+                    folder,
+                )
         sdnotify.notify("READY=1", f"STATUS=routing with {len(self.routes)} routes")
         try:
             while self.intents.stop is None:
