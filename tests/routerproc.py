@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,24 @@ def clean_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def lines(path: Path) -> list[str]:
+    """Return the lines of a file, or [] when it does not exist yet."""
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def write_routes(folder: Path, name: str, text: str) -> Path:
+    """Write a route file (dedented) and return its path."""
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def handler(folder: Path) -> Path:
+    """Create a handler folder with one executable step that succeeds."""
+    return write_step(folder / "10step", "exit 0").parent
 
 
 def write_step(path: Path, body: str) -> Path:

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +23,10 @@ from eventrouter.errors import Diagnostic
 from eventrouter.model import EmitAction, Event, Route, RunAction
 from eventrouter.patterns import ChannelPattern
 from eventrouter.templates import event_context
+from tests.routerproc import handler
+from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    """Write a route file (dedented) and return its path."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def handler(folder: Path) -> Path:
-    """Create a handler folder with one executable step."""
-    folder.mkdir(parents=True, exist_ok=True)
-    step = folder / "10step"
-    step.write_text("#!/bin/sh\nexit 0\n")
-    step.chmod(0o755)
-    return folder
 
 
 def errors(result: LoadResult) -> list[Diagnostic]:

@@ -14,12 +14,7 @@ import redis
 
 from eventrouter.embedded import EmbeddedServer
 from tests.conftest import RedisCli
-from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
-
-
-def lines(path: Path) -> list[str]:
-    """Return the lines of a file, or [] when it does not exist yet."""
-    return path.read_text().splitlines() if path.exists() else []
+from tests.routerproc import REPO, Router, clean_env, lines, wait_for, write_step
 
 
 def test_route_runs_handler_for_redis_cli_publish(

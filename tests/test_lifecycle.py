@@ -14,12 +14,7 @@ import redis
 
 from eventrouter.embedded import EmbeddedServer, find_server_binary
 from tests.conftest import RedisCli, free_port
-from tests.routerproc import Router, clean_env, wait_for, write_step
-
-
-def lines(path: Path) -> list[str]:
-    """Return the lines of a file, or [] when it does not exist yet."""
-    return path.read_text().splitlines() if path.exists() else []
+from tests.routerproc import Router, clean_env, lines, wait_for, write_step
 
 
 @pytest.fixture

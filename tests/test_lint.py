@@ -19,26 +19,11 @@ from eventrouter.lint import deep_check
 from eventrouter.loops import elementary_cycles, overlap, pattern_glob
 from eventrouter.patterns import ChannelPattern
 from eventrouter.tense import past_tense
+from tests.routerproc import handler
+from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples" / "ns8-cluster"
-
-
-def write(folder: Path, name: str, text: str) -> Path:
-    """Write a route file (dedented) and return its path."""
-    path = folder / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def handler(folder: Path) -> Path:
-    """Create a handler folder with one executable step."""
-    folder.mkdir(parents=True, exist_ok=True)
-    step = folder / "10step"
-    step.write_text("#!/bin/sh\nexit 0\n")
-    step.chmod(0o755)
-    return folder
 
 
 def load(folder: Path) -> LoadResult:

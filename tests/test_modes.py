@@ -12,14 +12,9 @@ from pathlib import Path
 
 import redis
 
-from tests.routerproc import Router, wait_for, write_step
+from tests.routerproc import Router, lines, wait_for, write_step
 
 Start = Callable[..., Router]
-
-
-def lines(path: Path) -> list[str]:
-    """Return the lines of a file, or [] when it does not exist yet."""
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def routes_file(folder: Path, text: str) -> Path:
