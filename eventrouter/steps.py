@@ -1,12 +1,10 @@
 """The step-directory runner: list a handler's steps and run them as NS8's agent does (SPEC 4).
 
 Each step is a child process in its own session (so its whole process group can be signalled),
-fed the raw payload on stdin, with every output line relayed to the log.  Output is pushed to us
-in chunks by a small ``asyncio.SubprocessProtocol`` rather than read through
-``asyncio.create_subprocess_exec``'s streams: ``Process.wait()`` only returns once every pipe is
-closed, so a step that leaves a background process holding its stdout would hang the handler.
-The protocol reports the exit on its own, and the output is then drained for at most
-``PIPE_GRACE`` seconds.
+fed the raw payload on stdin, with every output line relayed to the log. ``spawn.Child``
+starts it and pushes its output, and its exit, to a small protocol object: the exit is
+reported on its own (a step that leaves a background process holding its stdout must not
+hang the handler), and the output is then drained for at most ``PIPE_GRACE`` seconds.
 """
 
 from __future__ import annotations
