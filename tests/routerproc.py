@@ -41,6 +41,26 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    stdin: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``eventrouter`` CLI; by default with no Redis, NS8 or routes settings."""
+    return subprocess.run(
+        [sys.executable, "-m", "eventrouter", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def lines(path: Path) -> list[str]:
     """Return the lines of a file, or [] when it does not exist yet."""
     return path.read_text().splitlines() if path.exists() else []

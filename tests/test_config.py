@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,7 @@ from eventrouter.errors import Diagnostic
 from eventrouter.model import EmitAction, Event, Route, RunAction
 from eventrouter.patterns import ChannelPattern
 from eventrouter.templates import event_context
-from tests.routerproc import handler
+from tests.routerproc import handler, run_cli
 from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -835,20 +833,7 @@ def test_digest_changes_when_the_handler_resolves_elsewhere(tmp_path: Path) -> N
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run ``python -m eventrouter ARGS`` with no routes configured by the environment."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("EVENTROUTER_", "AGENT_", "REDIS_"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "eventrouter", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 def test_cli_check_good_folder(tmp_path: Path) -> None:

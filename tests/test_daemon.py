@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import redis
 
 from eventrouter.embedded import EmbeddedServer
 from tests.conftest import RedisCli
-from tests.routerproc import REPO, Router, clean_env, lines, wait_for, write_step
+from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
 
 
 def test_route_runs_handler_for_redis_cli_publish(
@@ -356,15 +355,7 @@ def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path
         assert "embedded server started" in router.log
 
         def publish(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "eventrouter", "publish", *args],
-                capture_output=True,
-                text=True,
-                env=env,
-                cwd=REPO,
-                timeout=20,
-                check=False,
-            )
+            return run_cli("publish", *args, env=env)
 
         refused = publish("cluster/event/module-added", '{"module": "mail1"}')
         assert refused.returncode == 1 and "node" in refused.stderr
@@ -378,14 +369,6 @@ def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path
         assert router.stop() == 0
     finally:
         router.kill()
-    gone = subprocess.run(
-        [sys.executable, "-m", "eventrouter", "publish", "--raw", "a/event/b", "x"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=20,
-        check=False,
-    )
+    gone = run_cli("publish", "--raw", "a/event/b", "x", env=env)
     assert gone.returncode == 1 and "no embedded server answers" in gone.stderr
     assert os.path.exists(short_tmp)

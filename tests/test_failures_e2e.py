@@ -5,25 +5,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
 
-from tests.routerproc import REPO, Router, clean_env, wait_for, write_step
+from tests.routerproc import Router, clean_env, run_cli, wait_for, write_step
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the real CLI."""
-    return subprocess.run(
-        [sys.executable, "-m", "eventrouter", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    return run_cli(*args, env=env)
 
 
 def test_failure_recorded_survives_restart_and_retry_runs_fixed_route(

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +29,7 @@ from eventrouter.journal import (
     retry_message,
 )
 from tests.conftest import free_port
-from tests.routerproc import REPO, clean_env, wait_for
+from tests.routerproc import clean_env, run_cli, wait_for
 
 KEY = "eventrouter/failures"
 CONTROL = "eventrouter/control/retry"
@@ -384,15 +383,7 @@ def state(short_tmp: Path) -> Path:
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `eventrouter` CLI with no Redis in its environment."""
-    return subprocess.run(
-        [sys.executable, "-m", "eventrouter", *args],
-        capture_output=True,
-        text=True,
-        env=clean_env(EVENTROUTER_STATE_DIR=str(state)),
-        cwd=REPO,
-        timeout=30,
-        check=False,
-    )
+    return run_cli(*args, env=clean_env(EVENTROUTER_STATE_DIR=str(state)))
 
 
 def seed(url: str | None, state: Path, *items: Failure, key: str = KEY) -> list[str]:

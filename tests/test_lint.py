@@ -19,7 +19,7 @@ from eventrouter.lint import deep_check
 from eventrouter.loops import elementary_cycles, overlap, pattern_glob
 from eventrouter.patterns import ChannelPattern
 from eventrouter.tense import past_tense
-from tests.routerproc import handler
+from tests.routerproc import handler, run_cli
 from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -360,14 +360,7 @@ def test_cli_check_exits_1_on_a_cycle(tmp_path: Path) -> None:
               - emit: {channel: x/event/pinged}
         """,
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "eventrouter", "check", "--routes", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+    done = run_cli("check", "--routes", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
     assert (
         f"{path}:2: error: derived-event cycle: relay ({path}:2) emits x/event/pinged"

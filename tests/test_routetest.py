@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import pytest
 from eventrouter import routetest
 from eventrouter.config import load_routes
 from eventrouter.explain import Explainer
+from tests.routerproc import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "ns8-cluster"
@@ -101,20 +100,7 @@ def run_text(base: Path, *texts: str, events: bool = True) -> tuple[int, str, li
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     """Run ``python -m eventrouter ARGS`` with no routes configured by the environment."""
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("EVENTROUTER_", "AGENT_", "REDIS_"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "eventrouter", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, cwd=cwd)
 
 
 PASSING = """\
