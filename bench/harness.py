@@ -22,7 +22,7 @@ from pathlib import Path
 
 import redis
 
-from eventrouter.embedded import EmbeddedServer
+from eventrouter.redis.embedded import EmbeddedServer
 
 REPO = Path(__file__).resolve().parent.parent
 READY = r"subscribed to (\d+) pattern"

@@ -215,7 +215,8 @@ def measure_daemon(
 def imports_rss() -> float:
     """Return the RSS of an idle interpreter that imported the router and its dependencies."""
     code = (
-        "import sys, time, eventrouter.cli, eventrouter.daemon, eventrouter.config;"
+        "import sys, time, eventrouter.cli.main, eventrouter.service.daemon,"
+        " eventrouter.config.loader;"
         "print('ready', flush=True); time.sleep(30)"
     )
     proc = subprocess.Popen(

@@ -1,5 +1,5 @@
 """Allow ``python -m eventrouter``."""
 
-from eventrouter.cli import main
+from eventrouter.cli.main import main
 
 raise SystemExit(main())

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import pytest
 
-from eventrouter.embedded import EmbeddedServer, find_cli_binary, find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer, find_cli_binary, find_server_binary
 from tests.routerproc import Router
 
 RedisCli = Callable[..., subprocess.CompletedProcess[str]]

@@ -10,17 +10,17 @@ from typing import Any
 
 import pytest
 
-from eventrouter.config import (
+from eventrouter.config.loader import (
     LoadResult,
     load_file_routes,
     load_routes,
     parse_duration,
     route_files,
 )
+from eventrouter.config.patterns import ChannelPattern
+from eventrouter.config.templates import event_context
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EmitAction, Event, Route, RunAction
-from eventrouter.patterns import ChannelPattern
-from eventrouter.templates import event_context
 from tests.routerproc import handler, run_cli
 from tests.routerproc import write_routes as write
 

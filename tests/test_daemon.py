@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from eventrouter.embedded import EmbeddedServer
+from eventrouter.redis.embedded import EmbeddedServer
 from tests.conftest import RedisCli
 from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
 
@@ -50,7 +50,7 @@ routes:
     assert lines(Path(f"{out}.env")) == ["test|module/traefik1|2|traefik1|module-test"]
     log = router.wait_log("payload saved")
     assert (
-        "ERROR   eventrouter.steps: module-test [module/traefik1/event/test] step 10stdin: "
+        "ERROR   eventrouter.runtime.steps: module-test [module/traefik1/event/test] step 10stdin: "
         "payload saved" in log
     )
     # when: false -> nothing runs

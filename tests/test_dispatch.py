@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from eventrouter.config import load_routes
-from eventrouter.dispatch import Dispatcher
-from eventrouter.journal import Failure
+from eventrouter.config.loader import load_routes
+from eventrouter.config.patterns import RouteIndex
 from eventrouter.model import Settings
-from eventrouter.patterns import RouteIndex
-from eventrouter.steps import StepRunner
+from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.runtime.journal import Failure
+from eventrouter.runtime.steps import StepRunner
 
 
 class LoopBack:

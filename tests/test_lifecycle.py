@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from eventrouter.embedded import EmbeddedServer, find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
 from tests.conftest import RedisCli, free_port
 from tests.routerproc import Router, clean_env, lines, wait_for, write_step
 
@@ -46,8 +46,8 @@ def test_systemd_notify_and_journal_prefixes(
         router.ready()
         redis_cli("PUBLISH", "a/event/b", "{}")
         log = router.wait_log("careful")
-        assert "<4>eventrouter.steps: r [a/event/b] step 10: careful" in log
-        assert "<6>eventrouter.daemon: started" in log
+        assert "<4>eventrouter.runtime.steps: r [a/event/b] step 10: careful" in log
+        assert "<6>eventrouter.service.daemon: started" in log
         router.signal(signal.SIGHUP)
         reloading = _receive(notify_socket, "RELOADING=1")
         assert "MONOTONIC_USEC=" in reloading

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from eventrouter.limiter import FairLimiter
+from eventrouter.runtime.limiter import FairLimiter
 
 
 async def test_a_noisy_group_does_not_starve_a_quiet_one() -> None:

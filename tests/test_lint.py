@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter import refs as refs_module
-from eventrouter.config import LoadResult, load_routes
+from eventrouter.analysis import refs as refs_module
+from eventrouter.analysis.lint import deep_check
+from eventrouter.analysis.loops import elementary_cycles, overlap, pattern_glob
+from eventrouter.analysis.tense import past_tense
+from eventrouter.config.loader import LoadResult, load_routes
+from eventrouter.config.patterns import ChannelPattern
 from eventrouter.errors import Diagnostic
-from eventrouter.lint import deep_check
-from eventrouter.loops import elementary_cycles, overlap, pattern_glob
-from eventrouter.patterns import ChannelPattern
-from eventrouter.tense import past_tense
 from tests.routerproc import handler, run_cli
 from tests.routerproc import write_routes as write
 

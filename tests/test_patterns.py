@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from eventrouter.config import load_file_routes
+from eventrouter.config.loader import load_file_routes
+from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex, glob_match
+from eventrouter.config.templates import Text, Value
 from eventrouter.model import EmitAction, Route
-from eventrouter.patterns import ChannelPattern, PatternError, RouteIndex, glob_match
-from eventrouter.templates import Text, Value
 
 
 def matches(pattern: str, channel: str) -> bool:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter import routetest
-from eventrouter.config import load_routes
-from eventrouter.explain import Explainer
+from eventrouter.analysis import routetest
+from eventrouter.analysis.explain import Explainer
+from eventrouter.config.loader import load_routes
 from tests.routerproc import run_cli
 
 REPO = Path(__file__).resolve().parent.parent

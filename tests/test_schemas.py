@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from eventrouter.config.schemas import WELL_KNOWN, check_payload
 from eventrouter.errors import PayloadError
-from eventrouter.schemas import WELL_KNOWN, check_payload
 
 # The sample payloads of /work/shared/NS8-NOTES.md, on the channels that publish them.
 NS8_SAMPLES = [

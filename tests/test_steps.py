@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter.steps import (
+from eventrouter.runtime.steps import (
     HandlerResult,
     SkippedEntry,
     StepResult,
@@ -22,7 +22,7 @@ from eventrouter.steps import (
     list_steps,
 )
 
-LOGGER = "eventrouter.steps"
+LOGGER = "eventrouter.runtime.steps"
 TAG = "[route r1 event cluster/event/e1]"
 
 

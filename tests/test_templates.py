@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value, event_context
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
-from eventrouter.templates import Condition, TemplateSyntaxError, Text, Value, event_context
 
 PAYLOAD: dict[str, Any] = {
     "module": "mail1",

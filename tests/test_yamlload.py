@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter.yamlload import LineDict, LineList, YamlError, line_of, load_file, loads
+from eventrouter.config.yamlload import LineDict, LineList, YamlError, line_of, load_file, loads
 
 
 def yaml_error(text: str) -> YamlError:
@@ -300,7 +300,7 @@ def test_an_unreadable_file_is_a_yaml_error(tmp_path: Path) -> None:
 def test_a_huge_file_is_refused_without_parsing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("eventrouter.yamlload.MAX_FILE_SIZE", 100)
+    monkeypatch.setattr("eventrouter.config.yamlload.MAX_FILE_SIZE", 100)
     path = tmp_path / "big.yml"
     path.write_text("a: " + "x" * 200 + "\n")
 

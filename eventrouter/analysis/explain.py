@@ -12,13 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from eventrouter.chains import chain_text
-from eventrouter.dispatch import convention_folders, parse_event, render_emit
+from eventrouter.config.patterns import RouteIndex
+from eventrouter.config.templates import event_context
+from eventrouter.engine.chains import chain_text
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import ChainLink, EmitAction, Event, Route, RunAction
-from eventrouter.patterns import RouteIndex
-from eventrouter.steps import list_steps
-from eventrouter.templates import event_context
+from eventrouter.runtime.dispatch import convention_folders, parse_event, render_emit
+from eventrouter.runtime.steps import list_steps
 
 
 @dataclass

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
+from eventrouter.analysis.refs import NOT_LITERAL, warning
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, EmitAction, Route
-from eventrouter.refs import NOT_LITERAL, warning
 
 _IRREGULAR = {
     "begin": "begun", "bind": "bound", "break": "broken", "bring": "brought", "build": "built",

@@ -16,11 +16,19 @@ import jinja2
 from jinja2 import nodes
 from jinja2.defaults import DEFAULT_NAMESPACE
 
+from eventrouter.analysis.loops import (
+    SEGMENT,
+    STAR,
+    Glob,
+    Token,
+    channel_glob,
+    overlap,
+    pattern_glob,
+)
+from eventrouter.config.schemas import EventSpec
+from eventrouter.config.templates import Value
 from eventrouter.errors import Diagnostic
-from eventrouter.loops import SEGMENT, STAR, Glob, Token, channel_glob, overlap, pattern_glob
 from eventrouter.model import EVENT_MARK, EmitAction, Route
-from eventrouter.schemas import EventSpec
-from eventrouter.templates import Value
 
 #: Parses only (lint never renders): a plain environment knows the same syntax.
 _ENV = jinja2.Environment(keep_trailing_newline=True)

@@ -18,18 +18,8 @@ from typing import Any
 
 import voluptuous as vol
 
-from eventrouter.errors import Diagnostic
-from eventrouter.model import (
-    ROUTE_NAME,
-    SAFE_NAME,
-    EmitAction,
-    Event,
-    RetryPolicy,
-    Route,
-    RunAction,
-)
-from eventrouter.patterns import ChannelPattern, PatternError
-from eventrouter.schemas import (
+from eventrouter.config.patterns import ChannelPattern, PatternError
+from eventrouter.config.schemas import (
     SOURCES,
     WELL_KNOWN,
     EventSpec,
@@ -37,8 +27,8 @@ from eventrouter.schemas import (
     parse_field,
     payload_problem,
 )
-from eventrouter.templates import Condition, TemplateSyntaxError, Text, Value
-from eventrouter.validation import (
+from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value
+from eventrouter.config.validation import (
     FileContext,
     boolean,
     count,
@@ -50,7 +40,17 @@ from eventrouter.validation import (
     text,
     wrap,
 )
-from eventrouter.yamlload import YamlError, line_of, loads, read_text
+from eventrouter.config.yamlload import YamlError, line_of, loads, read_text
+from eventrouter.errors import Diagnostic
+from eventrouter.model import (
+    ROUTE_NAME,
+    SAFE_NAME,
+    EmitAction,
+    Event,
+    RetryPolicy,
+    Route,
+    RunAction,
+)
 
 __all__ = [
     "LoadResult",

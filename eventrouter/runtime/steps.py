@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from eventrouter.limiter import FairLimiter
-from eventrouter.spawn import Child
+from eventrouter.runtime.limiter import FairLimiter
+from eventrouter.runtime.spawn import Child
 
 logger = logging.getLogger(__name__)
 

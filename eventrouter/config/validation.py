@@ -17,10 +17,10 @@ from typing import Any
 
 import voluptuous as vol
 
+from eventrouter.config.patterns import PatternError
+from eventrouter.config.templates import TemplateSyntaxError
+from eventrouter.config.yamlload import line_of
 from eventrouter.errors import Diagnostic
-from eventrouter.patterns import PatternError
-from eventrouter.templates import TemplateSyntaxError
-from eventrouter.yamlload import line_of
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}

@@ -11,14 +11,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventrouter import bus, embedded, sdnotify
-from eventrouter.config import FileCache, LoadResult, load_routes
-from eventrouter.connections import publish_url, subscribe_url
-from eventrouter.dispatch import Dispatcher, convention_route, parse_event
-from eventrouter.journal import Journal, instance_name, open_journal, parse_retry_message
+from eventrouter.config.loader import FileCache, LoadResult, load_routes
+from eventrouter.config.patterns import RouteIndex, glob_escape
 from eventrouter.model import Route, Settings
-from eventrouter.patterns import RouteIndex, glob_escape
-from eventrouter.steps import StepRunner
+from eventrouter.redis import bus, embedded
+from eventrouter.redis.connections import publish_url, subscribe_url
+from eventrouter.redis.journal import open_journal
+from eventrouter.runtime.dispatch import Dispatcher, convention_route, parse_event
+from eventrouter.runtime.journal import Journal, instance_name, parse_retry_message
+from eventrouter.runtime.steps import StepRunner
+from eventrouter.service import sdnotify
 
 log = logging.getLogger(__name__)
 

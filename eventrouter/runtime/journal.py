@@ -1,10 +1,7 @@
 """The failure journal: every failed run, kept for `eventrouter failures` and `retry`.
 
-It lives in a capped Redis stream (``XADD KEY MAXLEN size * data <json>``, trimmed exactly:
-failures are rare, so exact trimming costs nothing and the cap is the one configured). When
-this Redis user may not write there (NOPERM, a read-only replica, unreachable at start), it
-lives in a bounded local file of JSON lines, ``<state dir>/failures.jsonl``, instead. Both
-survive a restart of the router. Listing pages with exclusive ranges, so Redis >= 6.2.
+The record, the ``Journal`` protocol the dispatcher writes to, and the bounded local file of
+JSON lines, ``<state dir>/failures.jsonl``; the Redis stream is in ``redis/journal.py``.
 
 Retry protocol: `eventrouter retry ID` PUBLISHes on the control channel the JSON object
 ``{"id": ID, "instance": INSTANCE}`` (RETRY_MESSAGE_FIELDS); the router named INSTANCE looks
@@ -29,16 +26,13 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
-from eventrouter import bus
-
 log = logging.getLogger(__name__)
 
 FILE_NAME = "failures.jsonl"
 #: Output lines kept per failure, and the length each is cut to.
 TAIL_LINES, MAX_LINE = 20, 1000
 RETRY_MESSAGE_FIELDS = ("id", "instance")
-_ID = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
-_PAGE = 200
+ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
 # What JSON gives for each annotation of Failure's fields.
 _JSON_TYPES: dict[str, Any] = {"str": str, "int": int, "float": (int, float)}
 _JSON_TYPES.update({"str | None": (str, type(None)), "tuple[str, ...]": (list, tuple)})
@@ -125,17 +119,17 @@ def parse_retry_message(data: bytes) -> tuple[str, str] | None:
     failure_id, instance = (
         value.get(name) if isinstance(value, dict) else None for name in RETRY_MESSAGE_FIELDS
     )
-    if isinstance(failure_id, str) and _ID.match(failure_id) and isinstance(instance, str):
+    if isinstance(failure_id, str) and ID_PATTERN.match(failure_id) and isinstance(instance, str):
         return failure_id, instance
     return None
 
 
-def _bounded(failure: Failure, failure_id: str) -> Failure:
+def bounded(failure: Failure, failure_id: str) -> Failure:
     tail = tuple(line[:MAX_LINE] for line in failure.tail[-TAIL_LINES:])
     return dataclasses.replace(failure, id=failure_id, tail=tail)
 
 
-def _matches(failure: Failure, route: str | None, event: str | None) -> bool:
+def matches(failure: Failure, route: str | None, event: str | None) -> bool:
     if route is not None and not fnmatchcase(failure.route, route):
         return False
     if event is None:
@@ -144,7 +138,7 @@ def _matches(failure: Failure, route: str | None, event: str | None) -> bool:
     return fnmatchcase(failure.channel, event) or (bool(name) and fnmatchcase(name, event))
 
 
-def _lost(failure: Failure, where: str, exc: BaseException) -> None:
+def report_lost(failure: Failure, where: str, exc: BaseException) -> None:
     what = f"route {failure.route} on {failure.channel} ({failure.status})"
     log.error(
         "could not record in the failure journal (%s) the failure of %s: %s", where, what, exc
@@ -171,72 +165,6 @@ class Journal(Protocol):
         """Release the connection."""
 
 
-class StreamJournal:
-    """The journal in a capped Redis stream, one entry per failure with a ``data`` field."""
-
-    def __init__(self, url: str, key: str, size: int) -> None:
-        self.key, self.size = key, size
-        self.where = f"Redis stream {key} at {bus.redact(url)}"
-        self._client = bus.client(url, socket_connect_timeout=5, socket_timeout=10)
-
-    async def probe(self) -> None:
-        """Check that this user may write the stream; raise bus.StoreError if not."""
-        entry_id = await bus.stream_add(self._client, self.key, {"probe": b"1"}, None)
-        await bus.stream_delete(self._client, self.key, entry_id)
-
-    async def record(self, failure: Failure) -> str:
-        """Append ``failure`` to the stream; return its entry id, or "" (logged) on error."""
-        data = json.dumps(_bounded(failure, "").to_json(), ensure_ascii=False).encode()
-        try:
-            return await bus.stream_add(self._client, self.key, {"data": data}, self.size)
-        except bus.StoreError as exc:
-            _lost(failure, self.where, exc)
-            return ""
-
-    async def list(
-        self, *, limit: int = 50, route: str | None = None, event: str | None = None
-    ) -> builtins.list[Failure]:
-        """Return up to ``limit`` failures, newest first, filtered by route and event globs."""
-        found: builtins.list[Failure] = []
-        end = "+"
-        while len(found) < limit:
-            try:
-                page = await bus.stream_range_rev(self._client, self.key, end, _PAGE)
-            except bus.StoreError as exc:
-                raise JournalError(f"cannot read {self.where}: {exc}") from exc
-            decoded = (self._decode(entry) for entry in page)
-            found.extend(item for item in decoded if item and _matches(item, route, event))
-            if len(page) < _PAGE:
-                break
-            end = "(" + page[-1][0]
-        return found[:limit]
-
-    async def get(self, failure_id: str) -> Failure | None:
-        """Return the failure ``failure_id``, or None when there is none."""
-        if not _ID.match(failure_id):
-            return None
-        try:
-            entry = await bus.stream_get(self._client, self.key, failure_id)
-        except bus.StoreError as exc:
-            raise JournalError(f"cannot read {self.where}: {exc}") from exc
-        return self._decode(entry) if entry else None
-
-    def _decode(self, entry: bus.StreamEntry) -> Failure | None:
-        entry_id, fields = entry
-        if "data" not in fields:
-            return None  # a write probe, or someone else's entry
-        try:
-            data = json.loads(fields["data"])
-            return Failure.from_json({**data, "id": entry_id})
-        except (ValueError, TypeError) as exc:
-            log.warning("skipping entry %s of %s: %s", entry_id, self.where, exc)
-            return None
-
-    async def close(self) -> None:
-        """Close the connection."""
-        await bus.close_quietly(self._client)
-
-
 class FileJournal:
     """The journal in a local file of JSON lines: past ``2 * size`` lines, the newest ``size``."""
 
@@ -253,7 +181,7 @@ class FileJournal:
             try:
                 return await asyncio.to_thread(self._append, failure)
             except (OSError, ValueError) as exc:
-                _lost(failure, self.where, exc)
+                report_lost(failure, self.where, exc)
                 return ""
 
     async def list(
@@ -261,7 +189,7 @@ class FileJournal:
     ) -> builtins.list[Failure]:
         """Return up to ``limit`` failures, newest first, filtered by route and event globs."""
         entries = await self._entries()
-        return [item for item in reversed(entries) if _matches(item, route, event)][:limit]
+        return [item for item in reversed(entries) if matches(item, route, event)][:limit]
 
     async def get(self, failure_id: str) -> Failure | None:
         """Return the failure ``failure_id``, or None when there is none."""
@@ -290,7 +218,7 @@ class FileJournal:
             except (ValueError, TypeError):
                 bad += 1  # e.g. a line cut short by a crash
                 continue
-            if _ID.match(item.id):
+            if ID_PATTERN.match(item.id):
                 entries.append(item)
         if bad:
             log.warning("skipped %d unreadable line(s) in %s", bad, self.where)
@@ -299,13 +227,13 @@ class FileJournal:
     def _append(self, failure: Failure) -> str:
         if self._last is None:
             entries, self._lines = self._read()
-            newest = _ID.match(entries[-1].id) if entries else None  # appended in id order
+            newest = ID_PATTERN.match(entries[-1].id) if entries else None  # appended in id order
             self._last = (int(newest[1]), int(newest[2])) if newest else (0, 0)
         stamp = int(time.time() * 1000)
         last_ms, last_seq = self._last
         self._last = (stamp, 0) if stamp > last_ms else (last_ms, last_seq + 1)
         failure_id = "{}-{}".format(*self._last)
-        line = json.dumps(_bounded(failure, failure_id).to_json(), ensure_ascii=False)
+        line = json.dumps(bounded(failure, failure_id).to_json(), ensure_ascii=False)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line + "\n")
@@ -326,19 +254,3 @@ class FileJournal:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path)
         self._lines = len(entries)
-
-
-async def open_journal(url: str | None, key: str, size: int, state_dir: Path) -> Journal:
-    """Open the stream at ``url`` when this user may write it, else the local file (say why)."""
-    local = FileJournal(state_dir / FILE_NAME, size)
-    if url is None:
-        return local
-    stream = StreamJournal(url, key, size)
-    try:
-        await stream.probe()
-    except bus.StoreError as exc:
-        await stream.close()
-        why = f"cannot write the failure journal to {stream.where} ({exc})"
-        log.warning("%s; keeping it in the %s instead", why, local.where)
-        return local
-    return stream

@@ -16,14 +16,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from eventrouter import embedded
-from eventrouter.config import FileCache, LoadResult, load_routes
-from eventrouter.connections import address_url
+from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
+from eventrouter.redis import embedded
+from eventrouter.redis.connections import address_url
 
 if TYPE_CHECKING:
-    from eventrouter.journal import Failure, Journal
+    from eventrouter.runtime.journal import Failure, Journal
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | Non
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate route files and events folders; print findings on stdout."""
-    from eventrouter.lint import deep_check
+    from eventrouter.analysis.lint import deep_check
 
     result, _ = _load(args)
     findings = list(result.diagnostics)
@@ -142,7 +142,8 @@ def _journal_url(args: argparse.Namespace) -> str | None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
-    from eventrouter import bus, schemas
+    from eventrouter.config import schemas
+    from eventrouter.redis import bus
 
     data = _payload(args.payload)
     if not args.raw:
@@ -181,7 +182,7 @@ def _payload(argument: str | None) -> bytes:
 async def _with_journal(
     url: str | None, args: argparse.Namespace, work: Callable[[Journal], Awaitable[T]]
 ) -> T:
-    from eventrouter.journal import open_journal
+    from eventrouter.redis.journal import open_journal
 
     # The size only bounds writes, and these commands only read.
     book = await open_journal(url, args.journal_key, 10_000, _state_dir(args))
@@ -207,7 +208,7 @@ def _failure_lines(failure: Failure) -> list[str]:
 
 def cmd_failures(args: argparse.Namespace) -> int:
     """List the failed runs in the failure journal, newest first."""
-    from eventrouter.journal import JournalError
+    from eventrouter.runtime.journal import JournalError
 
     async def fetch(book: Journal) -> tuple[str, list[Failure]]:
         found = await book.list(limit=args.limit, route=args.route, event=args.event)
@@ -231,8 +232,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Ask the router that recorded a failure to run its route again on that event."""
-    from eventrouter import bus
-    from eventrouter.journal import JournalError, retry_message
+    from eventrouter.redis import bus
+    from eventrouter.runtime.journal import JournalError, retry_message
 
     async def look(book: Journal) -> tuple[str, Failure | None]:
         return book.where, await book.get(args.id)
@@ -267,7 +268,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain what an event would trigger, without Redis."""
-    from eventrouter.explain import Explainer, format_text
+    from eventrouter.analysis.explain import Explainer, format_text
 
     loaded = _load_valid(args)
     if loaded is None:
@@ -285,8 +286,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_test(args: argparse.Namespace) -> int:
     """Run route unit tests."""
-    from eventrouter import routetest
-    from eventrouter.explain import Explainer
+    from eventrouter.analysis import routetest
+    from eventrouter.analysis.explain import Explainer
 
     loaded = _load_valid(args)
     if loaded is None:
@@ -299,7 +300,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
-    from eventrouter.daemon import Daemon, log_diagnostics
+    from eventrouter.service.daemon import Daemon, log_diagnostics
 
     cache: FileCache = {}
     result, folders = _load(args, cache)

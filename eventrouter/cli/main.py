@@ -9,8 +9,9 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from eventrouter import __version__, logs
-from eventrouter.commands import (
+from eventrouter import __version__
+from eventrouter.cli import logs
+from eventrouter.cli.commands import (
     cmd_check,
     cmd_explain,
     cmd_failures,
@@ -20,7 +21,7 @@ from eventrouter.commands import (
     cmd_run,
     cmd_test,
 )
-from eventrouter.config import parse_duration
+from eventrouter.config.loader import parse_duration
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 

@@ -16,9 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from eventrouter.config import LoadResult
-from eventrouter.errors import Diagnostic
-from eventrouter.loops import (
+from eventrouter.analysis.loops import (
     Neighbours,
     contains,
     cycle_findings,
@@ -26,11 +24,13 @@ from eventrouter.loops import (
     overlap,
     pattern_glob,
 )
+from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
+from eventrouter.analysis.tense import tense_findings
+from eventrouter.config.loader import LoadResult
+from eventrouter.config.templates import Value
+from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
-from eventrouter.refs import can_stop, emit_glob, template_findings, warning
-from eventrouter.steps import is_ignored, list_steps
-from eventrouter.templates import Value
-from eventrouter.tense import tense_findings
+from eventrouter.runtime.steps import is_ignored, list_steps
 
 _EVENT_CHANNEL = pattern_glob("*/event/*")
 _SKIPPED = {

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from eventrouter.chains import ChainTracker, chain_text
+from eventrouter.config.patterns import RouteIndex
+from eventrouter.config.templates import event_context
+from eventrouter.engine.chains import ChainTracker, chain_text
 from eventrouter.errors import TemplateRenderError
-from eventrouter.journal import Failure, encode_payload
-from eventrouter.lanes import Job, Scheduler
 from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
-from eventrouter.patterns import RouteIndex
-from eventrouter.steps import HandlerResult, StepRunner, describe_status
-from eventrouter.templates import event_context
+from eventrouter.runtime.journal import Failure, encode_payload
+from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
 log = logging.getLogger(__name__)
 

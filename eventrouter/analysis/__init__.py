@@ -1,0 +1,1 @@
+"""What only check, explain and test need: loops, references, tense, route tests."""

@@ -1,0 +1,1 @@
+"""Route files -> validated, frozen Route objects: YAML, schemas, templates, patterns."""

@@ -1,0 +1,181 @@
+"""Route test files: validated into frozen RouteTest objects, every problem at once.
+
+The format is described in ``analysis/routetest.py``, which runs the tests.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import voluptuous as vol
+
+from eventrouter.config.validation import (  # route files' validators and wording: both read alike
+    FileContext,
+    boolean,
+    explain,
+    key_path,
+    kind,
+    text,
+    wrap,
+)
+from eventrouter.config.yamlload import YamlError, line_of, load_file
+from eventrouter.errors import Diagnostic
+
+ANY = object()  # an expected derived event that gives no payload matches any payload
+KEYS = {  # allowed keys, by key path without list indexes
+    "": ("tests",),
+    "tests": ("name", "event", "expect"),
+    "tests.event": ("channel", "payload"),
+    "tests.expect": ("fire", "fire_only", "not_fire", "nothing", "emits", "steps", "cut", "errors"),
+    "tests.expect.emits": ("channel", "payload"),
+}
+
+
+def _json(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:  # a YAML date, .nan...
+        raise ValueError(f"not representable as JSON: {exc}") from exc
+
+
+def _event_data(value: Any) -> bytes:
+    return (value if isinstance(value, str) else json.dumps(_json(value))).encode()
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of names, got {kind(value)}")
+    return tuple(text(item) for item in value)
+
+
+EMIT = vol.Schema({vol.Required("channel"): wrap(text), vol.Optional("payload"): wrap(_json)})
+TEST_SCHEMA = vol.Schema(
+    {
+        vol.Required("name"): wrap(text),
+        vol.Required("event"): {
+            vol.Required("channel"): wrap(text),
+            vol.Optional("payload", default=""): wrap(_event_data),
+        },
+        vol.Required("expect"): vol.All(
+            {
+                **{vol.Optional(k): wrap(_strings) for k in ("fire", "fire_only", "not_fire")},
+                vol.Optional("steps"): wrap(_strings),
+                vol.Optional("emits"): [EMIT],
+                **{vol.Optional(k): wrap(boolean) for k in ("nothing", "cut", "errors")},
+            },
+            vol.Length(min=1, msg="give at least one of " + ", ".join(KEYS["tests.expect"])),
+        ),
+    }
+)
+FILE_SCHEMA = vol.Schema(
+    {vol.Required("tests"): vol.All(list, vol.Length(min=1, msg="expected at least one test"))}
+)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """The expectations of one test; None where the test does not say."""
+
+    fire: tuple[str, ...] | None = None
+    fire_only: tuple[str, ...] | None = None
+    not_fire: tuple[str, ...] = ()
+    nothing: bool | None = None
+    emits: tuple[tuple[str, Any], ...] | None = None  # (channel, payload or ANY)
+    steps: tuple[str, ...] | None = None
+    cut: bool | None = None
+    errors: bool = False
+
+
+@dataclass(frozen=True)
+class RouteTest:
+    """One validated test: where it is, its event, and what it expects."""
+
+    file: str
+    line: int
+    name: str
+    channel: str
+    data: bytes
+    expect: Expect
+
+
+def _report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
+    for error in exc.errors:
+        where = prefix + list(error.path)
+        keys = KEYS.get(".".join(str(s) for s in where[:-1] if not isinstance(s, int)), ())
+        ctx.error(where, f"{key_path(where) or 'file'}: {explain(error, keys)}")
+
+
+def _unknown(name: str, known: set[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    if close:
+        return f"no route or events folder {name!r} (did you mean {close[0]!r}?)"
+    if name.startswith("events:"):
+        return f"no events folder {name!r} (events folders come from --events-dir)"
+    return f"no route or events folder {name!r}"
+
+
+def _check_names(ctx: FileContext, where: list[Any], known: set[str], seen: set[str]) -> None:
+    """Report duplicate test names and unknown route names, even in an invalid test."""
+    raw = ctx.data["tests"][where[-1]]
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if isinstance(name, str):
+        if name in seen:
+            ctx.error([*where, "name"], f"{key_path([*where, 'name'])}: duplicate test {name!r}")
+        seen.add(name)
+    expect = raw.get("expect") if isinstance(raw, dict) else None
+    if not isinstance(expect, dict):
+        return
+    if "fire" in expect and "fire_only" in expect:
+        path = [*where, "expect", "fire_only"]
+        ctx.error(path, f"{key_path(path)}: give either fire or fire_only, not both")
+    for key in ("fire", "fire_only", "not_fire"):
+        items = expect.get(key)
+        for index, item in enumerate(items if isinstance(items, list) else ()):
+            if isinstance(item, str) and item not in known:
+                path = [*where, "expect", key, index]
+                ctx.error(path, f"{key_path(path)}: {_unknown(item, known)}")
+
+
+def _build(ctx: FileContext, index: int, known: set[str], seen: set[str]) -> RouteTest | None:
+    """Validate one test; return it, or None after reporting every problem."""
+    where: list[Any] = ["tests", index]
+    _check_names(ctx, where, known, seen)
+    try:
+        valid = TEST_SCHEMA(ctx.data["tests"][index])
+    except vol.MultipleInvalid as exc:
+        _report(ctx, where, exc)
+        return None
+    expect = dict(valid["expect"])
+    if "emits" in expect:
+        expect["emits"] = tuple((e["channel"], e.get("payload", ANY)) for e in expect["emits"])
+    line, event = line_of(ctx.data, where, 1), valid["event"]
+    return RouteTest(
+        str(ctx.path), line, valid["name"], event["channel"], event["payload"], Expect(**expect)
+    )
+
+
+def load_tests(path: Path, known: set[str]) -> tuple[list[RouteTest], list[Diagnostic]]:
+    """Load one test file; return its tests (none when any error) and every error."""
+    try:
+        data = load_file(path)
+    except YamlError as exc:
+        return [], [Diagnostic(str(path), exc.line, "error", exc.message)]
+    ctx = FileContext(path, data)
+    if not isinstance(data, dict):
+        ctx.error([], f"expected a mapping with the key 'tests', got {kind(data)}")
+        return [], ctx.diagnostics
+    try:
+        FILE_SCHEMA(data)
+    except vol.MultipleInvalid as exc:
+        _report(ctx, [], exc)
+        return [], ctx.diagnostics
+    seen: set[str] = set()
+    tests = [_build(ctx, index, known, seen) for index in range(len(data["tests"]))]
+    ctx.diagnostics.sort(key=lambda d: d.line)
+    if ctx.diagnostics:
+        return [], ctx.diagnostics
+    return [test for test in tests if test is not None], []

@@ -1,0 +1,1 @@
+"""Executing decisions: lanes, the fair limiter, steps, spawn, the dispatcher, the daemon."""

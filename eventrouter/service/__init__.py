@@ -1,0 +1,1 @@
+"""The service: wires config, runtime and Redis together; signals, reload, shutdown, systemd."""
