@@ -3,12 +3,15 @@ and publishing to the master, as in an NS8 cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from eventrouter.redis.embedded import find_server_binary
+from eventrouter.redis.role import RoleWatch
 from tests.cluster import Node, Topology
 from tests.conftest import _missing
 from tests.routerproc import Router, clean_env, lines, wait_for, write_routes, write_step
@@ -137,3 +140,27 @@ def test_a_derived_event_from_a_replica_router_reaches_every_router(
     for router in routers.routers:
         router.stop()
     assert [routers.marks(node) for node in topology.nodes] == [["domains mail1"]] * 3
+
+
+async def test_the_role_watch_follows_a_leader_switch(topology: Topology) -> None:
+    first, second, _ = topology.nodes
+    watches = [RoleWatch(node.url, every=0.1) for node in (first, second)]
+    tasks = [asyncio.create_task(watch.run()) for watch in watches]
+    try:
+        await async_wait(lambda: [w.leader for w in watches] == [True, False], "roles read")
+        topology.promote(2)
+        await async_wait(lambda: [w.leader for w in watches] == [False, True], "roles switched")
+    finally:
+        for task in tasks:
+            task.cancel()
+        for watch in watches:
+            await watch.close()
+
+
+async def async_wait(check: Callable[[], bool], what: str, within: float = 5.0) -> None:
+    """Poll ``check`` without blocking the loop; fail after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,75 @@
+"""Whether the Redis this router subscribes to is the master: the router is then the leader.
+
+NS8 makes the leader node's Redis the master and every other node's a replica, so ``ROLE``
+on the subscribe connection tells a router whether it is the leader's. The answer is read at
+start, every ``every`` seconds, and at once when asked (after a reconnect, or when
+``cluster/event/leader-changed`` arrives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from eventrouter.redis.bus import redact
+
+log = logging.getLogger(__name__)
+
+#: How often the role is read when nothing asks for it sooner (seconds).
+ROLE_EVERY = 2.0
+
+
+async def is_master(connection: aioredis.Redis) -> bool:
+    """Return True when ``ROLE`` says the server is a master."""
+    reply = await connection.role()
+    role = reply[0]
+    return (role.decode() if isinstance(role, bytes) else str(role)) == "master"
+
+
+class RoleWatch:
+    """Keep ``leader`` up to date with the role of the server at ``url``."""
+
+    def __init__(self, url: str, every: float = ROLE_EVERY) -> None:
+        self.url, self.every = url, every
+        #: None until the role was read once.
+        self.leader: bool | None = None
+        self._asked = asyncio.Event()
+        self._connection = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+
+    def ask(self) -> None:
+        """Read the role again now (after a reconnect, on leader-changed)."""
+        self._asked.set()
+
+    async def refresh(self) -> bool | None:
+        """Read the role once; log a change; keep the last answer when Redis does not reply."""
+        try:
+            leader = await is_master(self._connection)
+        except (RedisError, OSError) as exc:
+            log.debug("cannot read the role of Redis at %s: %s", redact(self.url), exc)
+            return self.leader
+        if leader != self.leader:
+            log.info(
+                "Redis at %s is %s: this router is %s",
+                redact(self.url),
+                "the master" if leader else "a replica",
+                "the leader" if leader else "not the leader",
+            )
+        self.leader = leader
+        return leader
+
+    async def run(self) -> None:
+        """Refresh the role every ``every`` seconds, or sooner when asked, until cancelled."""
+        while True:
+            await self.refresh()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._asked.wait(), self.every)
+            self._asked.clear()
+
+    async def close(self) -> None:
+        """Close the connection."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._connection.aclose()
