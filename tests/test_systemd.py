@@ -1,0 +1,77 @@
+"""The shipped systemd units: valid for systemd, and their command lines valid for the CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eventrouter.cli.main import build_parser
+from tests.routerproc import REPO
+
+UNITS = {
+    "system": REPO / "examples" / "systemd" / "eventrouter.service",
+    "user": REPO / "examples" / "systemd" / "user" / "eventrouter.service",
+}
+BINARY = Path(sys.executable).with_name("eventrouter")
+
+
+def verify(unit: Path, scope: str, tmp_path: Path) -> str:
+    """Return what ``systemd-analyze verify`` says of ``unit`` (with our binary's real path)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/usr/local/bin/eventrouter", str(BINARY)))
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    flags = ["--user"] if scope == "user" else []
+    done = subprocess.run(
+        [analyze, "verify", "--man=no", *flags, str(copy)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        timeout=60,
+        check=False,
+    )
+    return f"exit {done.returncode}\n{done.stdout}{done.stderr}".strip()
+
+
+@pytest.mark.parametrize("scope", sorted(UNITS))
+def test_systemd_accepts_the_unit_without_a_remark(scope: str, tmp_path: Path) -> None:
+    assert verify(UNITS[scope], scope, tmp_path) == "exit 0"
+
+
+def test_the_verification_reports_a_typo(tmp_path: Path) -> None:
+    broken = tmp_path / "broken" / "eventrouter.service"
+    broken.parent.mkdir()
+    broken.write_text(UNITS["system"].read_text().replace("RestartSec=", "RestartSecs="))
+    assert "Unknown key 'RestartSecs'" in verify(broken, "system", tmp_path)
+
+
+@pytest.mark.parametrize("scope", sorted(UNITS))
+def test_the_units_command_lines_parse(scope: str) -> None:
+    text = UNITS[scope].read_text()
+    line = re.search(r"^ExecStart=(.*)$", text, re.M)
+    assert line is not None
+    words = shlex.split(line[1].replace("${AGENT_INSTALL_DIR}", "/srv").replace("%S", "/srv"))
+    assert words[0] == "/usr/local/bin/eventrouter"
+    args = build_parser().parse_args(words[1:])
+    assert args.command == "run" and args.routes and args.events_dir
+
+
+@pytest.mark.parametrize("scope", sorted(UNITS))
+def test_the_units_behave_as_a_notify_service_that_reloads(scope: str) -> None:
+    settings = dict(
+        line.split("=", 1) for line in UNITS[scope].read_text().splitlines() if "=" in line
+    )
+    assert settings["Type"] == "notify"
+    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["Restart"] == "on-failure"
+    assert settings["KillMode"] == "control-group"
