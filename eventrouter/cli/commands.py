@@ -328,6 +328,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         journal_size=args.journal_size,
         instance=args.instance,
         control_channel=args.control_channel,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
     )
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())
