@@ -83,3 +83,16 @@ async def test_the_outbox_is_held_while_the_gate_is_closed(redis_url: str) -> No
         await publisher.close(grace=1)
         await pubsub.aclose()
         await client.aclose()
+
+
+async def test_close_sends_what_the_gate_held(redis_url: str) -> None:
+    client, pubsub = await subscribed(redis_url, "t/*")
+    publisher = bus.RedisPublisher(redis_url, gate=asyncio.Event())  # as after the intake stopped
+    publisher.start()
+    try:
+        await publisher.publish("t/last", b"1")
+        assert await publisher.close(grace=2) == 0
+        assert await receive(pubsub, 1) == [(b"t/last", b"1")]
+    finally:
+        await pubsub.aclose()
+        await client.aclose()

@@ -455,6 +455,10 @@ class RedisPublisher:
 
     async def close(self, grace: float = 5.0) -> int:
         """Send what is queued (for up to ``grace`` seconds), then close; return what was not."""
+        # Stopping: the intake is gone, there is no subscription left to wait for.
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
         if self._outbox and self._writer is not None:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):  # what is left is reported just below
