@@ -227,3 +227,6 @@ class Settings:
     control_channel: str = "eventrouter/control/retry"
     #: Runs waiting in all the queues together before new ones are dropped with an error.
     max_pending: int = 100_000
+    #: Health check of the subscription: PING after this long quiet, reconnect without reply.
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0

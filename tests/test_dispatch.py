@@ -8,7 +8,7 @@ from pathlib import Path
 from eventrouter.config.loader import load_routes
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.model import Settings
-from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.runtime.dispatch import Dispatcher, Receipt
 from eventrouter.runtime.journal import Failure
 from eventrouter.runtime.steps import StepRunner
 
@@ -20,10 +20,12 @@ class LoopBack:
         self.dispatcher: Dispatcher | None = None
         self.sent: list[tuple[str, bytes]] = []
 
-    async def publish(self, channel: str, data: bytes) -> None:
+    async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
         self.sent.append((channel, data))
         assert self.dispatcher is not None
         asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
+        if receipt is not None:
+            receipt.sent(1)
 
 
 def make(tmp_path: Path, text: str, **settings: object) -> tuple[Dispatcher, LoopBack]:

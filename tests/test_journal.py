@@ -181,13 +181,46 @@ async def test_record_never_raises_when_redis_goes_away(
     book = await open_journal(redis_server.url, KEY, 100, short_tmp)
     try:
         redis_server.stop()
-        with caplog.at_level(logging.ERROR, logger="eventrouter"):
-            assert await book.record(failure("lost-route")) == ""
-        assert "lost-route" in caplog.text and "exit status 3" in caplog.text
-        with pytest.raises(journal.JournalError):
+        with caplog.at_level(logging.WARNING, logger="eventrouter"):
+            assert await book.record(failure("kept-route"))  # in the local file meanwhile
+        assert "until it can be written" in caplog.text
+        assert [item.route for item in await FileJournal(short_tmp / journal.FILE_NAME, 9).list()]
+        with pytest.raises(journal.JournalError, match="cannot read Redis stream"):
             await book.list()
     finally:
         await book.close()
+
+
+async def test_journal_follows_a_redis_that_comes_up_late(
+    short_tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+    state = short_tmp / "state"
+    book = await open_journal(url, KEY, 100, state)
+    binary = find_server_binary()
+    assert binary is not None
+    late = EmbeddedServer(short_tmp / "late", binary=binary, port=port)
+    try:
+        early = await book.record(failure("early"))
+        assert early and (state / journal.FILE_NAME).is_file()
+        late.start()
+        with caplog.at_level(logging.WARNING, logger="eventrouter"):
+            later = await book.record(failure("later"))
+        assert "recording in Redis stream" in caplog.text
+        assert xlen(url) == 1  # from now on in the stream
+        assert [item.route for item in await FileJournal(state / journal.FILE_NAME, 9).list()] == [
+            "early"
+        ]
+        listed = await book.list()
+        assert [(item.id, item.route) for item in listed] == [(later, "later"), (early, "early")]
+        found = await book.get(early)
+        assert found is not None and found.route == "early"
+        assert [item.route for item in await book.list(route="ear*")] == ["early"]
+        assert [item.route for item in await book.list(limit=1)] == ["later"]
+    finally:
+        await book.close()
+        late.stop()
 
 
 # --- Falling back to the local file --------------------------------------------------------
@@ -248,15 +281,17 @@ async def test_read_only_replica_falls_back_to_the_file(
         replica.stop()
 
 
-async def test_unreachable_redis_falls_back_to_the_file(
+async def test_unreachable_redis_records_in_the_file_meanwhile(
     short_tmp: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     with caplog.at_level(logging.WARNING, logger="eventrouter"):
         book = await open_journal(url, KEY, 100, short_tmp)
-    assert isinstance(book, FileJournal)
+        recorded = await book.record(failure())
     (warning,) = _warnings(caplog)
-    assert url in warning and "Connection" in warning
+    assert url in warning and "Connection" in warning and "until it can be written" in warning
+    assert recorded and (short_tmp / journal.FILE_NAME).is_file()
+    await book.close()
 
 
 async def test_no_redis_means_the_file_without_a_warning(
@@ -487,3 +522,26 @@ def test_cli_retry_asks_the_routers_on_the_control_channel(redis_url: str, state
     assert message["channel"] == b"ops/retry"
     assert json.loads(message["data"]) == {"id": recorded, "instance": "node7"}
     assert parse_retry_message(message["data"]) == (recorded, "node7")
+
+
+def test_cli_failures_merges_the_stream_and_the_local_file(redis_url: str, state: Path) -> None:
+    (old,) = seed(None, state, failure("while-redis-was-down"))
+    time.sleep(0.002)  # ids are milliseconds: keep the two apart
+    (new,) = seed(redis_url, state, failure("in-the-stream"))
+    listed = json.loads(cli(state, "failures", "--redis", redis_url, "--json").stdout)
+    assert [(item["id"], item["route"]) for item in listed] == [
+        (new, "in-the-stream"),
+        (old, "while-redis-was-down"),
+    ]
+    retried = cli(state, "retry", "--redis", redis_url, old)
+    assert f"retrying {old}: route while-redis-was-down" in retried.stdout
+
+
+def test_cli_failures_from_an_unreachable_redis_is_an_error(state: Path) -> None:
+    seed(None, state, failure("only-in-the-file"))
+    url = f"redis://127.0.0.1:{free_port()}"
+    for command in (("failures",), ("retry", "1-0")):
+        result = cli(state, *command, "--redis", url)
+        assert result.returncode == 1, result
+        assert f"cannot read Redis stream {KEY} at {url}" in result.stderr
+        assert "only-in-the-file" not in result.stdout

@@ -182,10 +182,10 @@ def _payload(argument: str | None) -> bytes:
 async def _with_journal(
     url: str | None, args: argparse.Namespace, work: Callable[[Journal], Awaitable[T]]
 ) -> T:
-    from eventrouter.redis.journal import open_journal
+    from eventrouter.redis.journal import open_reader
 
-    # The size only bounds writes, and these commands only read.
-    book = await open_journal(url, args.journal_key, 10_000, _state_dir(args))
+    # The stream and the local file together; an unreachable Redis is an error, not the file.
+    book = open_reader(url, args.journal_key, _state_dir(args))
     try:
         return await work(book)
     finally:
@@ -328,6 +328,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         journal_size=args.journal_size,
         instance=args.instance,
         control_channel=args.control_channel,
+        ping_interval=args.ping_interval,
+        ping_timeout=args.ping_timeout,
     )
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())

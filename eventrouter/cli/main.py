@@ -88,6 +88,21 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long running steps may finish (default: 30s)",
     )
     parser.add_argument(
+        "--ping-interval",
+        type=_duration,
+        default=10.0,
+        metavar="DURATION",
+        help="PING the subscription connection after this long without traffic (default: 10s)",
+    )
+    parser.add_argument(
+        "--ping-timeout",
+        type=_duration,
+        default=5.0,
+        metavar="DURATION",
+        help="replace the subscription connection when a PING is not answered within this "
+        "long (default: 5s)",
+    )
+    parser.add_argument(
         "--max-concurrency",
         type=_positive,
         default=32,

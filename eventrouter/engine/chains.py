@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from eventrouter.model import ChainLink
 
@@ -61,3 +61,18 @@ class ChainTracker:
         if not entry[1]:
             del self._pending[(channel, data)]
         return chain
+
+    def unreturned(self, queued: Mapping[tuple[str, bytes], int]) -> list[tuple[str, bytes, Chain]]:
+        """Forget and return what was published and has not come back, oldest first.
+
+        ``queued`` counts what is remembered but still waits in the outbox: not published,
+        so not missing. Of several identical events, the newest are the queued ones.
+        """
+        lost: list[tuple[str, bytes, Chain]] = []
+        for key, (_, chains) in list(self._pending.items()):
+            keep = min(queued.get(key, 0), len(chains))
+            while len(chains) > keep:
+                lost.append((*key, chains.popleft()))
+            if not chains:
+                del self._pending[key]
+        return lost

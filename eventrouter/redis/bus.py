@@ -6,13 +6,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +26,26 @@ YIELD_EVERY = 32
 BACKOFF_CAP = 5.0
 #: While Redis stays unreachable, repeat the warning this often (seconds).
 STILL_DOWN_EVERY = 60.0
+#: Health check of the subscription: PING after this long without traffic (seconds) ...
+PING_INTERVAL = 10.0
+#: ... and reconnect when no reply came within this long.
+PING_TIMEOUT = 5.0
+#: Longest wait for a TCP connection, or for a closing one to go away.
+CONNECT_TIMEOUT = 5.0
+#: Longest wait, after the subscription broke, for a batch being published to be answered.
+SETTLE_TIMEOUT = 5.0
 
 Handler = Callable[[str, bytes], None]
 
 
 def client(url: str, **options: Any) -> aioredis.Redis:
-    """Return an asyncio Redis client for ``url`` (redis://, rediss://, unix://)."""
+    """Return an asyncio Redis client for ``url`` (redis://, rediss://, unix://).
+
+    redis-py's own retries are off: a subscription it re-made behind our back would hide the
+    messages lost meanwhile, and a pipeline it sent again would publish twice. The callers
+    retry themselves, knowing what a retry means.
+    """
+    options.setdefault("retry", Retry(NoBackoff(), 0))
     return aioredis.Redis.from_url(url, **options)
 
 
@@ -64,67 +82,135 @@ class Deduplicator:
 
 
 class Subscriber:
-    """Keep a pattern subscription alive across Redis outages and hand messages to a handler."""
+    """Keep a pattern subscription alive across Redis outages and hand messages to a handler.
 
-    def __init__(self, url: str, handler: Handler) -> None:
+    ``connected`` is set only once Redis confirmed every PSUBSCRIBE, and cleared as soon as the
+    connection breaks or stops answering PING: the publisher holds derived events meanwhile.
+    After a break, ``settle`` is awaited before subscribing again (a batch being published
+    then is answered first) and ``resync`` is called once the new subscription is confirmed,
+    before ``connected`` is set: the router handles there what it published and never saw.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        handler: Handler,
+        *,
+        connected: asyncio.Event | None = None,
+        ping_interval: float = PING_INTERVAL,
+        ping_timeout: float = PING_TIMEOUT,
+        settle: Callable[[], Awaitable[None]] | None = None,
+        resync: Callable[[], None] | None = None,
+    ) -> None:
         self.url = url
         self.handler = handler
         self.patterns: set[str] = set()
-        self.connected = asyncio.Event()
+        self.connected = connected if connected is not None else asyncio.Event()
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.settle = settle
+        self.resync = resync
         self.duplicates = 0
         self._pubsub: Any = None
         self._client: aioredis.Redis | None = None
+        self._subscribed: set[str] = set()  # sent on the current connection
         self._dedup = Deduplicator()
 
     async def set_patterns(self, patterns: Iterable[str]) -> None:
         """Subscribe to new patterns first, then drop the old ones; no window without either."""
-        wanted = set(patterns)
-        added, removed = wanted - self.patterns, self.patterns - wanted
-        self.patterns = wanted
-        if self._pubsub is None or not self.connected.is_set():
+        self.patterns = set(patterns)
+        if self._pubsub is None:
             return  # applied on (re)connect
         try:
-            if added:
-                await self._pubsub.psubscribe(*sorted(added))
-            if removed:
-                await self._pubsub.punsubscribe(*sorted(removed))
+            await self._apply_patterns()
         except (RedisError, OSError) as exc:
             log.warning("could not update subscriptions now (%s); they apply on reconnect", exc)
 
+    async def _apply_patterns(self) -> None:
+        added = self.patterns - self._subscribed
+        removed = self._subscribed - self.patterns
+        self._subscribed = set(self.patterns)
+        if added:
+            await self._pubsub.psubscribe(*sorted(added))
+        if removed:
+            await self._pubsub.punsubscribe(*sorted(removed))
+
     async def _connect(self) -> None:
-        self._client = client(self.url)
-        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        if self.patterns:
-            await self._pubsub.psubscribe(*sorted(self.patterns))
+        self._client = client(self.url, socket_connect_timeout=CONNECT_TIMEOUT)
+        self._pubsub = self._client.pubsub()
+        self._dedup = Deduplicator()  # copies of one PUBLISH never span two connections
+        self._subscribed = set()
+        wanted = set(self.patterns)
+        if wanted:
+            await self._apply_patterns()
         else:  # keep a live subscription so the connection is checked and reused
             await self._pubsub.subscribe("eventrouter/idle")
-        self.connected.set()
+            wanted = {"eventrouter/idle"}
+        await self._confirm(wanted)
         log.info("subscribed to %d pattern(s) at %s", len(self.patterns), redact(self.url))
+
+    async def _confirm(self, wanted: set[str]) -> None:
+        """Read until Redis confirmed a subscription to each of ``wanted``, within the deadline."""
+        deadline = time.monotonic() + self.ping_timeout
+        confirmed: set[str] = set()
+        while not wanted <= confirmed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RedisConnectionError(
+                    f"Redis did not confirm the subscription within {self.ping_timeout:g}s"
+                )
+            message = await self._pubsub.get_message(timeout=left)
+            if message is None:
+                continue
+            if message["type"] in ("psubscribe", "subscribe"):
+                confirmed.add(_text(message["channel"]))
+            elif message["type"] == "pmessage":  # one pattern may be live before the others
+                self._deliver(message)
 
     async def _disconnect(self) -> None:
         self.connected.clear()
         pubsub, connection, self._pubsub, self._client = self._pubsub, self._client, None, None
         for closing in (pubsub, connection):
             if closing is not None:
-                try:
-                    await closing.aclose()
-                except (RedisError, OSError) as exc:
+                try:  # a half-open connection may not even close: do not wait for it forever
+                    await asyncio.wait_for(closing.aclose(), CONNECT_TIMEOUT)
+                except (RedisError, OSError, TimeoutError) as exc:
                     log.debug("closing the old Redis connection: %s", exc)
+
+    def _deliver(self, message: dict[str, Any]) -> None:
+        channel, data = message["channel"], message["data"]
+        if not self._dedup.first(message["pattern"], channel, data):
+            self.duplicates += 1
+            return
+        try:
+            self.handler(channel.decode("utf-8", "replace"), data)
+        except Exception:  # a bug in handling one event must not stop the intake
+            log.exception("internal error while handling an event on %r", channel)
 
     async def _read(self) -> None:
         count = 0
+        quiet_since, ping_sent = time.monotonic(), 0.0
         while True:
-            message = await self._pubsub.get_message(timeout=None)
-            if message is None or message.get("type") != "pmessage":
+            if ping_sent:
+                wait = ping_sent + self.ping_timeout - time.monotonic()
+            else:
+                wait = quiet_since + self.ping_interval - time.monotonic()
+            message = await self._pubsub.get_message(timeout=max(wait, 0.0))
+            now = time.monotonic()
+            if message is None:
+                if ping_sent and now - ping_sent >= self.ping_timeout:
+                    raise RedisConnectionError(
+                        f"no reply to PING within {self.ping_timeout:g}s: the connection "
+                        "looks half-open; replacing it"
+                    )
+                if not ping_sent and now - quiet_since >= self.ping_interval:
+                    await self._pubsub.ping()
+                    ping_sent = now
                 continue
-            channel, data = message["channel"], message["data"]
-            if not self._dedup.first(message["pattern"], channel, data):
-                self.duplicates += 1
+            quiet_since, ping_sent = now, 0.0  # any reply proves the connection alive
+            if message.get("type") != "pmessage":
                 continue
-            try:
-                self.handler(channel.decode("utf-8", "replace"), data)
-            except Exception:  # a bug in handling one event must not stop the intake
-                log.exception("internal error while handling an event on %r", channel)
+            self._deliver(message)
             # Buffered messages come back without suspending: yield now and then, so that
             # the routes run while a burst is read and it does not all pile up queued.
             count += 1
@@ -139,13 +225,18 @@ class Subscriber:
                 await self._connect()
                 if down_since is not None:
                     self._log_restored(down_since)
+                    if self.resync is not None:
+                        self.resync()
                     down_since = None
+                self.connected.set()
                 delay = BACKOFF_START
                 await self._read()
             except (RedisError, OSError) as exc:
+                was_up = self.connected.is_set()
+                self.connected.clear()  # hold the outbox from now on
                 if down_since is None:
                     down_since, warned = time.time(), time.monotonic()
-                    what = "lost the connection to" if self.connected.is_set() else "cannot reach"
+                    what = "lost the connection to" if was_up else "cannot reach"
                     log.error(
                         "%s Redis at %s: %s; retrying with backoff", what, redact(self.url), exc
                     )
@@ -158,6 +249,8 @@ class Subscriber:
                         exc,
                     )
                 await self._disconnect()
+                if was_up and self.settle is not None:
+                    await self.settle()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, BACKOFF_CAP)
             except asyncio.CancelledError:
@@ -169,14 +262,16 @@ class Subscriber:
                     redact(self.url),
                     BACKOFF_CAP,
                 )
+                if down_since is None:
+                    down_since = time.time()
                 await self._disconnect()
                 await asyncio.sleep(BACKOFF_CAP)
 
     def _log_restored(self, down_since: float) -> None:
         now = time.time()
         log.warning(
-            "Redis at %s reachable again: outage from %s to %s (%.1fs); resubscribed "
-            "to %d pattern(s)",
+            "Redis at %s reachable again: outage from %s to %s (%.1fs); events published "
+            "in that window may have been missed; resubscribed to %d pattern(s)",
             redact(self.url),
             _clock(down_since),
             _clock(now),
@@ -189,6 +284,16 @@ def _clock(stamp: float) -> str:
     return datetime.fromtimestamp(stamp).strftime("%H:%M:%S")
 
 
+class Receipt(Protocol):
+    """Told what became of one derived event handed to the publisher."""
+
+    def sent(self, receivers: int) -> None:
+        """Redis accepted the PUBLISH and counted ``receivers``."""
+
+    def refused(self, reason: str) -> None:
+        """Redis refused this PUBLISH alone (NOPERM, ...): it is not sent, and never will be."""
+
+
 class RedisPublisher:
     """Publish derived events in order, in pipelined batches, on their own connection.
 
@@ -196,20 +301,35 @@ class RedisPublisher:
     full; one writer sends what is queued as a pipeline, so a burst of derived events costs
     a round trip per batch, not per event, and order is kept. During a Redis outage the
     outbox holds the events (bounded: then ``publish`` waits, which slows the routes down
-    instead of dropping) and sends them when Redis is back.
+    instead of dropping) and sends them when Redis is back. While ``gate`` is clear (the
+    router's own subscription is down) the outbox is held too, so that what the router
+    routes itself is not published into a window where it cannot come back. A PUBLISH that
+    Redis refuses fails alone; a lost connection sends the batch again.
     """
 
-    def __init__(self, url: str, *, limit: int = 10_000, batch: int = 500) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        limit: int = 10_000,
+        batch: int = 500,
+        gate: asyncio.Event | None = None,
+    ) -> None:
         self.url = url
         self.limit = limit
         self.batch = batch
+        self.gate = gate
         self.sent = 0
-        self._client = client(url)
-        self._outbox: deque[tuple[str, bytes]] = deque()
+        self.refused = 0
+        self.crashes = 0
+        self._client = client(url, socket_connect_timeout=CONNECT_TIMEOUT)
+        self._outbox: deque[tuple[str, bytes, Receipt | None]] = deque()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
         self._drained = asyncio.Event()
+        self._idle = asyncio.Event()  # no batch waiting for its replies
+        self._idle.set()
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -217,17 +337,49 @@ class RedisPublisher:
         """Return how many derived events wait to be sent."""
         return len(self._outbox)
 
-    def start(self) -> None:
-        """Start the writer task."""
-        self._writer = asyncio.create_task(self._write(), name="publisher")
+    def queued(self) -> Counter[tuple[str, bytes]]:
+        """Return the (channel, data) of the events not yet sent, with their multiplicity."""
+        return Counter((channel, data) for channel, data, _ in self._outbox)
 
-    async def publish(self, channel: str, data: bytes) -> None:
+    def start(self) -> None:
+        """Start the writer task, watched: a crash is logged and the writer started again."""
+        self._writer = asyncio.create_task(self._supervise(), name="publisher")
+
+    async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
         """Queue ``data`` for ``channel``; wait only while the outbox is full."""
         while len(self._outbox) >= self.limit:
             self._space.clear()
             await self._space.wait()
-        self._outbox.append((channel, data))
+        self._outbox.append((channel, data, receipt))
         self._wake.set()
+
+    async def settle(self) -> None:
+        """Wait until the batch being sent, if any, was answered (or failed), within bounds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), SETTLE_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "a batch of derived events sent to %s is still unanswered after %.1fs",
+                redact(self.url),
+                SETTLE_TIMEOUT,
+            )
+
+    async def _supervise(self) -> None:
+        while True:
+            try:
+                await self._write()
+            except Exception:  # the outbox is intact: log loudly, start again
+                self.crashes += 1
+                self._idle.set()
+                log.exception(
+                    "the writer publishing derived events to %s crashed; restarting it in "
+                    "%.1fs (%d waiting)",
+                    redact(self.url),
+                    BACKOFF_START,
+                    len(self._outbox),
+                )
+                await asyncio.sleep(BACKOFF_START)
+                self._wake.set()
 
     async def _write(self) -> None:
         delay, down_since = BACKOFF_START, 0.0
@@ -236,9 +388,13 @@ class RedisPublisher:
             self._wake.clear()
             await self._gather()
             while self._outbox:
+                if self.gate is not None and not self.gate.is_set():
+                    await self.gate.wait()
+                    continue  # the outbox may have changed meanwhile
                 batch = [self._outbox[n] for n in range(min(self.batch, len(self._outbox)))]
+                self._idle.clear()
                 try:
-                    await self._send(batch)
+                    results = await self._send(batch)
                 except (RedisError, OSError) as exc:
                     if not down_since:
                         down_since = time.time()
@@ -252,6 +408,8 @@ class RedisPublisher:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, BACKOFF_CAP)
                     continue
+                finally:
+                    self._idle.set()
                 if down_since:
                     log.warning(
                         "publishing to %s again after %.1fs",
@@ -261,9 +419,23 @@ class RedisPublisher:
                     down_since, delay = 0.0, BACKOFF_START
                 for _ in batch:
                     self._outbox.popleft()
-                self.sent += len(batch)
+                self._settle(batch, results)
                 self._space.set()
             self._drained.set()
+
+    def _settle(self, batch: list[tuple[str, bytes, Receipt | None]], results: list[Any]) -> None:
+        """Tell each event's receipt what Redis answered for it."""
+        for (channel, _, receipt), result in zip(batch, results, strict=True):
+            if isinstance(result, Exception):
+                self.refused += 1
+                if receipt is None:
+                    log.error("Redis refused to publish on %r: %s", channel, result)
+                else:
+                    receipt.refused(f"{type(result).__name__}: {result}")
+                continue
+            self.sent += 1
+            if receipt is not None:
+                receipt.sent(int(result))
 
     async def _gather(self) -> None:
         """Let a burst build up a batch: wait while each turn of the loop adds to it."""
@@ -274,17 +446,19 @@ class RedisPublisher:
                 return
             size = len(self._outbox)
 
-    async def _send(self, batch: list[tuple[str, bytes]]) -> None:
-        if len(batch) == 1:
-            await self._client.publish(*batch[0])
-            return
+    async def _send(self, batch: list[tuple[str, bytes, Receipt | None]]) -> list[Any]:
+        """Send a batch; return each command's reply or error, raise on a connection error."""
         pipe = self._client.pipeline(transaction=False)
-        for channel, data in batch:
+        for channel, data, _ in batch:
             pipe.publish(channel, data)
-        await pipe.execute()
+        return list(await pipe.execute(raise_on_error=False))
 
     async def close(self, grace: float = 5.0) -> int:
         """Send what is queued (for up to ``grace`` seconds), then close; return what was not."""
+        # Stopping: the intake is gone, there is no subscription left to wait for.
+        gate, self.gate = self.gate, None
+        if gate is not None:
+            gate.set()
         if self._outbox and self._writer is not None:
             self._drained.clear()
             with contextlib.suppress(TimeoutError):  # what is left is reported just below
@@ -331,13 +505,19 @@ async def ping(url: str) -> bool:
 class StoreError(Exception):
     """A Redis command failed: unreachable, no permission (NOPERM), read-only replica, type."""
 
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        #: True when Redis could not be reached (it may be later), not a refusal.
+        self.unreachable = unreachable
+
 
 #: A stream entry: its id ("1700000000000-0") and its fields.
 StreamEntry = tuple[str, dict[str, bytes]]
 
 
 def _store_error(key: str, exc: BaseException) -> StoreError:
-    return StoreError(f"{type(exc).__name__}: {exc} (stream {key!r})")
+    unreachable = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
+    return StoreError(f"{type(exc).__name__}: {exc} (stream {key!r})", unreachable=unreachable)
 
 
 def _text(value: Any) -> str:

@@ -2,8 +2,10 @@
 
 ``XADD KEY MAXLEN size * data <json>``, trimmed exactly: failures are rare, so exact trimming
 costs nothing and the cap is the one configured. When this Redis user may not write there
-(NOPERM, a read-only replica, unreachable at start), the journal lives in the local file
-instead. Listing pages with exclusive ranges, so Redis >= 6.2.
+(NOPERM, a read-only replica), the journal lives in the local file instead. While Redis
+cannot be reached (at start or later), failures go to the local file and, once it can be
+written again, to the stream; reading merges both. Listing pages with exclusive ranges, so
+Redis >= 6.2.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ _PAGE = 200
 class StreamJournal:
     """The journal in a capped Redis stream, one entry per failure with a ``data`` field."""
 
-    def __init__(self, url: str, key: str, size: int) -> None:
+    def __init__(self, url: str, key: str, size: int, local: FileJournal | None = None) -> None:
         self.key, self.size = key, size
         self.where = f"Redis stream {key} at {bus.redact(url)}"
+        #: Where failures go while Redis cannot be written, and what reading merges in.
+        self.local = local
+        self._on_local = False
         self._client = bus.client(url, socket_connect_timeout=5, socket_timeout=10)
 
     async def probe(self) -> None:
@@ -45,18 +50,46 @@ class StreamJournal:
         await bus.stream_delete(self._client, self.key, entry_id)
 
     async def record(self, failure: Failure) -> str:
-        """Append ``failure`` to the stream; return its entry id, or "" (logged) on error."""
+        """Append ``failure`` to the stream, else the local file; return its id, "" if lost."""
         data = json.dumps(bounded(failure, "").to_json(), ensure_ascii=False).encode()
         try:
-            return await bus.stream_add(self._client, self.key, {"data": data}, self.size)
+            entry_id = await bus.stream_add(self._client, self.key, {"data": data}, self.size)
         except bus.StoreError as exc:
-            report_lost(failure, self.where, exc)
-            return ""
+            if self.local is None:
+                report_lost(failure, self.where, exc)
+                return ""
+            if not self._on_local:
+                self._on_local = True
+                log.warning(
+                    "cannot write the failure journal to %s (%s); recording failures in the "
+                    "%s until it can be written",
+                    self.where,
+                    exc,
+                    self.local.where,
+                )
+            return await self.local.record(failure)
+        if self._on_local:
+            self._on_local = False
+            log.warning("failure journal: recording in %s again", self.where)
+        return entry_id
 
     async def list(
         self, *, limit: int = 50, route: str | None = None, event: str | None = None
     ) -> builtins.list[Failure]:
-        """Return up to ``limit`` failures, newest first, filtered by route and event globs."""
+        """Return up to ``limit`` failures of the stream and the local file, newest first.
+
+        Raise JournalError when the stream cannot be read: showing only the local file
+        would hide what Redis holds.
+        """
+        found = await self._list_stream(limit, route, event)
+        if self.local is not None:
+            found.extend(await self.local.list(limit=limit, route=route, event=event))
+            found.sort(key=_id_order, reverse=True)
+        return found[:limit]
+
+    async def _list_stream(
+        self, limit: int, route: str | None, event: str | None
+    ) -> builtins.list[Failure]:
         found: builtins.list[Failure] = []
         end = "+"
         while len(found) < limit:
@@ -79,7 +112,10 @@ class StreamJournal:
             entry = await bus.stream_get(self._client, self.key, failure_id)
         except bus.StoreError as exc:
             raise JournalError(f"cannot read {self.where}: {exc}") from exc
-        return self._decode(entry) if entry else None
+        found = self._decode(entry) if entry else None
+        if found is None and self.local is not None:
+            return await self.local.get(failure_id)
+        return found
 
     def _decode(self, entry: bus.StreamEntry) -> Failure | None:
         entry_id, fields = entry
@@ -97,17 +133,41 @@ class StreamJournal:
         await bus.close_quietly(self._client)
 
 
+def _id_order(failure: Failure) -> tuple[int, int]:
+    found = ID_PATTERN.match(failure.id)
+    return (int(found[1]), int(found[2])) if found else (0, 0)
+
+
 async def open_journal(url: str | None, key: str, size: int, state_dir: Path) -> Journal:
-    """Open the stream at ``url`` when this user may write it, else the local file (say why)."""
+    """Open the stream at ``url`` when this user may write it, else the local file (say why).
+
+    A Redis that cannot be reached now may be later: the stream is used then, with the local
+    file meanwhile. A refusal (NOPERM, a read-only replica) keeps the journal in the file.
+    """
     local = FileJournal(state_dir / FILE_NAME, size)
     if url is None:
         return local
-    stream = StreamJournal(url, key, size)
+    stream = StreamJournal(url, key, size, local)
     try:
         await stream.probe()
     except bus.StoreError as exc:
-        await stream.close()
         why = f"cannot write the failure journal to {stream.where} ({exc})"
+        if exc.unreachable:
+            log.warning(
+                "%s; recording failures in the %s until it can be written", why, local.where
+            )
+            stream._on_local = True
+            return stream
+        await stream.close()
         log.warning("%s; keeping it in the %s instead", why, local.where)
         return local
     return stream
+
+
+def open_reader(url: str | None, key: str, state_dir: Path) -> Journal:
+    """Open the journal for reading: the stream at ``url`` merged with the local file.
+
+    No write probe: reading needs no write permission. The size only bounds writes.
+    """
+    local = FileJournal(state_dir / FILE_NAME, 10_000)
+    return local if url is None else StreamJournal(url, key, 10_000, local)

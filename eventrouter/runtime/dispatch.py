@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,10 +40,20 @@ class FailureJournal(Protocol):
         ...
 
 
+class Receipt(Protocol):
+    """Told what became of one derived event handed to the publisher."""
+
+    def sent(self, receivers: int) -> None:
+        """The event went out."""
+
+    def refused(self, reason: str) -> None:
+        """Redis refused to publish this event alone."""
+
+
 class Publisher(Protocol):
     """Where derived events go."""
 
-    async def publish(self, channel: str, data: bytes) -> None:
+    async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
         """Hand ``data`` over for publication on ``channel``, in order."""
         ...
 
@@ -111,6 +121,38 @@ def _handler_failed(result: HandlerResult, attempts: int) -> Failed:
     return Failed(status, result.error or status, step, result.tail, attempts)
 
 
+class _EmitReceipt:
+    """Log, count and journal what Redis answered for one derived event."""
+
+    __slots__ = ("action", "channel", "data", "dispatcher", "job", "position", "started")
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        job: Job,
+        position: int,
+        action: EmitAction,
+        message: tuple[str, bytes],
+    ) -> None:
+        self.dispatcher, self.job, self.position, self.action = dispatcher, job, position, action
+        self.channel, self.data = message
+        self.started = time.time()
+
+    def sent(self, receivers: int) -> None:
+        """Log the emit once it went out."""
+        self.dispatcher.counters["emitted"] += 1
+        log.info(
+            "route %s emitted %r (caused by %r)",
+            self.job.route.name,
+            self.channel,
+            self.job.event.channel,
+        )
+
+    def refused(self, reason: str) -> None:
+        """Fail this emit alone: error with route and event, and the failure journal."""
+        self.dispatcher.emit_refused(self, reason)
+
+
 class Dispatcher:
     """Match events to routes and run their actions."""
 
@@ -165,6 +207,32 @@ class Dispatcher:
         if chain:
             event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
         self.handle(event)
+
+    def recover(self, queued: Mapping[tuple[str, bytes], int]) -> int:
+        """Handle here, once, the derived events published but never seen back; return how many.
+
+        Called when the subscription is back after a break and before the outbox resumes:
+        what this router published and had not come back by then was lost to its own
+        subscription (Redis delivered it to every other subscriber), so it is handled
+        locally instead of being published twice. ``queued`` is what still waits to be sent.
+        """
+        recovered = 0
+        for channel, data, chain in self.chains.unreturned(queued):
+            event = parse_event(channel, data)
+            event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
+            if not self.index.match(channel) and not self.convention_folders(event):
+                continue  # not routed here: it was never coming back to this router
+            self.counters["events"] += 1
+            self.counters["recovered"] += 1
+            recovered += 1
+            log.warning(
+                "recovered derived event %r (%s): published while the subscription was down, "
+                "handled here once",
+                channel,
+                chain_text(chain),
+            )
+            self.handle(event)
+        return recovered
 
     def handle(self, event: Event) -> int:
         """Queue a job for every route and convention folder the event triggers; return how many."""
@@ -257,7 +325,7 @@ class Dispatcher:
             if isinstance(action, RunAction):
                 failed = await self._run(job, action, context)
             else:
-                failed = await self._emit(job, action, context)
+                failed = await self._emit(job, action, context, position)
             if failed is not None:
                 self.counters["runs_failed"] += 1
                 left = len(route.actions) - position
@@ -273,6 +341,35 @@ class Dispatcher:
                 return False
         self.counters["runs_ok"] += 1
         return True
+
+    def emit_refused(self, receipt: _EmitReceipt, reason: str) -> None:
+        """Record a derived event Redis refused to publish: that emit alone failed."""
+        job = receipt.job
+        self.counters["emits_refused"] += 1
+        self.counters["runs_failed"] += 1
+        log.error(
+            "route %s (%s:%d): event %r: Redis refused to publish the derived event on %r: %s",
+            job.route.name,
+            job.route.file,
+            receipt.action.line,
+            job.event.channel,
+            receipt.channel,
+            reason,
+        )
+        self.chains.adopt(receipt.channel, receipt.data)  # it will never come back
+        failed = Failed("publish refused", f"emit {receipt.channel}: {reason}")
+        self._journal_task(
+            job, receipt.position, receipt.action.describe(), failed, receipt.started
+        )
+
+    def _journal_task(
+        self, job: Job, position: int, action: str, failed: Failed, started: float
+    ) -> None:
+        if self.journal is None:
+            return
+        task = asyncio.create_task(self._journal(job, position, action, failed, started))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     def _journal_soon(self, job: Job, where: str, reason: str) -> None:
         """Record a template error met before the run (``when``, ``key``): it can be retried."""
@@ -365,7 +462,9 @@ class Dispatcher:
             log.error("%s all %d attempts failed; giving up", tag, attempts)
         return _handler_failed(result, attempts)
 
-    async def _emit(self, job: Job, action: EmitAction, context: dict[str, Any]) -> Failed | None:
+    async def _emit(
+        self, job: Job, action: EmitAction, context: dict[str, Any], position: int = 1
+    ) -> Failed | None:
         route, event = job.route, job.event
         try:
             channel, data = render_emit(action, context)
@@ -392,10 +491,12 @@ class Dispatcher:
                 "loop guard",
                 f"derived-event chain deeper than {self.settings.max_depth}: {chain_text(chain)}",
             )
+        await self.publisher.publish(
+            channel, data, _EmitReceipt(self, job, position, action, (channel, data))
+        )
+        # Remembered once queued and before any await: it cannot come back before that, and
+        # what is remembered is then either in the outbox or published (see recover).
         self.chains.remember(channel, data, chain)
-        await self.publisher.publish(channel, data)
-        self.counters["emitted"] += 1
-        log.info("route %s emitted %r (caused by %r)", route.name, channel, event.channel)
         return None
 
     async def close(self, grace: float) -> None:

@@ -198,7 +198,8 @@ class Daemon:
             max_concurrency=self.settings.max_concurrency,
             kill_grace=self.settings.kill_grace,
         )
-        publisher = bus.RedisPublisher(pub_url)
+        subscribed = asyncio.Event()  # the outbox is held while the subscription is down
+        publisher = bus.RedisPublisher(pub_url, gate=subscribed)
         publisher.start()
         dispatcher = Dispatcher(self.settings, runner, publisher, index)
         dispatcher.instance = instance_name(self.settings.instance)
@@ -213,7 +214,15 @@ class Daemon:
         )
         dispatcher.journal = self.journal = journal
         log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
-        subscriber = bus.Subscriber(sub_url, self._on_message(dispatcher))
+        subscriber = bus.Subscriber(
+            sub_url,
+            self._on_message(dispatcher),
+            connected=subscribed,
+            ping_interval=self.settings.ping_interval,
+            ping_timeout=self.settings.ping_timeout,
+            settle=publisher.settle,
+            resync=lambda: self._recover(dispatcher, publisher),
+        )
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
@@ -242,6 +251,17 @@ class Daemon:
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
         return 0
+
+    @staticmethod
+    def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:
+        """After a subscription break, handle here what the router published and never saw."""
+        recovered = dispatcher.recover(publisher.queued())
+        log.warning(
+            "subscription back: %d derived event(s) published while it was down recovered "
+            "and handled here once; %d held in the outbox go out now",
+            recovered,
+            publisher.pending,
+        )
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
