@@ -80,7 +80,7 @@ def test_loop_guard_cut_is_marked(tmp_path: Path) -> None:
     routes = setup(tmp_path)
     done = explain("--routes", str(routes), "--max-depth", "3", "x/event/ping", "{}")
     assert done.stdout.count("emit x/event/ping") == 4
-    assert "CUT by the loop guard: chain deeper than 3" in done.stdout
+    assert "CUT by the loop guard: derived-event chain deeper than 3" in done.stdout
 
 
 def test_json_carries_the_same_tree(tmp_path: Path) -> None:
