@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from eventrouter.analysis.validate import validate
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.patterns import RouteIndex, glob_escape
 from eventrouter.engine.decide import decide_message, retry_decision
@@ -252,6 +253,11 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.intents.ask_stop, signum.name)
 
+    def _load(self) -> LoadResult:
+        """Read and check the route files as `check` does (blocking: run it in a thread)."""
+        result = load_routes(self.settings.routes_dirs, self.cache)
+        return validate(result, self.settings.events_dirs)
+
     async def reload(self, dispatcher: Dispatcher, subscriber: bus.Subscriber) -> bool:
         """Re-read every route file; swap the table atomically, or keep the old one on error."""
         sdnotify.reloading()
@@ -259,7 +265,7 @@ class Daemon:
             "SIGHUP: reloading routes from %s",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        result = await asyncio.to_thread(load_routes, self.settings.routes_dirs, self.cache)
+        result = await asyncio.to_thread(self._load)
         log_diagnostics(result)
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")
