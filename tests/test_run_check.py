@@ -39,7 +39,7 @@ def test_run_refuses_to_start_on_what_check_errors_on(tmp_path: Path, redis_url:
 def test_sighup_keeps_the_old_routes_on_what_check_errors_on(
     tmp_path: Path, router_factory: Callable[..., Router]
 ) -> None:
-    (tmp_path / "r.yml").write_text(CYCLE.split("  - name: pong")[0])
+    (tmp_path / "r.yml").write_text(CYCLE.split("  - name: pong", maxsplit=1)[0])
     router = router_factory("--routes", str(tmp_path))
     (tmp_path / "r.yml").write_text(CYCLE)
     expected = cycle_errors(run_cli("check", "--routes", str(tmp_path), env=clean_env()).stdout)
