@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from eventrouter.config.loader import load_routes
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.model import Settings
 from eventrouter.runtime.dispatch import Dispatcher, Receipt
 from eventrouter.runtime.journal import Failure
 from eventrouter.runtime.steps import StepRunner
+from tests.routerproc import write_step
 
 
 class LoopBack:
@@ -126,7 +129,10 @@ routes:
 """,
     )
     journal = MemoryJournal()
-    dispatcher.journal = journal
+    dispatcher = Dispatcher(
+        dispatcher.settings, dispatcher.runner, dispatcher.publisher, dispatcher.index,
+        journal=journal,
+    )  # fmt: skip
     dispatcher.receive("a/event/x", b'{"n": 1}')
     await settle(dispatcher)
     await asyncio.sleep(0.05)
@@ -137,3 +143,64 @@ routes:
     assert by_route["bad-emit"].action_index == 1
     assert "missing" in by_route["bad-emit"].reason
     assert by_route["bad-emit"].payload == '{"n": 1}'
+
+
+async def test_emit_rendered_larger_than_max_payload_is_refused_and_journaled(
+    tmp_path: Path,
+) -> None:
+    dispatcher, publisher = make(
+        tmp_path,
+        """
+routes:
+  - name: grow
+    on: a/event/x
+    do:
+      - emit: {channel: out/event/big, payload: {text: "{{ payload.s * 40 }}"}}
+      - emit: {channel: out/event/after}
+  - name: small
+    on: a/event/x
+    do: [{emit: {channel: out/event/small}}]
+""",
+        max_payload=200,
+    )
+    journal = MemoryJournal()
+    dispatcher = Dispatcher(
+        dispatcher.settings, dispatcher.runner, publisher, dispatcher.index, journal=journal
+    )
+    publisher.dispatcher = dispatcher
+    dispatcher.receive("a/event/x", b'{"s": "abcdefghij"}')  # 400 bytes once rendered
+    await settle(dispatcher)
+    assert [channel for channel, _ in publisher.sent] == ["out/event/small"]
+    [failure] = journal.failures
+    assert failure.route == "grow" and failure.status == "too large"
+    assert "--max-payload" in failure.reason
+    assert dispatcher.counters["emits_refused"] == 1
+
+
+async def test_payload_that_defeats_the_parser_still_runs_the_events_folder(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    events = tmp_path / "events"
+    write_step(events / "deep" / "10save", f"cat > {out}")
+    dispatcher, _ = make(tmp_path, "routes: []\n", events_dirs=(events,))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    dispatcher.receive("m/event/deep", deep)
+    await settle(dispatcher)
+    assert out.read_bytes() == deep
+    assert dispatcher.counters["runs_ok"] == 1
+
+
+async def test_event_name_too_long_for_a_file_name_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    dispatcher, _ = make(tmp_path, "routes: []\n", events_dirs=(events,))
+    dispatcher.receive("m/event/" + "n" * 300, b"{}")
+    await settle(dispatcher)
+    assert dispatcher.counters["refused_names"] == 1
+    assert any(
+        record.levelname == "WARNING" and "refused event name" in record.getMessage()
+        for record in caplog.records
+    )

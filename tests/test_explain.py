@@ -80,7 +80,7 @@ def test_loop_guard_cut_is_marked(tmp_path: Path) -> None:
     routes = setup(tmp_path)
     done = explain("--routes", str(routes), "--max-depth", "3", "x/event/ping", "{}")
     assert done.stdout.count("emit x/event/ping") == 4
-    assert "CUT by the loop guard: chain deeper than 3" in done.stdout
+    assert "CUT by the loop guard: derived-event chain deeper than 3" in done.stdout
 
 
 def test_json_carries_the_same_tree(tmp_path: Path) -> None:
@@ -125,3 +125,42 @@ def test_invalid_routes_exit_1_with_the_errors(tmp_path: Path) -> None:
     done = explain("--routes", str(tmp_path), "a/event/b", "{}")
     assert done.returncode == 1
     assert f"{tmp_path / 'r.yml'}:4: error:" in done.stderr
+
+
+def test_condition_judged_by_its_value_not_its_rendered_text(tmp_path: Path) -> None:
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: keys\n    on: a/event/b\n    when: payload.keys()\n"
+        "    do: [{emit: {channel: out/event/c}}]\n"
+    )
+    done = explain("--routes", str(tmp_path), "--json", "a/event/b", "{}")
+    assert done.returncode == 0, done.stderr
+    [route] = json.loads(done.stdout)["routes"]
+    assert route["matched"] and not route["fires"]
+    done = explain("--routes", str(tmp_path), "a/event/b", "{}")
+    assert "- route keys does not fire" in done.stdout
+    assert "nothing would run" in done.stdout
+    done = explain("--routes", str(tmp_path), "a/event/b", '{"k": 1}')
+    assert "+ route keys fires" in done.stdout
+
+
+def test_payload_that_defeats_the_json_parser_is_not_json(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    write_step(events / "deep" / "10log", "cat")
+    (tmp_path / "empty").mkdir()
+    args = ["--routes", str(tmp_path / "empty"), "--events-dir", str(events)]
+    deep = "[" * 100_000 + "]" * 100_000
+    done = explain(*args, "module/m/event/deep", "-", stdin=deep)
+    assert done.returncode == 0, done.stderr
+    assert "payload not JSON" in done.stdout
+    assert f"+ events folder events:{events / 'deep'} fires" in done.stdout
+
+
+def test_event_name_too_long_for_a_file_name_is_refused(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    events.mkdir()
+    (tmp_path / "empty").mkdir()
+    args = ["--routes", str(tmp_path / "empty"), "--events-dir", str(events)]
+    done = explain(*args, "module/m/event/" + "n" * 300, "{}")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "refused" in done.stdout and "nothing would run" in done.stdout

@@ -239,7 +239,7 @@ MISMATCHES = [
         "app/event/loop",
         None,
         "cut: false",
-        "expected no loop-guard cut; loop guard: chain deeper than 8",
+        "expected no loop-guard cut; loop guard: derived-event chain deeper than 8",
     ),
     (
         "app/event/broken",

@@ -69,16 +69,14 @@ def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | Non
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate route files and events folders; print findings on stdout."""
-    from eventrouter.analysis.lint import deep_check
+    from eventrouter.analysis.validate import validate
 
-    result, _ = _load(args)
-    findings = list(result.diagnostics)
     folders = events_dirs(args.events_dir, os.environ)
-    for folder in folders:
+    result = validate(_load(args)[0], folders)
+    findings = list(result.diagnostics)
+    for folder in folders:  # `run` only warns: the folder may appear later
         if not folder.is_dir():
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
-    if result.ok:  # the deep lint needs a table that loads
-        findings.extend(deep_check(result, folders))
     for item in findings:
         print(item)
     errors = sum(1 for item in findings if item.severity == "error")
@@ -300,10 +298,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
+    from eventrouter.analysis.validate import validate
     from eventrouter.service.daemon import Daemon, log_diagnostics
 
     cache: FileCache = {}
     result, folders = _load(args, cache)
+    result = validate(result, events_dirs(args.events_dir, os.environ))
     log_diagnostics(result)
     if not result.ok:
         print(

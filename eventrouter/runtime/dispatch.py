@@ -10,22 +10,29 @@ runner caps the processes running at once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
-from eventrouter.config.templates import event_context
 from eventrouter.engine.chains import ChainTracker, chain_text
-from eventrouter.errors import TemplateRenderError
-from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
-from eventrouter.runtime.journal import Failure, encode_payload
+from eventrouter.engine.decide import (
+    ActionRefused,
+    Decision,
+    RouteDecision,
+    RouterContext,
+    action_context,
+    decide_message,
+    render_emit,
+    render_env,
+)
+from eventrouter.model import EmitAction, Event, RunAction, Settings
+from eventrouter.runtime.journal import Failure, encode_payload, instance_name
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
@@ -58,42 +65,22 @@ class Publisher(Protocol):
         ...
 
 
-def parse_event(channel: str, data: bytes) -> Event:
-    """Return the event for a message, its payload parsed when it is JSON."""
+def folder_exists(folder: Path) -> bool:
+    """Return True when ``folder`` is a directory; a name the OS refuses is not one."""
     try:
-        return Event(channel, data, json.loads(data), True)
-    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
-        return Event(channel, data, None, False)
+        return folder.is_dir()
+    except OSError:  # e.g. a name too long for the filesystem: refused, not a traceback
+        return False
 
 
-def convention_route(folder: Path) -> Route:
-    """Return the implicit route that runs an events folder (SPEC 4)."""
-    return Route(
-        name=f"events:{folder}",
-        patterns=(),
-        actions=(RunAction(folder, 0),),
-        file=str(folder),
-        line=0,
-        convention=True,
+def router_context(settings: Settings) -> RouterContext:
+    """Return what the engine needs of the settings to decide."""
+    return RouterContext(
+        events_dirs=tuple(settings.events_dirs),
+        max_depth=settings.max_depth,
+        max_payload=settings.max_payload,
+        folder_exists=folder_exists,
     )
-
-
-def convention_folders(events_dirs: Sequence[Path], name: str | None) -> list[Path] | None:
-    """Return the events folders ``name`` runs by convention; None when the name is refused."""
-    if name is None or not events_dirs:
-        return []
-    if not SAFE_NAME.fullmatch(name):
-        return None
-    return [base / name for base in events_dirs if (base / name).is_dir()]
-
-
-def render_emit(action: EmitAction, context: dict[str, Any]) -> tuple[str, bytes]:
-    """Return the channel and JSON payload of a derived event; raise TemplateRenderError."""
-    channel = action.channel.render(context)
-    if not channel:
-        raise TemplateRenderError(f"channel {action.channel.source!r} rendered empty")
-    data = json.dumps(action.payload.render(context), ensure_ascii=False).encode()
-    return channel, data
 
 
 @dataclass(frozen=True)
@@ -162,15 +149,20 @@ class Dispatcher:
         runner: StepRunner,
         publisher: Publisher,
         index: RouteIndex,
+        *,
+        journal: FailureJournal | None = None,
+        instance: str | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.publisher = publisher
         self.index = index
+        self.context = router_context(settings)
         self.counters: Counter[str] = Counter()
-        #: Where failed runs are recorded (set by the daemon once the journal is open).
-        self.journal: FailureJournal | None = None
-        self.instance = settings.instance
+        #: Where failed runs are recorded; None records nothing (tests, tools).
+        self.journal = journal
+        #: This router's name in the journal: retries name it.
+        self.instance = instance if instance is not None else instance_name(settings.instance)
         self._recording: set[asyncio.Task[None]] = set()
         self.scheduler = Scheduler(
             self.execute,
@@ -190,23 +182,15 @@ class Dispatcher:
         return self.scheduler.pending + len(self.scheduler.running)
 
     def receive(self, channel: str, data: bytes) -> None:
-        """Handle one message from Redis: check, parse, match, queue."""
+        """Handle one message from Redis: decide, then queue what fires."""
         self.counters["events"] += 1
-        if len(data) > self.settings.max_payload:
-            self.counters["dropped_oversize"] += 1
-            log.error(
-                "dropped event on %r: payload of %d bytes exceeds the %d-byte limit "
-                "(--max-payload)",
-                channel,
-                len(data),
-                self.settings.max_payload,
-            )
-            return
-        event = parse_event(channel, data)
         chain = self.chains.adopt(channel, data)
-        if chain:
-            event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
-        self.handle(event)
+        decision = decide_message(self.index, channel, data, self.context, chain)
+        if decision.refused is not None:
+            self.counters["dropped_oversize"] += 1
+            log.error("dropped event on %r: %s", channel, decision.refused)
+            return
+        self.execute_decision(decision)
 
     def recover(self, queued: Mapping[tuple[str, bytes], int]) -> int:
         """Handle here, once, the derived events published but never seen back; return how many.
@@ -218,9 +202,8 @@ class Dispatcher:
         """
         recovered = 0
         for channel, data, chain in self.chains.unreturned(queued):
-            event = parse_event(channel, data)
-            event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
-            if not self.index.match(channel) and not self.convention_folders(event):
+            decision = decide_message(self.index, channel, data, self.context, chain)
+            if decision.refused is not None or not decision.routes:
                 continue  # not routed here: it was never coming back to this router
             self.counters["events"] += 1
             self.counters["recovered"] += 1
@@ -231,96 +214,74 @@ class Dispatcher:
                 channel,
                 chain_text(chain),
             )
-            self.handle(event)
+            self.execute_decision(decision)
         return recovered
 
-    def handle(self, event: Event) -> int:
-        """Queue a job for every route and convention folder the event triggers; return how many."""
+    def execute_decision(self, decision: Decision) -> int:
+        """Queue a run of every route and events folder that fires; log the others."""
+        event = decision.event
+        if decision.name_refused is not None:
+            self.counters["refused_names"] += 1
+            log.warning(
+                "refused event name %r on channel %r: %s",
+                event.name,
+                event.channel,
+                decision.name_refused,
+            )
         queued = 0
-        for route, captures in self.index.match(event.channel):
-            if self._condition_holds(route, event, captures):
-                queued += self.submit(route, event, captures)
-        for folder in self.convention_folders(event):
-            queued += self.submit(convention_route(folder), event, {})
+        for item in decision.routes:
+            if item.fires:
+                queued += self.submit(item, event)
+            else:
+                self._not_fired(item, event)
         if not queued:
             log.debug("no route for event %r", event.channel)
         return queued
 
-    def convention_folders(self, event: Event) -> list[Path]:
-        """Return the events folders an event runs by convention; refuse unsafe names."""
-        folders = convention_folders(self.settings.events_dirs, event.name)
-        if folders is None:
-            self.counters["refused_names"] += 1
-            log.warning(
-                "refused event name %r on channel %r: an event name must match "
-                "[A-Za-z0-9][A-Za-z0-9._-]* to run an events folder",
-                event.name,
-                event.channel,
-            )
-            return []
-        return folders
-
-    def _condition_holds(self, route: Route, event: Event, captures: dict[str, str]) -> bool:
-        if route.payload_check is not None:
-            problem = route.payload_check(event)
-            if problem is not None:
-                self.counters["schema_rejected"] += 1
-                log.error(
-                    "route %s (%s:%d): event %r rejected by schema: %s",
-                    route.name,
-                    route.file,
-                    route.line,
-                    event.channel,
-                    problem,
-                )
-                return False
-        if route.when is None:
-            return True
-        context = event_context(event, match=captures, route=route.name)
-        try:
-            value = bool(route.when.evaluate(context))
-        except (TemplateRenderError, TypeError, ValueError) as exc:
-            self.counters["condition_errors"] += 1
+    def _not_fired(self, item: RouteDecision, event: Event) -> None:
+        """Log (and count, and journal when it is an error) why a matching route does not run."""
+        route = item.route
+        if (
+            item.schema_error is None
+            and item.key_error is None
+            and (item.condition is None or item.condition.error is None)
+        ):
+            log.debug("route %s: event %r: %s", route.name, event.channel, item.reason)
+            return
+        if item.schema_error is not None:
+            self.counters["schema_rejected"] += 1
             log.error(
-                "route %s (%s:%d): event %r: %s",
+                "route %s (%s:%d): event %r rejected by schema: %s",
                 route.name,
                 route.file,
                 route.line,
                 event.channel,
-                exc,
+                item.schema_error,
             )
-            self._journal_soon(Job(route, event, captures), "when", str(exc))
-            return False
-        if not value:
-            log.debug("route %s: event %r: 'when' is false", route.name, event.channel)
-        return value
+            return
+        where, counter = ("key", "key_errors") if item.key_error else ("when", "condition_errors")
+        reason = item.key_error or (item.condition.error if item.condition else None) or ""
+        self.counters[counter] += 1
+        log.error(
+            "route %s (%s:%d): event %r: %s: %s",
+            route.name,
+            route.file,
+            route.line,
+            event.channel,
+            where,
+            reason,
+        )
+        self._journal_soon(Job(route, event, item.captures), where, reason)
 
-    def submit(self, route: Route, event: Event, captures: dict[str, str]) -> int:
+    def submit(self, item: RouteDecision, event: Event) -> int:
         """Hand a run to the scheduler under its key; return 1 when admitted, else 0."""
-        key = ""
-        if route.key is not None:
-            context = event_context(event, match=captures, route=route.name)
-            try:
-                key = route.key.render(context)
-            except TemplateRenderError as exc:
-                self.counters["key_errors"] += 1
-                log.error(
-                    "route %s (%s:%d): event %r: key: %s",
-                    route.name,
-                    route.file,
-                    route.line,
-                    event.channel,
-                    exc,
-                )
-                self._journal_soon(Job(route, event, captures), "key", str(exc))
-                return 0
-        return int(self.scheduler.submit(Job(route, event, captures, key)))
+        return int(self.scheduler.submit(Job(item.route, event, item.captures, item.key)))
 
     async def execute(self, job: Job) -> bool:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
         started = time.time()
-        context = event_context(event, match=job.captures, route=route.name)
+        context = action_context(route, event, job.captures)
         for position, action in enumerate(route.actions, 1):
             if isinstance(action, RunAction):
                 failed = await self._run(job, action, context)
@@ -424,12 +385,10 @@ class Dispatcher:
     async def _run(self, job: Job, action: RunAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event
         try:
-            env = {key: template.render(context) for key, template in action.env}
-        except TemplateRenderError as exc:
-            log.error(
-                "route %s: event %r: env of %s: %s", route.name, event.channel, action.path, exc
-            )
-            return Failed("template error", f"env of {action.path}: {exc}")
+            env = render_env(action, context)
+        except ActionRefused as exc:
+            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+            return Failed(exc.status, exc.reason)
         tag = f"{route.name} [{event.channel}]"
         attempts = route.retry.attempts if route.retry is not None else 1
         for attempt in range(1, attempts + 1):
@@ -467,36 +426,35 @@ class Dispatcher:
     ) -> Failed | None:
         route, event = job.route, job.event
         try:
-            channel, data = render_emit(action, context)
-        except TemplateRenderError as exc:
-            log.error(
-                "route %s (%s:%d): event %r: emit: %s",
-                route.name,
-                route.file,
-                action.line,
-                event.channel,
-                exc,
-            )
-            return Failed("template error", f"emit {action.channel.source}: {exc}")
-        chain = (*event.chain, ChainLink(route.name, channel))
-        if len(chain) > self.settings.max_depth:
-            self.counters["loops_cut"] += 1
-            log.error(
-                "loop guard: not emitting %r: derived-event chain deeper than %d: %s",
-                channel,
-                self.settings.max_depth,
-                chain_text(chain),
-            )
-            return Failed(
-                "loop guard",
-                f"derived-event chain deeper than {self.settings.max_depth}: {chain_text(chain)}",
-            )
+            emit = render_emit(route, action, event, context, self.context)
+        except ActionRefused as exc:
+            if exc.status == "loop guard":
+                self.counters["loops_cut"] += 1
+                log.error(
+                    "route %s: event %r: loop guard: not emitting %r: %s",
+                    route.name,
+                    event.channel,
+                    exc.emit.channel if exc.emit else "",
+                    exc.reason,
+                )
+            else:
+                self.counters["emits_refused"] += 1
+                log.error(
+                    "route %s (%s:%d): event %r: %s",
+                    route.name,
+                    route.file,
+                    action.line,
+                    event.channel,
+                    exc.reason,
+                )
+            return Failed(exc.status, exc.reason)
+        message = (emit.channel, emit.data)
         await self.publisher.publish(
-            channel, data, _EmitReceipt(self, job, position, action, (channel, data))
+            emit.channel, emit.data, _EmitReceipt(self, job, position, action, message)
         )
         # Remembered once queued and before any await: it cannot come back before that, and
         # what is remembered is then either in the outbox or published (see recover).
-        self.chains.remember(channel, data, chain)
+        self.chains.remember(emit.channel, emit.data, emit.chain)
         return None
 
     async def close(self, grace: float) -> None:

@@ -32,6 +32,8 @@ FILE_NAME = "failures.jsonl"
 #: Output lines kept per failure, and the length each is cut to.
 TAIL_LINES, MAX_LINE = 20, 1000
 RETRY_MESSAGE_FIELDS = ("id", "instance")
+#: Longest retry request read, in bytes: an id and an instance name need far less.
+RETRY_MESSAGE_MAX = 4096
 ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
 # What JSON gives for each annotation of Failure's fields.
 _JSON_TYPES: dict[str, Any] = {"str": str, "int": int, "float": (int, float)}
@@ -112,9 +114,11 @@ def retry_message(failure: Failure) -> bytes:
 
 def parse_retry_message(data: bytes) -> tuple[str, str] | None:
     """Return (id, instance) from a retry control message, or None when it is malformed."""
+    if len(data) > RETRY_MESSAGE_MAX:
+        return None  # not parsed at all: anyone may publish on the control channel
     try:
         value = json.loads(data)
-    except ValueError:  # also UnicodeDecodeError
+    except (ValueError, RecursionError):  # also UnicodeDecodeError; deep nesting
         return None
     failure_id, instance = (
         value.get(name) if isinstance(value, dict) else None for name in RETRY_MESSAGE_FIELDS

@@ -9,16 +9,17 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from eventrouter.analysis.validate import validate
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.patterns import RouteIndex, glob_escape
+from eventrouter.engine.decide import decide_message, retry_decision
 from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
-from eventrouter.runtime.dispatch import Dispatcher, convention_route, parse_event
-from eventrouter.runtime.journal import Journal, instance_name, parse_retry_message
+from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.service import sdnotify
 
@@ -129,52 +130,56 @@ class Daemon:
         return handle
 
     async def retry(self, dispatcher: Dispatcher, data: bytes) -> bool:
-        """Run the current version of a failed route again on the recorded event."""
+        """Run a failed route again on the recorded event, if the current table still would.
+
+        The request and the journal entry are untrusted: whoever can publish on the control
+        channel or write the stream could name any route or folder, so the event is decided
+        again against the current table and only what that decision fires may run.
+        """
         request = parse_retry_message(data)
         if request is None:
             log.warning(
-                "ignored a malformed retry request on %s: %r",
+                "ignored a malformed retry request on %s (%d bytes): %r",
                 self.settings.control_channel,
-                data[:200],
+                len(data),
+                data[:100],
             )
             return False
         failure_id, instance = request
         if instance != dispatcher.instance:
-            log.debug("retry %s is for router %s, not this one", failure_id, instance)
+            log.debug("retry %s is for router %r, not this one", failure_id, instance[:100])
             return False
-        failure = await self.journal.get(failure_id) if self.journal is not None else None
+        try:
+            failure = await self.journal.get(failure_id) if self.journal is not None else None
+        except JournalError as exc:
+            log.error("retry %s: cannot read the failure journal: %s", failure_id, exc)
+            return False
         if failure is None:
             log.error("retry %s: no such failure in the journal", failure_id)
             return False
-        route = self._route_named(failure.route)
-        if route is None:
-            log.error("retry %s: route %s no longer exists; not retried", failure_id, failure.route)
-            return False
-        event = parse_event(failure.channel, failure.raw())
-        captures = route.match(event.channel) if not route.convention else {}
-        if captures is None:
+        decision = decide_message(
+            dispatcher.index, failure.channel, failure.raw(), dispatcher.context
+        )
+        found = retry_decision(decision, failure.route, dispatcher.index.routes)
+        if isinstance(found, str):
             log.error(
-                "retry %s: route %s no longer matches %r; not retried",
+                "retry %s: refused: %r for event %r: %s",
                 failure_id,
-                route.name,
-                event.channel,
+                failure.route[:200],
+                failure.channel[:200],
+                found,
             )
             return False
+        route = found.route
         log.info(
             "retry %s: running route %s (current version, %s:%d) again on %r",
             failure_id,
             route.name,
             route.file,
             route.line,
-            event.channel,
+            decision.event.channel,
         )
-        return bool(dispatcher.submit(route, event, captures))
-
-    def _route_named(self, name: str) -> Route | None:
-        if name.startswith("events:"):
-            folder = Path(name.removeprefix("events:"))
-            return convention_route(folder) if folder.is_dir() else None
-        return next((route for route in self.routes if route.name == name), None)
+        return bool(dispatcher.submit(found, decision.event))
 
     def _urls(self) -> tuple[str, str]:
         env = os.environ
@@ -201,8 +206,6 @@ class Daemon:
         subscribed = asyncio.Event()  # the outbox is held while the subscription is down
         publisher = bus.RedisPublisher(pub_url, gate=subscribed)
         publisher.start()
-        dispatcher = Dispatcher(self.settings, runner, publisher, index)
-        dispatcher.instance = instance_name(self.settings.instance)
         state = self.settings.state_dir or embedded.default_state_dir()
         # The embedded server keeps nothing across restarts: journal to the state folder.
         embedded_only = self._embedded and pub_url == sub_url
@@ -212,7 +215,8 @@ class Daemon:
             self.settings.journal_size,
             state,
         )
-        dispatcher.journal = self.journal = journal
+        self.journal = journal
+        dispatcher = Dispatcher(self.settings, runner, publisher, index, journal=journal)
         log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
         subscriber = bus.Subscriber(
             sub_url,
@@ -269,6 +273,11 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.intents.ask_stop, signum.name)
 
+    def _load(self) -> LoadResult:
+        """Read and check the route files as `check` does (blocking: run it in a thread)."""
+        result = load_routes(self.settings.routes_dirs, self.cache)
+        return validate(result, self.settings.events_dirs)
+
     async def reload(self, dispatcher: Dispatcher, subscriber: bus.Subscriber) -> bool:
         """Re-read every route file; swap the table atomically, or keep the old one on error."""
         sdnotify.reloading()
@@ -276,7 +285,7 @@ class Daemon:
             "SIGHUP: reloading routes from %s",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        result = await asyncio.to_thread(load_routes, self.settings.routes_dirs, self.cache)
+        result = await asyncio.to_thread(self._load)
         log_diagnostics(result)
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")

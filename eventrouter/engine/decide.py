@@ -1,0 +1,286 @@
+"""The decisions about one event: which routes fire, and what their actions render to.
+
+Pure: no I/O, no asyncio, no Redis. The dispatcher executes these decisions, ``explain``
+prints them, ``eventrouter test`` compares them and ``retry`` re-decides with the current
+table; none of them evaluates a condition or renders an action any other way.
+
+The decision is made in two moments, as the daemon does: on arrival (``decide``: size,
+matching, ``schema: strict``, ``when:``, ``key:``) and when a run starts (``render_env``,
+``render_emit``), because a run queued under debounce renders with the event it runs for.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eventrouter.config.patterns import RouteIndex
+from eventrouter.config.templates import event_context
+from eventrouter.engine.chains import chain_text
+from eventrouter.engine.events import (
+    FolderExists,
+    convention_folders,
+    convention_route,
+    name_problem,
+    parse_event,
+)
+from eventrouter.errors import TemplateRenderError
+from eventrouter.model import ChainLink, EmitAction, Event, Route, RunAction
+
+
+def _no_folder(_: Path) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RouterContext:
+    """What the router's settings add to the route table when deciding."""
+
+    events_dirs: tuple[Path, ...] = ()
+    max_depth: int = 8
+    max_payload: int = 1024 * 1024
+    #: Whether an events folder exists (I/O, so the caller provides it).
+    folder_exists: FolderExists = _no_folder
+
+
+@dataclass(frozen=True)
+class Condition:
+    """The value of a route's ``when:`` for one event, and whether it holds."""
+
+    source: str
+    value: Any = None
+    holds: bool = False
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    """One route (or events folder) matching an event: does it fire, and if not, why."""
+
+    route: Route
+    captures: dict[str, str] = field(default_factory=dict)
+    pattern: str | None = None
+    schema_error: str | None = None
+    condition: Condition | None = None
+    key: str = ""
+    key_error: str | None = None
+
+    @property
+    def fires(self) -> bool:
+        """Return True when the route runs for the event."""
+        return self.reason is None
+
+    @property
+    def reason(self) -> str | None:
+        """Return why the route does not fire, or None when it does."""
+        if self.schema_error is not None:
+            return f"schema: strict rejects the event: {self.schema_error}"
+        if self.condition is not None and not self.condition.holds:
+            if self.condition.error is not None:
+                return f"when: {self.condition.error}"
+            return f"when: {self.condition.source} is false ({_shown(self.condition.value)})"
+        if self.key_error is not None:
+            return f"key: {self.key_error}"
+        return None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What an event triggers on arrival."""
+
+    event: Event
+    #: Why the whole event is refused (too large), or None.
+    refused: str | None = None
+    #: Why its name may not name an events folder, or None.
+    name_refused: str | None = None
+    #: Every matching route in table order, then the events folders.
+    routes: tuple[RouteDecision, ...] = ()
+
+    @property
+    def fired(self) -> list[RouteDecision]:
+        """Return the routes and events folders that run."""
+        return [item for item in self.routes if item.fires]
+
+    def find(self, name: str) -> RouteDecision | None:
+        """Return the decision about the route or events folder named ``name``."""
+        return next((item for item in self.routes if item.route.name == name), None)
+
+
+def truth(value: Any) -> bool:
+    """Return whether a condition's value holds: the one truthiness rule (Python's)."""
+    return bool(value)
+
+
+def _shown(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def evaluate_when(route: Route, context: dict[str, Any]) -> Condition | None:
+    """Return the value of the route's ``when:`` in ``context``; None without one."""
+    if route.when is None:
+        return None
+    try:
+        value = route.when.evaluate(context)
+        return Condition(route.when.source, value, truth(value))
+    # A value whose truth cannot be told (a sandboxed object raising) is an error too.
+    except Exception as exc:
+        return Condition(route.when.source, error=str(exc) or type(exc).__name__)
+
+
+def render_key(route: Route, context: dict[str, Any]) -> str:
+    """Return the lane key of a run; raise TemplateRenderError."""
+    return route.key.render(context) if route.key is not None else ""
+
+
+def _pattern(route: Route, channel: str, captures: dict[str, str]) -> str | None:
+    return next((p.text for p in route.patterns if p.match(channel) == captures), None)
+
+
+def decide_route(route: Route, event: Event, captures: dict[str, str]) -> RouteDecision:
+    """Return whether a matching route fires for ``event``: schema, condition, key."""
+    pattern = _pattern(route, event.channel, captures)
+    if route.payload_check is not None:
+        problem = route.payload_check(event)
+        if problem is not None:
+            return RouteDecision(route, captures, pattern, schema_error=problem)
+    context = event_context(event, match=captures, route=route.name)
+    condition = evaluate_when(route, context)
+    decided = RouteDecision(route, captures, pattern, condition=condition)
+    if not decided.fires:
+        return decided
+    try:
+        return RouteDecision(
+            route, captures, pattern, condition=condition, key=render_key(route, context)
+        )
+    except TemplateRenderError as exc:
+        return RouteDecision(route, captures, pattern, condition=condition, key_error=str(exc))
+
+
+def decide(index: RouteIndex, event: Event, context: RouterContext) -> Decision:
+    """Return what ``event`` triggers: matching routes, then events folders."""
+    routes = [
+        decide_route(route, event, captures) for route, captures in index.match(event.channel)
+    ]
+    folders = convention_folders(context.events_dirs, event.name, context.folder_exists)
+    name_refused = name_problem(event.name or "") if folders is None else None
+    for folder in folders or ():
+        pattern = f"*/event/{event.name}"
+        routes.append(RouteDecision(convention_route(folder), pattern=pattern))
+    return Decision(event, name_refused=name_refused, routes=tuple(routes))
+
+
+def decide_message(
+    index: RouteIndex,
+    channel: str,
+    data: bytes,
+    context: RouterContext,
+    chain: tuple[ChainLink, ...] = (),
+) -> Decision:
+    """Return what a message from Redis triggers: refused when too large, else ``decide``."""
+    if len(data) > context.max_payload:
+        event = Event(channel, data, None, False, chain)
+        refused = (
+            f"payload of {len(data)} bytes exceeds the {context.max_payload}-byte limit "
+            "(--max-payload)"
+        )
+        return Decision(event, refused=refused)
+    event = parse_event(channel, data)
+    if chain:
+        event = Event(event.channel, event.raw, event.payload, event.is_json, chain)
+    return decide(index, event, context)
+
+
+def retry_decision(decision: Decision, name: str, table: Sequence[Route]) -> RouteDecision | str:
+    """Return the firing decision about ``name`` for a retried event, or why it does not run.
+
+    A retry runs only what the current table would run for that event: a route of the table
+    or an events folder this event's name selects in a configured events folder.
+    """
+    if decision.refused is not None:
+        return decision.refused
+    found = decision.find(name)
+    if found is not None:
+        return found.reason or found
+    if name.startswith("events:"):
+        return (
+            f"{name} is not an events folder that {decision.event.channel!r} runs "
+            "(a folder named after the event, directly in a configured --events-dir)"
+        )
+    route = next((route for route in table if route.name == name), None)
+    if route is None:
+        return f"route {name} no longer exists"
+    if not route.enabled:
+        return f"route {name} is disabled"
+    return f"route {name} no longer matches {decision.event.channel!r}"
+
+
+class ActionRefused(Exception):
+    """An action cannot be carried out: a template error, the loop guard, a size limit."""
+
+    def __init__(self, status: str, reason: str, emit: Emit | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        #: The derived event the loop guard cut, for ``explain`` to show.
+        self.emit = emit
+
+
+def action_context(route: Route, event: Event, captures: dict[str, str]) -> dict[str, Any]:
+    """Return the template context of a route's actions for ``event``."""
+    return event_context(event, match=captures, route=route.name)
+
+
+def render_env(action: RunAction, context: dict[str, Any]) -> dict[str, str]:
+    """Return the environment a ``run:`` action adds; raise ActionRefused."""
+    try:
+        return {key: template.render(context) for key, template in action.env}
+    except TemplateRenderError as exc:
+        raise ActionRefused("template error", f"env of {action.path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A rendered derived event, with the chain of routes behind it."""
+
+    channel: str
+    data: bytes
+    payload: Any
+    chain: tuple[ChainLink, ...]
+
+    def event(self) -> Event:
+        """Return the event as it will come back from Redis."""
+        return Event(self.channel, self.data, self.payload, True, self.chain)
+
+
+def render_emit(
+    route: Route, action: EmitAction, event: Event, context: dict[str, Any], limits: RouterContext
+) -> Emit:
+    """Return the derived event an ``emit:`` action publishes; raise ActionRefused."""
+    try:
+        channel = action.channel.render(context)
+        if not channel:
+            raise TemplateRenderError(f"channel {action.channel.source!r} rendered empty")
+        payload = action.payload.render(context)
+        data = json.dumps(payload, ensure_ascii=False).encode()
+    except TemplateRenderError as exc:
+        raise ActionRefused("template error", f"emit {action.channel.source}: {exc}") from exc
+    if len(data) > limits.max_payload:
+        raise ActionRefused(
+            "too large",
+            f"emit {channel}: rendered payload of {len(data)} bytes exceeds the "
+            f"{limits.max_payload}-byte limit (--max-payload); not published",
+        )
+    emit = Emit(channel, data, payload, (*event.chain, ChainLink(route.name, channel)))
+    if len(emit.chain) > limits.max_depth:
+        raise ActionRefused(
+            "loop guard",
+            f"derived-event chain deeper than {limits.max_depth}: {chain_text(emit.chain)}",
+            emit,
+        )
+    return emit
