@@ -6,6 +6,7 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -170,12 +171,12 @@ class Route:
     #: ``schema: strict``: returns why an event does not fit its schema, or None.
     payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)
 
-    @property
-    def digest(self) -> str:
-        """Return a hash of what the route does: equal digests, same behaviour.
+    @cached_property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Return what the route does, hashable: equal fingerprints, same behaviour.
 
-        Independent of where the route stands and how it is written (key order, flow
-        style); computed when a reload compares tables, not at load.
+        Leaves out the name, the place and the spelling (key order, flow style), and what
+        does not change behaviour (description, enabled); computed on first use, not at load.
         """
         actions = tuple(
             ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
@@ -183,13 +184,18 @@ class Route:
             else ("emit", a.channel.source, a.payload.fingerprint())
             for a in self.actions
         )
-        what = (
+        return (
             tuple(pattern.text for pattern in self.patterns),
             self.when.source if self.when is not None else None,
             self.key.source if self.key is not None else None,
-            self.description, self.enabled, self.mode, self.max_runs, self.debounce,
-            self.throttle, self.retry, self.schema, actions,
+            self.mode, self.max_runs, self.debounce, self.throttle, self.retry, self.schema,
+            actions,
         )  # fmt: skip
+
+    @property
+    def digest(self) -> str:
+        """Return a hash of the fingerprint, description and enabled flag, for reloads."""
+        what = (self.fingerprint, self.description, self.enabled)
         return hashlib.sha256(repr(what).encode()).hexdigest()
 
     def match(self, channel: str) -> dict[str, str] | None:
