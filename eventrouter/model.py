@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 #: Event names that may be joined to a handler folder path (SPEC 4).
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -16,6 +16,16 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 EVENT_MARK = "/event/"
+
+#: How a route's runs share its lane (README "Execution options").
+Mode = Literal["queued", "parallel", "single", "restart"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+#: ``schema: strict`` rejects events that do not fit their schema; ``off`` does not check.
+SchemaCheck = Literal["strict", "off"]
+SCHEMA_CHECKS: tuple[SchemaCheck, ...] = get_args(SchemaCheck)
+#: Where a well-known event comes from: its channel's source.
+Source = Literal["any", "cluster", "node", "module"]
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 def split_channel(channel: str) -> tuple[str | None, str | None]:
@@ -158,7 +168,7 @@ class Route:
     when: Expression | None = None
     description: str = ""
     enabled: bool = True
-    mode: str = "queued"
+    mode: Mode = "queued"
     #: Runs at once per key in ``parallel`` mode.
     max_runs: int = 1
     #: Template naming the lane: the mode, debounce and throttle apply per key.
@@ -166,7 +176,7 @@ class Route:
     debounce: float | None = None
     throttle: float | None = None
     retry: RetryPolicy | None = None
-    schema: str = "off"
+    schema: SchemaCheck = "off"
     convention: bool = False
     #: ``schema: strict``: returns why an event does not fit its schema, or None.
     payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)

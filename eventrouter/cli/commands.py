@@ -185,7 +185,7 @@ async def _with_journal(
     from eventrouter.redis.journal import open_journal
 
     # The size only bounds writes, and these commands only read.
-    book = await open_journal(url, args.journal_key, 10_000, _state_dir(args))
+    book = await open_journal(url, args.journal_key, Settings().journal_size, _state_dir(args))
     try:
         return await work(book)
     finally:
