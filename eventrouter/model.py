@@ -10,9 +10,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
 
-#: Event names that may be joined to a handler folder path (SPEC 4).
+#: Event names that may be joined to a handler folder path (README "Handler folders").
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-#: Route names (SPEC 3).
+#: Route names (README "Routes").
 ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 EVENT_MARK = "/event/"
@@ -233,7 +233,6 @@ class Settings:
     max_depth: int = 8
     queue_limit: int = 10_000
     state_dir: Path | None = None
-    extra_env: Mapping[str, str] = field(default_factory=dict)
     #: Redis stream of failed runs, and how many entries it keeps (approximately).
     journal_key: str = "eventrouter/failures"
     journal_size: int = 10_000

@@ -15,7 +15,7 @@ import redis
 
 from eventrouter.analysis.loops import overlap, pattern_glob
 from eventrouter.config.loader import load_file_routes
-from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex, glob_match
+from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex
 from eventrouter.config.templates import Text, Value
 from eventrouter.model import EmitAction, Route
 
@@ -76,7 +76,6 @@ def matches(pattern: str, channel: str) -> bool:
 )
 def test_glob_semantics(pattern: str, channel: str, expected: bool) -> None:
     assert matches(pattern, channel) is expected
-    assert glob_match(pattern, channel) is expected
 
 
 def test_star_and_question_mark_cross_newlines() -> None:

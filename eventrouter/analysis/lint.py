@@ -55,12 +55,6 @@ def deep_check(result: LoadResult, events_dirs: list[Path]) -> list[Diagnostic]:
     return sorted(findings, key=lambda item: (item.file, item.line))
 
 
-# --- Jinja2 syntax trees ---------------------------------------------------------------------
-
-
-# --- templates against event schemas and captures --------------------------------------------
-
-
 # --- handler and events folders --------------------------------------------------------------
 
 
@@ -213,6 +207,3 @@ def twice_findings(routes: Sequence[Route], events_dirs: Sequence[Path]) -> list
         if len(found) > 1 or folder in conventions:
             findings += _twice(found, conventions.get(folder))
     return findings
-
-
-# --- event names in the past tense -----------------------------------------------------------

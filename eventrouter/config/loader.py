@@ -78,7 +78,6 @@ ROUTE_KEYS = (
     "retry",
     "schema",
 )
-RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 #: Runs at once per key in ``parallel`` mode when ``max`` is not given.
 DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")

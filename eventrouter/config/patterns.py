@@ -206,11 +206,6 @@ def glob_escape(channel: str) -> str:
     return "".join("\\" + char if char in "*?[]\\{}" else char for char in channel)
 
 
-def glob_match(glob: str, channel: str) -> bool:
-    """Return True when the Redis glob ``glob`` matches ``channel``."""
-    return ChannelPattern.parse(glob).match(channel) is not None
-
-
 class RouteIndex:
     """Find the routes whose patterns match a channel, in configuration order.
 

@@ -57,7 +57,7 @@ def parse_event(channel: str, data: bytes) -> Event:
 
 
 def convention_route(folder: Path) -> Route:
-    """Return the implicit route that runs an events folder (SPEC 4)."""
+    """Return the implicit route that runs an events folder."""
     return Route(
         name=f"events:{folder}",
         patterns=(),

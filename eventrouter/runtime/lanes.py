@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventrouter.model import Event, Route
@@ -38,8 +38,6 @@ class Job:
     event: Event
     captures: dict[str, str]
     key: str = ""
-    #: How many events this run stands for (debounce/throttle coalescing).
-    coalesced: int = 1
 
 
 @dataclass
@@ -143,7 +141,7 @@ class Scheduler:
                 job.event.channel,
                 "debounce" if lane.route.debounce is not None else "throttle",
             )
-        self._admit(lane, replace(job, coalesced=count))
+        self._admit(lane, job)
 
     def _admit(self, lane: Lane, job: Job) -> bool:
         """Apply the mode: queue (and start), drop or restart."""
