@@ -103,7 +103,10 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def step_env(channel: str, **extra: str) -> dict[str, str]:
-    """Return the environment the router gives a step for ``channel`` (SPEC 4), for baselines."""
+    """Return the environment the router gives a step for ``channel``, for baselines.
+
+    README "Handler folders" says what it holds.
+    """
     source, _, name = channel.partition("/event/")
     env = clean_env(**extra)
     env.update(AGENT_EVENT_NAME=name, AGENT_EVENT_SOURCE=source, AGENT_COMFD="2")

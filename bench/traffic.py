@@ -78,7 +78,8 @@ async def asyncio_spawns(step: Path, runs: int, out: Path) -> float:
     """Return runs/s of the same step via asyncio with three pipes and a new session.
 
     This is the floor of any asyncio design that feeds stdin and reads the output of each step
-    (SPEC 4), one run after another: what the router adds on top of it is its own logic.
+    (README "Handler folders"), one run after another: what the router adds on top of it is its
+    own logic.
     """
     env = step_env("bench/event/spawn", OUT=str(out))
     start = time.perf_counter()

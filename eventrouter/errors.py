@@ -21,15 +21,6 @@ class Diagnostic:
         return f"{self.file}:{self.line}: {self.severity}: {self.message}"
 
 
-class ConfigError(Exception):
-    """The configuration is invalid; ``diagnostics`` lists every finding."""
-
-    def __init__(self, diagnostics: list[Diagnostic]) -> None:
-        self.diagnostics = diagnostics
-        errors = [d for d in diagnostics if d.severity == "error"]
-        super().__init__(f"{len(errors)} error(s) in the routes")
-
-
 class TemplateRenderError(Exception):
     """A template failed at run time (undefined variable, sandbox violation, bad value)."""
 

@@ -6,15 +6,26 @@ import hashlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
-#: Event names that may be joined to a handler folder path (SPEC 4).
+#: Event names that may be joined to a handler folder path (README "Handler folders").
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-#: Route names (SPEC 3).
+#: Route names (README "Routes").
 ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 
 EVENT_MARK = "/event/"
+
+#: How a route's runs share its lane (README "Execution options").
+Mode = Literal["queued", "parallel", "single", "restart"]
+MODES: tuple[Mode, ...] = get_args(Mode)
+#: ``schema: strict`` rejects events that do not fit their schema; ``off`` does not check.
+SchemaCheck = Literal["strict", "off"]
+SCHEMA_CHECKS: tuple[SchemaCheck, ...] = get_args(SchemaCheck)
+#: Where a well-known event comes from: its channel's source.
+Source = Literal["any", "cluster", "node", "module"]
+SOURCES: tuple[Source, ...] = get_args(Source)
 
 
 def split_channel(channel: str) -> tuple[str | None, str | None]:
@@ -157,7 +168,7 @@ class Route:
     when: Expression | None = None
     description: str = ""
     enabled: bool = True
-    mode: str = "queued"
+    mode: Mode = "queued"
     #: Runs at once per key in ``parallel`` mode.
     max_runs: int = 1
     #: Template naming the lane: the mode, debounce and throttle apply per key.
@@ -165,17 +176,17 @@ class Route:
     debounce: float | None = None
     throttle: float | None = None
     retry: RetryPolicy | None = None
-    schema: str = "off"
+    schema: SchemaCheck = "off"
     convention: bool = False
     #: ``schema: strict``: returns why an event does not fit its schema, or None.
     payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)
 
-    @property
-    def digest(self) -> str:
-        """Return a hash of what the route does: equal digests, same behaviour.
+    @cached_property
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Return what the route does, hashable: equal fingerprints, same behaviour.
 
-        Independent of where the route stands and how it is written (key order, flow
-        style); computed when a reload compares tables, not at load.
+        Leaves out the name, the place and the spelling (key order, flow style), and what
+        does not change behaviour (description, enabled); computed on first use, not at load.
         """
         actions = tuple(
             ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
@@ -183,13 +194,18 @@ class Route:
             else ("emit", a.channel.source, a.payload.fingerprint())
             for a in self.actions
         )
-        what = (
+        return (
             tuple(pattern.text for pattern in self.patterns),
             self.when.source if self.when is not None else None,
             self.key.source if self.key is not None else None,
-            self.description, self.enabled, self.mode, self.max_runs, self.debounce,
-            self.throttle, self.retry, self.schema, actions,
+            self.mode, self.max_runs, self.debounce, self.throttle, self.retry, self.schema,
+            actions,
         )  # fmt: skip
+
+    @property
+    def digest(self) -> str:
+        """Return a hash of the fingerprint, description and enabled flag, for reloads."""
+        what = (self.fingerprint, self.description, self.enabled)
         return hashlib.sha256(repr(what).encode()).hexdigest()
 
     def match(self, channel: str) -> dict[str, str] | None:
@@ -217,7 +233,6 @@ class Settings:
     max_depth: int = 8
     queue_limit: int = 10_000
     state_dir: Path | None = None
-    extra_env: Mapping[str, str] = field(default_factory=dict)
     #: Redis stream of failed runs, and how many entries it keeps (approximately).
     journal_key: str = "eventrouter/failures"
     journal_size: int = 10_000

@@ -1,4 +1,8 @@
-"""Shared fixtures: a real Redis-compatible server on a free loopback port, and its CLI."""
+"""Shared fixtures: a real Redis-compatible server on a free loopback port, and its CLI.
+
+Tests that start a server or the eventrouter CLI are marked ``e2e`` here, at collection:
+``pytest -m "not e2e"`` is the fast tier.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,54 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import NoReturn
+from types import CodeType
+from typing import Any, NoReturn
 
 import pytest
 
-from eventrouter.redis.embedded import EmbeddedServer, find_cli_binary, find_server_binary
-from tests.routerproc import Router
+from eventrouter.redis.embedded import (
+    EmbeddedServer,
+    ensure_server,
+    find_cli_binary,
+    find_server_binary,
+)
+from tests.routerproc import Router, run_cli
 
 RedisCli = Callable[..., subprocess.CompletedProcess[str]]
+#: Fixtures that start a server or routers.
+E2E_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cli", "router_factory"})
+#: What starts a server, or the CLI or another program in a subprocess.
+E2E_HELPERS: tuple[Any, ...] = (run_cli, Router, subprocess, EmbeddedServer, ensure_server)
+
+
+def _starts_processes(code: CodeType, namespace: dict[str, Any], seen: set[CodeType]) -> bool:
+    """Return True when ``code``, or a test helper it calls, refers to an E2E helper."""
+    if code in seen:
+        return False
+    seen.add(code)
+    for name in code.co_names:
+        found = namespace.get(name)
+        if any(found is helper for helper in E2E_HELPERS):
+            return True
+        helper = getattr(found, "__code__", None)
+        module = getattr(found, "__module__", "") or ""
+        local = isinstance(helper, CodeType) and module.startswith("tests.")
+        if local and _starts_processes(helper, found.__globals__, seen):
+            return True
+    inner = (const for const in code.co_consts if isinstance(const, CodeType))
+    return any(_starts_processes(const, namespace, seen) for const in inner)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start a server or the CLI as ``e2e``."""
+    for item in items:
+        function = getattr(item, "function", None)
+        uses_server = E2E_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if uses_server or (
+            function is not None
+            and _starts_processes(function.__code__, function.__globals__, set())
+        ):
+            item.add_marker(pytest.mark.e2e)
 
 
 def _missing(what: str) -> NoReturn:
@@ -98,4 +142,4 @@ def router_factory(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Rou
 
     yield start
     for router in started:
-        router.kill()
+        router.close()  # SIGTERM first: a router killed outright writes no coverage data

@@ -138,6 +138,17 @@ class Router:
         finally:
             self.handle.close()
 
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the router with SIGTERM; SIGKILL it if it has not exited after ``grace``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.handle.close()
+
     def kill(self) -> None:
         """Kill the router if it still runs."""
         if self.proc.poll() is None:

@@ -708,6 +708,30 @@ def test_duplicate_route(tmp_path: Path, second_when: str, duplicate: bool) -> N
         assert len(having(findings, "route b: runs handler folder", "run the folder twice")) == 1
 
 
+def test_duplicate_route_is_what_a_reload_sees_as_unchanged(tmp_path: Path) -> None:
+    # Mapping order in an emit payload changes nothing a route does: the reload's digest
+    # ignores it, and so must the duplicate check (one fingerprint for both).
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: a
+            on: x/event/happened
+            do:
+              - emit: {channel: y/event/seen, payload: {one: "{{ payload.a }}", two: 2}}
+          - name: b
+            on: x/event/happened
+            do:
+              - emit: {channel: y/event/seen, payload: {two: 2, one: "{{ payload.a }}"}}
+        """,
+    )
+    result = load_routes([tmp_path])
+    first, second = result.routes
+    assert first.digest == second.digest
+    assert len(having(lint(tmp_path), "route b: duplicates route a")) == 1
+
+
 @pytest.mark.parametrize(
     ("first", "second", "twice"),
     [

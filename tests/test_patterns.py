@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from eventrouter.analysis.loops import overlap, pattern_glob
 from eventrouter.config.loader import load_file_routes
-from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex, glob_match
+from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex
 from eventrouter.config.templates import Text, Value
 from eventrouter.model import EmitAction, Route
 
@@ -75,7 +76,6 @@ def matches(pattern: str, channel: str) -> bool:
 )
 def test_glob_semantics(pattern: str, channel: str, expected: bool) -> None:
     assert matches(pattern, channel) is expected
-    assert glob_match(pattern, channel) is expected
 
 
 def test_star_and_question_mark_cross_newlines() -> None:
@@ -507,3 +507,27 @@ routes:
     assert names(index, "cluster/event/module-added") == ["every-event"]
     assert names(index, "no-event-here") == []
     assert index.globs() == {"module/*/event/backup-*", "*/event/*", "cluster/event/module-added"}
+
+
+# --- one tokenizer for matching and for the loop analysis ------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["a[b-]c", "x\\", "a[bc", "a[]b", "{x}/{x}", "a}b"])
+def test_loop_analysis_refuses_what_matching_refuses(pattern: str) -> None:
+    with pytest.raises(PatternError) as matching:
+        ChannelPattern.parse(pattern)
+    with pytest.raises(PatternError) as analysis:
+        pattern_glob(pattern)
+    assert str(analysis.value) == str(matching.value)
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    ["a\\*b", "[\\]]x", "n/[^1-3]/e", "m/{m}/event/x", "a?c", "[c-a]x", "\\a", "*/event/*"],
+)
+@pytest.mark.parametrize(
+    "channel", ["a*b", "axb", "]x", "n/4/e", "n/2/e", "m/k/event/x", "m/k/l/event/x", "a/c", "a"]
+)
+def test_loop_analysis_reads_a_pattern_as_matching_does(pattern: str, channel: str) -> None:
+    literal = pattern_glob("".join("\\" + char for char in channel))
+    assert overlap(pattern_glob(pattern), literal) is matches(pattern, channel)

@@ -27,7 +27,6 @@ from eventrouter.analysis.loops import (
 from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
-from eventrouter.config.templates import Value
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
 from eventrouter.runtime.steps import is_ignored, list_steps
@@ -51,16 +50,9 @@ def deep_check(result: LoadResult, events_dirs: list[Path]) -> list[Diagnostic]:
         findings += template_findings(route, result.schemas)
         findings += pattern_findings(route)
         findings += tense_findings(route)
-    keys: dict[str, Any] = {}  # route name -> what it does, computed when needed
-    findings += duplicate_findings(routes, keys)
-    findings += twice_findings(routes, events_dirs, keys)
+    findings += duplicate_findings(routes)
+    findings += twice_findings(routes, events_dirs)
     return sorted(findings, key=lambda item: (item.file, item.line))
-
-
-# --- Jinja2 syntax trees ---------------------------------------------------------------------
-
-
-# --- templates against event schemas and captures --------------------------------------------
 
 
 # --- handler and events folders --------------------------------------------------------------
@@ -126,38 +118,13 @@ def pattern_findings(route: Route) -> list[Diagnostic]:
     ]
 
 
-def _value_key(value: Any) -> Any:
-    if not isinstance(value, Value):
-        return repr(value)
-    if value.kind == "map":
-        return ("map", tuple((key, _value_key(item)) for key, item in value.items))
-    if value.kind == "list":
-        return ("list", tuple(_value_key(item) for item in value.items))
-    return (value.kind, value.source if value.kind != "const" else repr(value.items))
-
-
-def _route_key(route: Route, keys: dict[str, Any]) -> Any:
-    """Return what a route does, without its name or place (remembered in ``keys``)."""
-    if route.name not in keys:
-        actions = tuple(
-            ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
-            if isinstance(a, RunAction)
-            else ("emit", a.channel.source, _value_key(a.payload))
-            for a in route.actions
-        )
-        when = route.when.source if route.when is not None else None
-        patterns = tuple(p.text for p in route.patterns)
-        keys[route.name] = patterns, when, actions, route.mode, route.schema
-    return keys[route.name]
-
-
 def _rough_key(route: Route) -> Any:
     """Return a key equal for identical routes, quick to compute, seldom equal otherwise."""
     when = route.when.source if route.when is not None else None
     return tuple(p.text for p in route.patterns), when, tuple(a.describe() for a in route.actions)
 
 
-def duplicate_findings(routes: Sequence[Route], keys: dict[str, Any]) -> list[Diagnostic]:
+def duplicate_findings(routes: Sequence[Route]) -> list[Diagnostic]:
     """Report enabled routes identical to an earlier one but for their name."""
     groups: dict[Any, list[Route]] = defaultdict(list)
     for route in routes:
@@ -167,7 +134,7 @@ def duplicate_findings(routes: Sequence[Route], keys: dict[str, Any]) -> list[Di
     for group in groups.values():
         first: dict[Any, Route] = {}
         for route in group if len(group) > 1 else ():
-            earlier = first.setdefault(_route_key(route, keys), route)
+            earlier = first.setdefault(route.fingerprint, route)
             if earlier is not route:
                 message = (
                     f"duplicates route {earlier.name} ({earlier.file}:{earlier.line}): same "
@@ -191,20 +158,18 @@ def _twice_message(folder: Path, other: Route | None, theirs: str, mine: str) ->
 
 
 def _first_clash(
-    route: Route, seen: Neighbours[Route | None], keys: dict[str, Any]
+    route: Route, seen: Neighbours[Route | None]
 ) -> tuple[Route | None, str, str] | None:
     """Return an earlier user of the folder whose pattern overlaps one of ``route``'s."""
     for pattern in route.patterns:
         for text in seen.near[pattern.text]:
             for other in seen.owners.get(text, ()):
-                if other is None or _route_key(other, keys) != _route_key(route, keys):
+                if other is None or other.fingerprint != route.fingerprint:
                     return other, text, pattern.text  # not a duplicate (reported as such)
     return None
 
 
-def _twice(
-    users: Sequence[tuple[Route, RunAction]], convention: str | None, keys: dict[str, Any]
-) -> list[Diagnostic]:
+def _twice(users: Sequence[tuple[Route, RunAction]], convention: str | None) -> list[Diagnostic]:
     """Report each user of one folder whose patterns overlap an earlier user's (the first)."""
     seen: Neighbours[Route | None] = Neighbours()
     if convention is not None:
@@ -213,7 +178,7 @@ def _twice(
     for route, action in users:
         for pattern in route.patterns:
             seen.learn(pattern.text)
-        clash = _first_clash(route, seen, keys)
+        clash = _first_clash(route, seen)
         if clash is not None:
             message = _twice_message(action.path, *clash)
             findings.append(warning(route, action.line, message))
@@ -222,9 +187,7 @@ def _twice(
     return findings
 
 
-def twice_findings(
-    routes: Sequence[Route], events_dirs: Sequence[Path], keys: dict[str, Any]
-) -> list[Diagnostic]:
+def twice_findings(routes: Sequence[Route], events_dirs: Sequence[Path]) -> list[Diagnostic]:
     """Report handler folders that one event would run twice (two routes, or route and events)."""
     users: dict[str, list[tuple[Route, RunAction]]] = defaultdict(list)
     real: dict[Path, str] = {}
@@ -242,8 +205,5 @@ def twice_findings(
     findings = []
     for folder, found in users.items():
         if len(found) > 1 or folder in conventions:
-            findings += _twice(found, conventions.get(folder), keys)
+            findings += _twice(found, conventions.get(folder))
     return findings
-
-
-# --- event names in the past tense -----------------------------------------------------------

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, TypeVar
 
+from eventrouter.config.patterns import tokenize
 from eventrouter.errors import Diagnostic
 from eventrouter.model import Route
 
@@ -44,8 +44,6 @@ STAR = Token(True, (), star=True)
 #: A ``{capture}`` is one path segment: one non-``/`` character, then any number of them.
 SEGMENT = (Token(True, (("/", "/"),)), Token(True, (("/", "/"),), star=True))
 _LITERALS: dict[str, Token] = {}
-#: A run of characters that stand for themselves in a pattern.
-_PLAIN = re.compile(r"[^*?\[\\{]+")
 
 
 def _literal(char: str) -> Token:
@@ -87,51 +85,23 @@ def _glob(text: str, tokens: tuple[Token, ...], chars: str) -> Glob:
     return Glob(text, tokens, prefix, suffix, False, simple, chars, tuple(counts))
 
 
-def _char_class(text: str, start: int) -> tuple[Token, int]:
-    """Read the ``[...]`` class at ``start`` (already validated); return it and the next index."""
-    i = start + 1
-    negated = i < len(text) and text[i] == "^"
-    i += negated
-    ranges: list[tuple[str, str]] = []
-    while i < len(text) and text[i] != "]":
-        if text[i] == "\\" and i + 1 < len(text):
-            ranges.append((text[i + 1], text[i + 1]))
-            i += 2
-        elif i + 2 < len(text) and text[i + 1] == "-" and text[i + 2] != "]":
-            low, high = sorted((text[i], text[i + 2]))  # Redis accepts reversed ranges
-            ranges.append((low, high))
-            i += 3
-        else:
-            ranges.append((text[i], text[i]))
-            i += 1
-    return Token(negated, tuple(ranges)), i + 1
-
-
 @lru_cache(maxsize=65536)
 def pattern_glob(text: str) -> Glob:
     """Return the glob of a route's channel pattern (``{name}`` is one path segment)."""
     tokens: list[Token] = []
     chars: list[str] = []  # the tokens as text, NUL for a wildcard
-    i = 0
-    while i < len(text):
-        part = text[i]
-        if part == "{":
-            wild: Sequence[Token] = SEGMENT
-            i = text.index("}", i) + 1
-        elif part == "[":
-            token, i = _char_class(text, i)
-            wild = (token,)
-        elif part in ("*", "?"):
-            wild = (STAR if part == "*" else ANY,)
-            i += 1
-        else:
-            escaped = part == "\\" and i + 1 < len(text)
-            found = None if escaped else _PLAIN.match(text, i)
-            start, end = (i + 1, i + 2) if escaped else (i, found.end() if found else i + 1)
-            tokens += [_LITERALS.get(char) or _literal(char) for char in text[start:end]]
-            chars.append(text[start:end])
-            i = end
+    for piece in tokenize(text):
+        if piece.kind == "literal":
+            tokens += [_LITERALS.get(char) or _literal(char) for char in piece.text]
+            chars.append(piece.text)
             continue
+        wild: Sequence[Token]
+        if piece.kind == "capture":
+            wild = SEGMENT
+        elif piece.kind == "class":
+            wild = (Token(piece.negated, piece.ranges),)
+        else:
+            wild = (STAR if piece.kind == "star" else ANY,)
         tokens += wild
         chars.append("\0" * len(wild))
     return _glob(text, tuple(tokens), "".join(chars))

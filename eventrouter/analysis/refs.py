@@ -37,7 +37,7 @@ _ENV = jinja2.Environment(keep_trailing_newline=True)
 _MARKERS = ("{{", "{%", "{#")
 
 
-#: Names a template sees (SPEC 3), and those Jinja2 itself provides.
+#: Names a template sees (README "Routes"), and those Jinja2 itself provides.
 CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route")
 
 

@@ -1,4 +1,4 @@
-"""Event names in the past tense (SPEC 1): ``module-added``, not ``module-add``."""
+"""Event names in the past tense (NS8 convention): ``module-added``, not ``module-add``."""
 
 from __future__ import annotations
 

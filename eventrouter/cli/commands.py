@@ -31,7 +31,7 @@ EXIT_OK, EXIT_INVALID = 0, 1
 
 
 def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
-    """Return the routes folders (SPEC 7) and whether they were named explicitly."""
+    """Return the routes folders and whether they were named explicitly."""
     if flags:
         return [Path(item) for item in flags], True
     if env.get("EVENTROUTER_ROUTES"):

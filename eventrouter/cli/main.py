@@ -22,8 +22,11 @@ from eventrouter.cli.commands import (
     cmd_test,
 )
 from eventrouter.config.loader import parse_duration
+from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: The defaults of the options that set the daemon's settings: written once, in Settings.
+DEFAULTS = Settings()
 
 
 def _duration(text: str) -> float:
@@ -83,9 +86,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-timeout",
         type=_duration,
-        default=30.0,
+        default=DEFAULTS.stop_timeout,
         metavar="DURATION",
-        help="on SIGTERM, how long running steps may finish (default: 30s)",
+        help="on SIGTERM, how long running steps may finish (default: %(default)gs)",
     )
     parser.add_argument(
         "--ping-interval",
@@ -105,38 +108,39 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-concurrency",
         type=_positive,
-        default=32,
+        default=DEFAULTS.max_concurrency,
         metavar="N",
-        help="steps running at once; more wait (default: 32)",
+        help="steps running at once; more wait (default: %(default)s)",
     )
     parser.add_argument(
         "--max-payload",
         type=_positive,
-        default=1024 * 1024,
+        default=DEFAULTS.max_payload,
         metavar="BYTES",
-        help="larger payloads are dropped with an error (default: 1048576)",
+        help="larger payloads are dropped with an error (default: %(default)s)",
     )
     parser.add_argument(
         "--max-depth",
         type=_positive,
-        default=8,
+        default=DEFAULTS.max_depth,
         metavar="N",
-        help="longest chain of derived events before the loop guard cuts it (default: 8)",
+        help="longest chain of derived events before the loop guard cuts it (default: %(default)s)",
     )
     parser.add_argument(
         "--queue-limit",
         type=_positive,
-        default=10_000,
+        default=DEFAULTS.queue_limit,
         metavar="N",
-        help="runs queued per route before new ones are dropped with an error (default: 10000)",
+        help="runs queued per route before new ones are dropped with an error "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-pending",
         type=_positive,
-        default=100_000,
+        default=DEFAULTS.max_pending,
         metavar="N",
         help="runs waiting in all queues together before new ones are dropped with an error "
-        "(default: 100000)",
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--state-dir",
@@ -148,30 +152,30 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--journal-size",
         type=_positive,
-        default=10_000,
+        default=DEFAULTS.journal_size,
         metavar="N",
-        help="failures the journal keeps (default: 10000)",
+        help="failures the journal keeps (default: %(default)s)",
     )
     parser.add_argument(
         "--instance",
-        default="",
+        default=DEFAULTS.instance,
         metavar="NAME",
         help="this router's name in the failure journal; retries go to it (default: host name)",
     )
     parser.add_argument(
         "--control-channel",
-        default="eventrouter/control/retry",
+        default=DEFAULTS.control_channel,
         metavar="CHANNEL",
-        help="where `eventrouter retry` requests arrive (default: eventrouter/control/retry)",
+        help="where `eventrouter retry` requests arrive (default: %(default)s)",
     )
 
 
 def _add_journal_key(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--journal-key",
-        default="eventrouter/failures",
+        default=DEFAULTS.journal_key,
         metavar="KEY",
-        help="Redis stream of the failure journal (default: eventrouter/failures); when this "
+        help="Redis stream of the failure journal (default: %(default)s); when this "
         "Redis user may not write it, the journal is STATE_DIR/failures.jsonl",
     )
 
@@ -232,9 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument(
         "--max-depth",
         type=_positive,
-        default=8,
+        default=DEFAULTS.max_depth,
         metavar="N",
-        help="loop-guard depth, as the daemon's (default: 8)",
+        help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
     explain.add_argument("channel", metavar="CHANNEL")
     explain.add_argument(
@@ -257,9 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument(
         "--max-depth",
         type=_positive,
-        default=8,
+        default=DEFAULTS.max_depth,
         metavar="N",
-        help="loop-guard depth, as the daemon's (default: 8)",
+        help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
     test.set_defaults(handler=cmd_test)
 
@@ -335,9 +339,9 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     _add_journal_source(retry)
     retry.add_argument(
         "--control-channel",
-        default="eventrouter/control/retry",
+        default=DEFAULTS.control_channel,
         metavar="CHANNEL",
-        help="where the routers listen (default: eventrouter/control/retry)",
+        help="where the routers listen (default: %(default)s)",
     )
     retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
     retry.set_defaults(handler=cmd_retry)

@@ -20,7 +20,6 @@ import voluptuous as vol
 
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
-    SOURCES,
     WELL_KNOWN,
     EventSpec,
     declared_spec,
@@ -43,8 +42,11 @@ from eventrouter.config.validation import (
 from eventrouter.config.yamlload import YamlError, line_of, loads, read_text
 from eventrouter.errors import Diagnostic
 from eventrouter.model import (
+    MODES,
     ROUTE_NAME,
     SAFE_NAME,
+    SCHEMA_CHECKS,
+    SOURCES,
     EmitAction,
     Event,
     RetryPolicy,
@@ -76,12 +78,10 @@ ROUTE_KEYS = (
     "retry",
     "schema",
 )
-RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 #: Runs at once per key in ``parallel`` mode when ``max`` is not given.
 DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
-MODES = ("queued", "parallel", "single", "restart")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -182,7 +182,7 @@ ROUTE_SCHEMA = vol.Schema(
         vol.Optional("throttle"): wrap(parse_duration),
         vol.Optional("retry"): RETRY_SCHEMA,
         vol.Optional("schema"): vol.In(
-            ("strict", "off"),
+            SCHEMA_CHECKS,
             msg="schema must be 'strict' (reject events that do not fit) or 'off'",
         ),
     }

@@ -6,29 +6,49 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Literal, NamedTuple
 
 from eventrouter.model import Route
 
 _CAPTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_SPECIAL = frozenset("*?[\\")
 _SPECIAL_OR_BRACE = frozenset("*?[\\{}")
+PieceKind = Literal["literal", "star", "any", "class", "capture"]
 
 
 class PatternError(ValueError):
     """A channel pattern is malformed."""
 
 
-def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
-    """Translate the ``[...]`` class starting at ``start``; return (regex, index after it)."""
+class Piece(NamedTuple):
+    """One element of a channel pattern, as the one tokenizer of the glob grammar reads it.
+
+    ``literal``: characters that stand for themselves (``text``, escapes removed); ``star``,
+    ``any``: ``*`` and ``?``; ``class``: ``[...]`` (``negated``, ``ranges`` of characters);
+    ``capture``: ``{name}`` (``text`` is the name). ``written``: the piece as in the pattern.
+    """
+
+    kind: PieceKind
+    text: str
+    written: str
+    negated: bool = False
+    ranges: tuple[tuple[str, str], ...] = ()
+
+
+_WILDCARDS = {"*": Piece("star", "*", "*"), "?": Piece("any", "?", "?")}
+
+
+def _char_class(pattern: str, start: int) -> tuple[Piece, int]:
+    """Read the ``[...]`` class starting at ``start``; return it and the index after it."""
     i = start + 1
     negate = i < len(pattern) and pattern[i] == "^"
     if negate:
         i += 1
-    parts: list[str] = []
+    ranges: list[tuple[str, str]] = []
     while i < len(pattern) and pattern[i] != "]":
         char = pattern[i]
         if char == "\\" and i + 1 < len(pattern):
-            parts.append(re.escape(pattern[i + 1]))
+            ranges.append((pattern[i + 1], pattern[i + 1]))
             i += 2
         elif i + 2 < len(pattern) and pattern[i + 1] == "-" and pattern[i + 2] == "]":
             # Redis reads "x-]" as a range up to "]" and runs the class on: refuse the ambiguity.
@@ -38,20 +58,21 @@ def _class_to_regex(pattern: str, start: int) -> tuple[str, int]:
             )
         elif i + 2 < len(pattern) and pattern[i + 1] == "-":
             low, high = sorted((char, pattern[i + 2]))  # Redis accepts reversed ranges
-            parts.append(f"{re.escape(low)}-{re.escape(high)}")
+            ranges.append((low, high))
             i += 3
         else:
-            parts.append(re.escape(char))
+            ranges.append((char, char))
             i += 1
     if i >= len(pattern):
         raise PatternError(f"unclosed '[' at position {start + 1}")
-    if not parts:
+    if not ranges:
         raise PatternError(f"empty character class at position {start + 1}")
-    return f"[{'^' if negate else ''}{''.join(parts)}]", i + 1
+    written = pattern[start : i + 1]
+    return Piece("class", written, written, negate, tuple(ranges)), i + 1
 
 
-def _capture(pattern: str, start: int, seen: set[str]) -> tuple[str, int]:
-    """Read the ``{name}`` capture at ``start``; return (name, index after it)."""
+def _capture(pattern: str, start: int, seen: set[str]) -> tuple[Piece, int]:
+    """Read the ``{name}`` capture at ``start``; return it and the index after it."""
     end = pattern.find("}", start)
     if end < 0:
         raise PatternError(f"unclosed '{{' at position {start + 1}")
@@ -61,55 +82,68 @@ def _capture(pattern: str, start: int, seen: set[str]) -> tuple[str, int]:
     if name in seen:
         raise PatternError(f"capture {{{name}}} appears twice")
     seen.add(name)
-    return name, end + 1
+    return Piece("capture", name, pattern[start : end + 1]), end + 1
 
 
-def compile_pattern(text: str) -> tuple[str, str, tuple[str, ...]]:
-    """Translate a channel pattern into (Python regex, Redis glob, capture names)."""
+def _plain(text: str, i: int) -> tuple[Piece, int]:
+    """Read the literal run, or the escaped character, at ``i``."""
+    if text[i] == "\\":
+        if i + 1 >= len(text):
+            raise PatternError("pattern ends with a lone '\\'")
+        return Piece("literal", text[i + 1], text[i : i + 2]), i + 2
+    end = i + 1
+    while end < len(text) and text[end] not in _SPECIAL_OR_BRACE:
+        end += 1
+    return Piece("literal", text[i:end], text[i:end]), end  # a whole literal run at once
+
+
+def tokenize(text: str) -> list[Piece]:
+    """Split a channel pattern into pieces; raise PatternError with what is wrong."""
     if not text:
         raise PatternError("empty pattern")
-    regex: list[str] = []
-    glob: list[str] = []
-    names: list[str] = []
+    pieces: list[Piece] = []
+    names: set[str] = set()
     i = 0
     while i < len(text):
         char = text[i]
         if char == "{":
-            name, i = _capture(text, i, set(names))
-            names.append(name)
-            regex.append(f"(?P<{name}>[^/]+)")
-            glob.append("*")
-            continue
-        if char == "}":
+            piece, i = _capture(text, i, names)
+        elif char == "}":
             raise PatternError(f"unmatched '}}' at position {i + 1}")
-        if char == "*":
-            regex.append(".*")
-            glob.append("*")
-        elif char == "?":
-            regex.append(".")
-            glob.append("?")
+        elif char in "*?":
+            piece, i = _WILDCARDS[char], i + 1
         elif char == "[":
-            piece, end = _class_to_regex(text, i)
-            regex.append(piece)
-            glob.append(text[i:end])
-            i = end
-            continue
-        elif char == "\\":
-            if i + 1 >= len(text):
-                raise PatternError("pattern ends with a lone '\\'")
-            regex.append(re.escape(text[i + 1]))
-            glob.append(text[i : i + 2])
-            i += 2
-            continue
+            piece, i = _char_class(text, i)
         else:
-            end = i + 1
-            while end < len(text) and text[end] not in _SPECIAL_OR_BRACE:
-                end += 1
-            regex.append(re.escape(text[i:end]))  # a whole literal run at once
-            glob.append(text[i:end])
-            i = end
-            continue
-        i += 1
+            piece, i = _plain(text, i)
+        pieces.append(piece)
+    return pieces
+
+
+def _class_regex(piece: Piece) -> str:
+    parts = (
+        re.escape(low) if low == high else f"{re.escape(low)}-{re.escape(high)}"
+        for low, high in piece.ranges
+    )
+    return f"[{'^' if piece.negated else ''}{''.join(parts)}]"
+
+
+def compile_pattern(text: str) -> tuple[str, str, tuple[str, ...]]:
+    """Translate a channel pattern into (Python regex, Redis glob, capture names)."""
+    regex: list[str] = []
+    glob: list[str] = []
+    names: list[str] = []
+    for piece in tokenize(text):
+        glob.append("*" if piece.kind == "capture" else piece.written)
+        if piece.kind == "literal":
+            regex.append(re.escape(piece.text))
+        elif piece.kind == "capture":
+            names.append(piece.text)
+            regex.append(f"(?P<{piece.text}>[^/]+)")
+        elif piece.kind == "class":
+            regex.append(_class_regex(piece))
+        else:
+            regex.append(".*" if piece.kind == "star" else ".")
     return "".join(regex), "".join(glob), tuple(names)
 
 
@@ -170,11 +204,6 @@ def _from_bytes(text: str) -> str:
 def glob_escape(channel: str) -> str:
     """Return a Redis glob matching exactly ``channel``."""
     return "".join("\\" + char if char in "*?[]\\{}" else char for char in channel)
-
-
-def glob_match(glob: str, channel: str) -> bool:
-    """Return True when the Redis glob ``glob`` matches ``channel``."""
-    return ChannelPattern.parse(glob).match(channel) is not None
 
 
 class RouteIndex:

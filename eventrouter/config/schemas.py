@@ -1,4 +1,4 @@
-"""The well-known NS8 events (SPEC 1) as voluptuous schemas, and payload checks for ``publish``."""
+"""The well-known NS8 events (README "Publishing") as schemas, and the payload checks of publish."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.errors import PayloadError
-from eventrouter.model import Event, split_channel
+from eventrouter.model import Event, Source, split_channel
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class EventSpec:
     """A well-known event: where it comes from and what its payload carries."""
 
     name: str
-    sources: str  # "cluster", "node", "module" or "any"
+    sources: Source
     fields: dict[str, Field]
 
 
@@ -74,7 +74,6 @@ TYPE_NAMES: dict[str, type | tuple[type, ...]] = {
     "object": dict,
     "any": object,
 }
-SOURCES = ("any", "cluster", "node", "module")
 
 
 def _type_name(text: Any) -> type | tuple[type, ...]:
@@ -95,7 +94,7 @@ def parse_field(raw: Any) -> Field:
     return Field(_type_name(raw))
 
 
-def declared_spec(name: str, source: str, fields: dict[str, Any]) -> EventSpec:
+def declared_spec(name: str, source: Source, fields: dict[str, Any]) -> EventSpec:
     """Return an operator's event schema; a field name ending in ``?`` is optional."""
     parsed: dict[str, Field] = {}
     for key, raw in fields.items():

@@ -312,7 +312,7 @@ def _plain(data: Any) -> Any:
 def event_context(
     event: Event, *, match: Mapping[str, str] | None = None, route: str = ""
 ) -> dict[str, Any]:
-    """Return the template context of SPEC 3 for ``event``."""
+    """Return the template context (README "Routes") for ``event``."""
     return {
         "channel": event.channel,
         "source": event.source,

@@ -3,7 +3,7 @@
 All of PyYAML lives here. Two departures from PyYAML's ``SafeLoader``:
 
 * booleans are YAML 1.2's ``true``/``false`` only, so a bare ``on:``, ``yes:`` or ``off:``
-  key stays the string written (SPEC 3); ``enabled: yes`` is then a type error, not a guess;
+  key stays the string written; ``enabled: yes`` is then a type error, not a guess;
 * aliases are allowed but their expansion is bounded, so an alias bomb is an error and not
   an out-of-memory kill.
 """

@@ -19,8 +19,8 @@ import asyncio
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from eventrouter.model import Event, Route
 
@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 #: Jobs a worker runs back to back (when they do not wait) before yielding to other tasks.
 YIELD_EVERY = 32
+
+
+class Timer(Protocol):
+    """A pending call: an ``asyncio.TimerHandle``, or a fake clock's in tests."""
+
+    def cancel(self) -> None:
+        """Do not make the call."""
+        ...
+
+
+#: Calls ``callback(lane)`` after ``delay`` seconds (``loop.call_later`` by default).
+CallLater = Callable[[float, Callable[["Lane"], None], "Lane"], Timer]
 
 
 @dataclass(frozen=True)
@@ -38,8 +50,6 @@ class Job:
     event: Event
     captures: dict[str, str]
     key: str = ""
-    #: How many events this run stands for (debounce/throttle coalescing).
-    coalesced: int = 1
 
 
 @dataclass
@@ -50,7 +60,7 @@ class Lane:
     route: Route
     queue: deque[Job] = field(default_factory=deque)
     running: set[asyncio.Task[None]] = field(default_factory=set)
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     held: Job | None = None  # the last event of a debounce/throttle period
     held_count: int = 0
 
@@ -70,8 +80,10 @@ class Scheduler:
         queue_limit: int,
         max_pending: int,
         counters: Counter[str],
+        call_later: CallLater | None = None,
     ) -> None:
         self._execute = execute
+        self._call_later = call_later  # a fake clock in the scheduler's own tests
         self.queue_limit = queue_limit
         self.max_pending = max_pending
         self.counters = counters
@@ -97,7 +109,9 @@ class Scheduler:
             return self._hold(lane, job, route.throttle, restart_timer=False)
         return self._admit(lane, job)
 
-    def _later(self, delay: float, callback: Callable[[Lane], None], lane: Lane) -> Any:
+    def _later(self, delay: float, callback: Callable[[Lane], None], lane: Lane) -> Timer:
+        if self._call_later is not None:
+            return self._call_later(delay, callback, lane)
         return asyncio.get_running_loop().call_later(delay, callback, lane)
 
     def _hold(self, lane: Lane, job: Job, delay: float, *, restart_timer: bool) -> bool:
@@ -143,7 +157,7 @@ class Scheduler:
                 job.event.channel,
                 "debounce" if lane.route.debounce is not None else "throttle",
             )
-        self._admit(lane, replace(job, coalesced=count))
+        self._admit(lane, job)
 
     def _admit(self, lane: Lane, job: Job) -> bool:
         """Apply the mode: queue (and start), drop or restart."""

@@ -1,4 +1,4 @@
-"""The step-directory runner: list a handler's steps and run them as NS8's agent does (SPEC 4).
+"""The step-directory runner: list a handler's steps and run them as NS8's agent does.
 
 Each step is a child process in its own session (so its whole process group can be signalled),
 fed the raw payload on stdin, with every output line relayed to the log. ``spawn.Child``
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 TAIL_LINES = 20
 #: How long to keep reading output after a step exited (a background child may hold the pipes).
 PIPE_GRACE = 1.0
-#: Suffixes of editor and package-manager leftovers, never run (SPEC 4).
+#: Suffixes of editor and package-manager leftovers, never run.
 BACKUP_SUFFIXES = ("~", ".swp", ".orig", ".rej", ".rpmnew", ".rpmsave")
 #: Syslog priority (``<N>`` prefix) to logging level.
 PRIORITY_LEVELS = (
@@ -458,7 +458,7 @@ class StepRunner:
         )
 
     def _step_environment(self, job: _Job) -> tuple[str, dict[str, str]]:
-        """Return the working directory and the environment for the next step (SPEC 4)."""
+        """Return the working directory and the environment for the next step."""
         base = dict(os.environ) if self._base_env is None else dict(self._base_env)
         # The environment file lives in the working directory, so it cannot choose it.
         state_dir = job.env.get("AGENT_STATE_DIR", base.get("AGENT_STATE_DIR"))

@@ -1,0 +1,55 @@
+"""Tests of the argument parser: its defaults are the daemon's ``Settings`` defaults."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventrouter.cli.main import build_parser
+from eventrouter.model import Settings
+
+#: Options of `run` that set a Settings field of the same name.
+RUN_FIELDS = (
+    "stop_timeout",
+    "max_concurrency",
+    "max_payload",
+    "max_depth",
+    "queue_limit",
+    "max_pending",
+    "journal_key",
+    "journal_size",
+    "instance",
+    "control_channel",
+)
+
+
+def test_run_defaults_are_the_settings_defaults() -> None:
+    args = build_parser().parse_args(["run"])
+    defaults = Settings()
+    assert {name: getattr(args, name) for name in RUN_FIELDS} == {
+        name: getattr(defaults, name) for name in RUN_FIELDS
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "fields"),
+    [
+        (["explain", "x/event/y"], ("max_depth",)),
+        (["test"], ("max_depth",)),
+        (["failures"], ("journal_key",)),
+        (["retry", "1-0"], ("journal_key", "control_channel")),
+    ],
+)
+def test_other_commands_share_the_settings_defaults(argv: list[str], fields: tuple[str]) -> None:
+    args = build_parser().parse_args(argv)
+    for name in fields:
+        assert getattr(args, name) == getattr(Settings(), name), name
+
+
+def test_help_shows_the_settings_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = Settings()
+    assert f"(default: {defaults.max_payload})" in text
+    assert f"(default: {defaults.control_channel})" in text
+    assert f"(default: {defaults.max_pending})" in text
