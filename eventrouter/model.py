@@ -227,3 +227,5 @@ class Settings:
     control_channel: str = "eventrouter/control/retry"
     #: Runs waiting in all the queues together before new ones are dropped with an error.
     max_pending: int = 100_000
+    #: Longest time one template render may take before it is aborted, in seconds.
+    template_timeout: float = 1.0

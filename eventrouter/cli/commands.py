@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
+from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
 from eventrouter.redis import embedded
@@ -328,7 +329,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         journal_size=args.journal_size,
         instance=args.instance,
         control_channel=args.control_channel,
+        template_timeout=args.template_timeout,
     )
+    set_timeout(settings.template_timeout)
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())
         # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.

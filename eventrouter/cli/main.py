@@ -22,6 +22,7 @@ from eventrouter.cli.commands import (
     cmd_test,
 )
 from eventrouter.config.loader import parse_duration
+from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -86,6 +87,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         metavar="DURATION",
         help="on SIGTERM, how long running steps may finish (default: 30s)",
+    )
+    parser.add_argument(
+        "--template-timeout",
+        type=_duration,
+        default=Settings.template_timeout,
+        metavar="DURATION",
+        help="a when:, key:, env: or emit template rendering longer is aborted with an error "
+        f"(default: {Settings.template_timeout:g}s)",
     )
     parser.add_argument(
         "--max-concurrency",

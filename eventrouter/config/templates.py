@@ -10,25 +10,23 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from eventrouter.config.budget import WATCHDOG, BudgetExceeded
+from eventrouter.config.sandbox import MAX_SIZE, make_environment
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-_ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+T = TypeVar("T")
+
+_ENV = make_environment()
 _MARKERS = ("{{", "{%", "{#")
 
 
@@ -142,6 +140,30 @@ def _fail(kind: str, source: str, exc: Exception) -> TemplateRenderError:
     return TemplateRenderError(f"{kind} {source!r} failed: {reason}")
 
 
+def set_timeout(seconds: float) -> None:
+    """Set how long one render may take before it is aborted (``run --template-timeout``)."""
+    WATCHDOG.timeout = seconds
+
+
+def _budgeted(kind: str, source: str, render: Callable[[], T]) -> T:
+    """Return ``render()`` within the time budget; raise TemplateRenderError past it."""
+    try:
+        return WATCHDOG.run(render)
+    except BudgetExceeded as exc:
+        raise TemplateRenderError(f"{kind} {source!r} aborted: {exc}") from None
+
+
+def _join_bounded(pieces: Iterable[str]) -> str:
+    """Join rendered pieces as they come; refuse a text longer than MAX_SIZE."""
+    parts, size = [], 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_SIZE:
+            raise SecurityError(f"rendered text exceeds the size limit ({MAX_SIZE} characters)")
+        parts.append(piece)
+    return "".join(parts)
+
+
 class Text:
     """A template rendered as text (implements ``model.TextTemplate``)."""
 
@@ -157,8 +179,11 @@ class Text:
         """Return the rendered text; raise TemplateRenderError."""
         if self.static:
             return self.source
+        return _budgeted("template", self.source, lambda: self._render(context))
+
+    def _render(self, context: Mapping[str, Any]) -> str:
         try:
-            return _compiled_template(self.source).render(context)
+            return _join_bounded(_compiled_template(self.source).generate(context))
         except Exception as exc:
             raise _fail("template", self.source, exc) from exc
 
@@ -198,6 +223,9 @@ class Condition:
             value = _lookup(context, self.path)
             if value is not _MISSING:
                 return value
+        return _budgeted("condition", self.source, lambda: self._evaluate(context))
+
+    def _evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
             value = _compiled_expression(self.source)(**context)
             if isinstance(value, jinja2.Undefined):
@@ -279,6 +307,11 @@ class Value:
 
     def render(self, context: Mapping[str, Any]) -> Any:
         """Return the rendered JSON value; raise TemplateRenderError."""
+        if self.kind == "const":
+            return self.items
+        return _budgeted("template", self.source or "<payload>", lambda: self._render(context))
+
+    def _render(self, context: Mapping[str, Any]) -> Any:
         if self.kind == "const":
             return self.items
         if self.kind == "text":
