@@ -27,7 +27,7 @@ from eventrouter.analysis.loops import (
 from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
-from eventrouter.config.templates import Value
+from eventrouter.config.templates import Constant, ListPart, MappingPart, Value
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
 from eventrouter.runtime.steps import is_ignored, list_steps
@@ -129,11 +129,14 @@ def pattern_findings(route: Route) -> list[Diagnostic]:
 def _value_key(value: Any) -> Any:
     if not isinstance(value, Value):
         return repr(value)
-    if value.kind == "map":
-        return ("map", tuple((key, _value_key(item)) for key, item in value.items))
-    if value.kind == "list":
-        return ("list", tuple(_value_key(item) for item in value.items))
-    return (value.kind, value.source if value.kind != "const" else repr(value.items))
+    part = value.part
+    if isinstance(part, MappingPart):
+        return ("map", tuple((key, _value_key(item)) for key, item in part.items))
+    if isinstance(part, ListPart):
+        return ("list", tuple(_value_key(item) for item in part.items))
+    if isinstance(part, Constant):
+        return ("const", repr(part.value))
+    return (type(part).__name__, value.source)
 
 
 def _route_key(route: Route, keys: dict[str, Any]) -> Any:

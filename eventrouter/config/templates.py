@@ -11,6 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -264,6 +265,62 @@ def _check_json(value: Any, source: str) -> Any:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A value with no template in it, rendered as is."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A string with placeholders, rendered as text."""
+
+    template: Text
+
+
+@dataclass(frozen=True, slots=True)
+class NativePart:
+    """A string that is exactly one ``{{ expression }}``: the expression's JSON value."""
+
+    expression: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class MappingPart:
+    """A mapping whose values hold templates."""
+
+    items: tuple[tuple[str, Value], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListPart:
+    """A list whose items hold templates."""
+
+    items: tuple[Value, ...]
+
+
+Part = Constant | TextPart | NativePart | MappingPart | ListPart
+
+
+def _part(data: Any) -> Part:
+    """Return the typed part for ``data``: strings are sorted by their template markers."""
+    if isinstance(data, str):
+        expression = _single_expression(data)
+        if expression is not None:
+            return NativePart(Condition(expression))
+        if any(marker in data for marker in _MARKERS):
+            return TextPart(Text(data))
+        return Constant(data)
+    if not _has_template(data):
+        return Constant(_plain(data))  # one object, not a tree of them
+    if isinstance(data, Mapping):
+        return MappingPart(tuple((str(key), Value(item)) for key, item in data.items()))
+    if isinstance(data, list | tuple):
+        return ListPart(tuple(Value(item) for item in data))
+    return Constant(data)
+
+
 class Value:
     """A structure whose strings are templates (implements ``model.ValueTemplate``).
 
@@ -271,56 +328,42 @@ class Value:
     any other string yields text; mappings and lists keep their shape.
     """
 
-    __slots__ = ("items", "kind", "source")
+    __slots__ = ("part", "source")
 
     def __init__(self, data: Any) -> None:
-        self.items: Any = None
-        self.source = ""
-        if isinstance(data, str):
-            self.source = data
-            expression = _single_expression(data)
-            if expression is not None:
-                self.kind, self.items = "expr", Condition(expression)
-            elif any(marker in data for marker in _MARKERS):
-                self.kind, self.items = "text", Text(data)
-            else:
-                self.kind, self.items = "const", data
-        elif not _has_template(data):
-            self.kind, self.items = "const", _plain(data)  # one object, not a tree of them
-        elif isinstance(data, Mapping):
-            self.kind = "map"
-            self.items = tuple((str(key), Value(item)) for key, item in data.items())
-        elif isinstance(data, list | tuple):
-            self.kind, self.items = "list", tuple(Value(item) for item in data)
-        else:
-            self.kind, self.items = "const", data
+        self.source = data if isinstance(data, str) else ""
+        self.part = _part(data)
 
     def fingerprint(self) -> Any:
         """Return what the structure says, hashable, mapping order left out."""
-        if self.kind == "const":
-            return ("c", json.dumps(self.items, sort_keys=True, default=str))
-        if self.kind in ("text", "expr"):
-            return (self.kind, self.source)
-        if self.kind == "map":
-            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in self.items)))
-        return ("l", tuple(item.fingerprint() for item in self.items))
+        part = self.part
+        if isinstance(part, Constant):
+            return ("c", json.dumps(part.value, sort_keys=True, default=str))
+        if isinstance(part, TextPart):
+            return ("text", self.source)
+        if isinstance(part, NativePart):
+            return ("expr", self.source)
+        if isinstance(part, MappingPart):
+            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in part.items)))
+        return ("l", tuple(item.fingerprint() for item in part.items))
 
     def render(self, context: Mapping[str, Any]) -> Any:
         """Return the rendered JSON value; raise TemplateRenderError."""
-        if self.kind == "const":
-            return self.items
+        if isinstance(self.part, Constant):
+            return self.part.value
         return _budgeted("template", self.source or "<payload>", lambda: self._render(context))
 
     def _render(self, context: Mapping[str, Any]) -> Any:
-        if self.kind == "const":
-            return self.items
-        if self.kind == "text":
-            return self.items.render(context)
-        if self.kind == "expr":
-            return _check_json(self.items.evaluate(context), self.source)
-        if self.kind == "map":
-            return {key: item.render(context) for key, item in self.items}
-        return [item.render(context) for item in self.items]
+        part = self.part
+        if isinstance(part, Constant):
+            return part.value
+        if isinstance(part, TextPart):
+            return part.template.render(context)
+        if isinstance(part, NativePart):
+            return _check_json(part.expression.evaluate(context), self.source)
+        if isinstance(part, MappingPart):
+            return {key: item.render(context) for key, item in part.items}
+        return [item.render(context) for item in part.items]
 
 
 def _has_template(data: Any) -> bool:
