@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from eventrouter.cli.logs import escape
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EXIT_OK, EXIT_INVALID = 0, 1
+
+
+def show(*lines: str) -> None:
+    """Print lines for a terminal, control characters from events or files escaped."""
+    for line in lines:
+        print(escape(line))
 
 
 def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
@@ -80,8 +87,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
     if result.ok:  # the deep lint needs a table that loads
         findings.extend(deep_check(result, folders))
-    for item in findings:
-        print(item)
+    show(*(str(item) for item in findings))
     errors = sum(1 for item in findings if item.severity == "error")
     warnings = len(findings) - errors
     print(
@@ -109,7 +115,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     result = loaded[0]
     for route in result.routes:
         state = "" if route.enabled else " (disabled)"
-        print(
+        show(
             f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
             f"{_describe(route)}\t{route.file}:{route.line}"
         )
@@ -227,7 +233,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
         print(f"{what} ({where})")
     else:
         for item in failures:
-            print("\n".join(_failure_lines(item)))
+            show(*_failure_lines(item))
     return EXIT_OK
 
 
@@ -248,7 +254,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if failure is None:
         print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
         return EXIT_INVALID
-    print(
+    show(
         f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
     )
     listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
@@ -281,7 +287,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
     else:
-        print("\n".join(format_text(plan, verbose=args.verbose)))
+        show(*format_text(plan, verbose=args.verbose))
     return EXIT_OK
 
 
