@@ -22,7 +22,7 @@ from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
 from eventrouter.redis import embedded
-from eventrouter.redis.connections import address_url
+from eventrouter.redis.connections import publish_url, subscribe_url
 
 if TYPE_CHECKING:
     from eventrouter.runtime.journal import Failure, Journal
@@ -128,10 +128,8 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 def _write_url(args: argparse.Namespace) -> str | None:
     """Return where writes go: --redis, $REDIS_ADDRESS, the embedded server if it answers."""
-    if args.redis:
-        return str(args.redis)
-    if os.environ.get("REDIS_ADDRESS"):
-        return address_url(os.environ["REDIS_ADDRESS"], os.environ)
+    if args.redis or os.environ.get("REDIS_ADDRESS"):
+        return publish_url(args.redis, os.environ, None, args.redis_password_file)
     socket = embedded.socket_path(_state_dir(args))
     return embedded.unix_url(socket) if embedded.ping(socket) else None
 
@@ -161,7 +159,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except (PayloadError, UnicodeDecodeError) as exc:
             print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
             return EXIT_INVALID
-    url = _write_url(args)
+    try:
+        url = _write_url(args)
+    except ValueError as exc:  # an unreadable password file
+        print(f"eventrouter publish: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if url is None:
         print(
             f"eventrouter publish: no Redis configured and no embedded server answers at "
@@ -223,7 +225,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
     try:
         where, failures = asyncio.run(_with_journal(_journal_url(args), args, fetch))
-    except JournalError as exc:
+    except (JournalError, ValueError) as exc:
         print(f"eventrouter failures: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
@@ -245,10 +247,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     async def look(book: Journal) -> tuple[str, Failure | None]:
         return book.where, await book.get(args.id)
 
-    url = _write_url(args)
     try:
+        url = _write_url(args)
         where, failure = asyncio.run(_with_journal(_journal_url(args), args, look))
-    except JournalError as exc:
+    except (JournalError, ValueError) as exc:
         print(f"eventrouter retry: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if failure is None:
@@ -318,11 +320,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    try:
+        # Resolved here, with the password from a file or credential when one is given.
+        sub = subscribe_url(args.redis, os.environ, args.redis_password_file)
+        pub = publish_url(args.publish_redis, os.environ, sub, args.redis_password_file)
+    except ValueError as exc:
+        print(f"eventrouter run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     settings = Settings(
         routes_dirs=tuple(folders),
         events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
-        redis_url=args.redis,
-        publish_url=args.publish_redis,
+        redis_url=sub,
+        publish_url=pub,
         step_timeout=args.step_timeout,
         stop_timeout=args.stop_timeout,
         max_concurrency=args.max_concurrency,
