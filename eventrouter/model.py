@@ -245,3 +245,5 @@ class Settings:
     #: Health check of the subscription: PING after this long quiet, reconnect without reply.
     ping_interval: float = 10.0
     ping_timeout: float = 5.0
+    #: Longest time one template render may take before it is aborted, in seconds.
+    template_timeout: float = 1.0

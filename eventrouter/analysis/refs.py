@@ -26,7 +26,7 @@ from eventrouter.analysis.loops import (
     pattern_glob,
 )
 from eventrouter.config.schemas import EventSpec
-from eventrouter.config.templates import Value
+from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, EmitAction, Route
 
@@ -241,14 +241,17 @@ def _templates(route: Route) -> Iterator[Template]:
 
 
 def _value_templates(label: str, line: int, value: Value) -> Iterator[Template]:
-    if value.kind == "expr":
-        yield label, line, value.items.source, True
-    elif value.kind == "text":
+    part = value.part
+    if isinstance(part, NativePart):
+        yield label, line, part.expression.source, True
+    elif isinstance(part, TextPart):
         yield label, line, value.source, False
-    elif value.kind in ("map", "list"):
-        for key, item in value.items if value.kind == "map" else enumerate(value.items):
-            where = f"{label}.{key}" if value.kind == "map" else f"{label}[{key}]"
-            yield from _value_templates(where, line, item)
+    elif isinstance(part, MappingPart):
+        for key, item in part.items:
+            yield from _value_templates(f"{label}.{key}", line, item)
+    elif isinstance(part, ListPart):
+        for index, child in enumerate(part.items):
+            yield from _value_templates(f"{label}[{index}]", line, child)
 
 
 @lru_cache(maxsize=8192)

@@ -16,11 +16,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from eventrouter.cli.logs import escape
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
+from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import EmitAction, Route, Settings
 from eventrouter.redis import embedded
-from eventrouter.redis.connections import address_url
+from eventrouter.redis.connections import publish_url, subscribe_url
 
 if TYPE_CHECKING:
     from eventrouter.runtime.journal import Failure, Journal
@@ -28,6 +30,12 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 EXIT_OK, EXIT_INVALID = 0, 1
+
+
+def show(*lines: str) -> None:
+    """Print lines for a terminal, control characters from events or files escaped."""
+    for line in lines:
+        print(escape(line))
 
 
 def routes_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> tuple[list[Path], bool]:
@@ -77,8 +85,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for folder in folders:  # `run` only warns: the folder may appear later
         if not folder.is_dir():
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
-    for item in findings:
-        print(item)
+    show(*(str(item) for item in findings))
     errors = sum(1 for item in findings if item.severity == "error")
     warnings = len(findings) - errors
     print(
@@ -106,7 +113,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
     result = loaded[0]
     for route in result.routes:
         state = "" if route.enabled else " (disabled)"
-        print(
+        show(
             f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
             f"{_describe(route)}\t{route.file}:{route.line}"
         )
@@ -119,10 +126,8 @@ def _state_dir(args: argparse.Namespace) -> Path:
 
 def _write_url(args: argparse.Namespace) -> str | None:
     """Return where writes go: --redis, $REDIS_ADDRESS, the embedded server if it answers."""
-    if args.redis:
-        return str(args.redis)
-    if os.environ.get("REDIS_ADDRESS"):
-        return address_url(os.environ["REDIS_ADDRESS"], os.environ)
+    if args.redis or os.environ.get("REDIS_ADDRESS"):
+        return publish_url(args.redis, os.environ, None, args.redis_password_file)
     socket = embedded.socket_path(_state_dir(args))
     return embedded.unix_url(socket) if embedded.ping(socket) else None
 
@@ -152,7 +157,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
         except (PayloadError, UnicodeDecodeError) as exc:
             print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
             return EXIT_INVALID
-    url = _write_url(args)
+    try:
+        url = _write_url(args)
+    except ValueError as exc:  # an unreadable password file
+        print(f"eventrouter publish: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     if url is None:
         print(
             f"eventrouter publish: no Redis configured and no embedded server answers at "
@@ -214,7 +223,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
     try:
         where, failures = asyncio.run(_with_journal(_journal_url(args), args, fetch))
-    except JournalError as exc:
+    except (JournalError, ValueError) as exc:
         print(f"eventrouter failures: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if args.json:
@@ -224,7 +233,7 @@ def cmd_failures(args: argparse.Namespace) -> int:
         print(f"{what} ({where})")
     else:
         for item in failures:
-            print("\n".join(_failure_lines(item)))
+            show(*_failure_lines(item))
     return EXIT_OK
 
 
@@ -236,16 +245,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     async def look(book: Journal) -> tuple[str, Failure | None]:
         return book.where, await book.get(args.id)
 
-    url = _write_url(args)
     try:
+        url = _write_url(args)
         where, failure = asyncio.run(_with_journal(_journal_url(args), args, look))
-    except JournalError as exc:
+    except (JournalError, ValueError) as exc:
         print(f"eventrouter retry: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if failure is None:
         print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
         return EXIT_INVALID
-    print(
+    show(
         f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
     )
     listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
@@ -278,7 +287,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
     else:
-        print("\n".join(format_text(plan, verbose=args.verbose)))
+        show(*format_text(plan, verbose=args.verbose))
     return EXIT_OK
 
 
@@ -311,11 +320,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    try:
+        # Resolved here, with the password from a file or credential when one is given.
+        sub = subscribe_url(args.redis, os.environ, args.redis_password_file)
+        pub = publish_url(args.publish_redis, os.environ, sub, args.redis_password_file)
+    except ValueError as exc:
+        print(f"eventrouter run: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     settings = Settings(
         routes_dirs=tuple(folders),
         events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
-        redis_url=args.redis,
-        publish_url=args.publish_redis,
+        redis_url=sub,
+        publish_url=pub,
         step_timeout=args.step_timeout,
         stop_timeout=args.stop_timeout,
         max_concurrency=args.max_concurrency,
@@ -330,7 +346,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         control_channel=args.control_channel,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        template_timeout=args.template_timeout,
     )
+    set_timeout(settings.template_timeout)
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())
         # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.

@@ -1,10 +1,19 @@
-"""Log set-up: timestamps on a terminal, ``<N>`` priority prefixes under journald."""
+"""Log set-up: timestamps on a terminal, ``<N>`` priority prefixes under journald.
+
+Every line goes through ``SafeFormatter``: events are untrusted data, and a channel, payload
+or step output that reaches a log line must not forge another line (newlines, CR) or drive
+the terminal (ESC, BEL), nor make a line megabytes long. So control characters are escaped
+and each argument is bounded here, once, for every call site.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 _PRIORITY = {
     logging.CRITICAL: 2,
@@ -14,8 +23,79 @@ _PRIORITY = {
     logging.DEBUG: 7,
 }
 
+#: Longest text of one argument in a log line; steps split their output lines at 16 KiB.
+MAX_FIELD = 16 * 1024
+#: Longest message of one log line.
+MAX_MESSAGE = 64 * 1024
 
-class JournalFormatter(logging.Formatter):
+#: C0 controls but tab, DEL, C1 controls and the Unicode line and paragraph separators.
+_CONTROLS = [*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0), 0x2028, 0x2029]
+_ESCAPES = {
+    code: {0x0A: "\\n", 0x0D: "\\r"}.get(
+        code, f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    )
+    for code in _CONTROLS
+}
+
+
+def escape(text: str) -> str:
+    """Return ``text`` with control characters written as escapes (``\\n``, ``\\x1b``)."""
+    return text.translate(_ESCAPES)
+
+
+def shown(text: str, limit: int = MAX_FIELD) -> str:
+    """Return ``text`` escaped and bounded (the note gives the length before escaping)."""
+    escaped = escape(text[:limit])
+    if len(text) <= limit and len(escaped) <= limit:
+        return escaped
+    return f"{escaped[:limit]}…[cut: {len(text)} characters]"
+
+
+class _Field:
+    """A log argument shown escaped and bounded, whichever of %s and %r formats it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return shown(str(self.value))
+
+    def __repr__(self) -> str:
+        value = self.value
+        if isinstance(value, str) and len(value) > MAX_FIELD:
+            return f"{repr(value[:MAX_FIELD])[:MAX_FIELD]}…[cut: {len(value)} characters]"
+        return shown(repr(value))
+
+
+def _safe(value: Any) -> Any:
+    """Wrap text-like arguments; numbers stay numbers for %d and %.2f."""
+    if value is None or isinstance(value, int | float):
+        return value
+    return _Field(value)
+
+
+def _safe_args(args: Any) -> Any:
+    if isinstance(args, Mapping):
+        return {key: _safe(value) for key, value in args.items()}
+    return tuple(_safe(value) for value in args)
+
+
+class SafeFormatter(logging.Formatter):
+    """Format records with their arguments escaped and bounded, and the message too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the formatted line, with no control character from the message."""
+        safe = copy.copy(record)
+        if record.args:
+            safe.args = _safe_args(record.args)
+        message = shown(safe.getMessage(), MAX_MESSAGE)
+        safe.msg, safe.args = message, None
+        return super().format(safe)
+
+
+class JournalFormatter(SafeFormatter):
     """Prefix each line with its syslog priority, as journald reads from a stream."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -31,7 +111,7 @@ def setup(level: str = "INFO") -> None:
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -64,6 +64,16 @@ def _add_route_options(parser: argparse.ArgumentParser, events: bool = True) -> 
         )
 
 
+def _add_password_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--redis-password-file",
+        metavar="FILE",
+        help="read the Redis password from FILE (its first line) for every connection; "
+        "default: $REDIS_PASSWORD_FILE, else $CREDENTIALS_DIRECTORY/redis-password (systemd "
+        "credentials), else $REDIS_PASSWORD with REDIS_ADDRESS",
+    )
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
@@ -77,6 +87,7 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="publish derived events here; default: $REDIS_ADDRESS, else the subscribe connection",
     )
+    _add_password_file(parser)
     parser.add_argument(
         "--step-timeout",
         type=_duration,
@@ -104,6 +115,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="DURATION",
         help="replace the subscription connection when a PING is not answered within this "
         "long (default: 5s)",
+    )
+    parser.add_argument(
+        "--template-timeout",
+        type=_duration,
+        default=Settings.template_timeout,
+        metavar="DURATION",
+        help="a when:, key:, env: or emit template rendering longer is aborted with an error "
+        f"(default: {Settings.template_timeout:g}s)",
     )
     parser.add_argument(
         "--max-concurrency",
@@ -279,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded server",
     )
+    _add_password_file(publish)
     publish.add_argument(
         "--raw", action="store_true", help="publish the payload as is, without any check"
     )
@@ -310,6 +330,7 @@ def _add_journal_source(parser: argparse.ArgumentParser) -> None:
         help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded "
         "server, else the local journal file in the state folder",
     )
+    _add_password_file(parser)
     parser.add_argument("--state-dir", metavar="DIR", help="the router's state folder")
     _add_journal_key(parser)
 

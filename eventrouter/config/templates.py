@@ -10,25 +10,24 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from eventrouter.config.budget import WATCHDOG, BudgetExceeded
+from eventrouter.config.sandbox import MAX_SIZE, make_environment
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 
-_ENV = ImmutableSandboxedEnvironment(
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
-_ENV.filters["tojson"] = lambda value: json.dumps(value, ensure_ascii=False)
+T = TypeVar("T")
+
+_ENV = make_environment()
 _MARKERS = ("{{", "{%", "{#")
 
 
@@ -142,6 +141,30 @@ def _fail(kind: str, source: str, exc: Exception) -> TemplateRenderError:
     return TemplateRenderError(f"{kind} {source!r} failed: {reason}")
 
 
+def set_timeout(seconds: float) -> None:
+    """Set how long one render may take before it is aborted (``run --template-timeout``)."""
+    WATCHDOG.timeout = seconds
+
+
+def _budgeted(kind: str, source: str, render: Callable[[], T]) -> T:
+    """Return ``render()`` within the time budget; raise TemplateRenderError past it."""
+    try:
+        return WATCHDOG.run(render)
+    except BudgetExceeded as exc:
+        raise TemplateRenderError(f"{kind} {source!r} aborted: {exc}") from None
+
+
+def _join_bounded(pieces: Iterable[str]) -> str:
+    """Join rendered pieces as they come; refuse a text longer than MAX_SIZE."""
+    parts, size = [], 0
+    for piece in pieces:
+        size += len(piece)
+        if size > MAX_SIZE:
+            raise SecurityError(f"rendered text exceeds the size limit ({MAX_SIZE} characters)")
+        parts.append(piece)
+    return "".join(parts)
+
+
 class Text:
     """A template rendered as text (implements ``model.TextTemplate``)."""
 
@@ -157,8 +180,11 @@ class Text:
         """Return the rendered text; raise TemplateRenderError."""
         if self.static:
             return self.source
+        return _budgeted("template", self.source, lambda: self._render(context))
+
+    def _render(self, context: Mapping[str, Any]) -> str:
         try:
-            return _compiled_template(self.source).render(context)
+            return _join_bounded(_compiled_template(self.source).generate(context))
         except Exception as exc:
             raise _fail("template", self.source, exc) from exc
 
@@ -198,6 +224,9 @@ class Condition:
             value = _lookup(context, self.path)
             if value is not _MISSING:
                 return value
+        return _budgeted("condition", self.source, lambda: self._evaluate(context))
+
+    def _evaluate(self, context: Mapping[str, Any]) -> Any:
         try:
             value = _compiled_expression(self.source)(**context)
             if isinstance(value, jinja2.Undefined):
@@ -236,6 +265,62 @@ def _check_json(value: Any, source: str) -> Any:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A value with no template in it, rendered as is."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A string with placeholders, rendered as text."""
+
+    template: Text
+
+
+@dataclass(frozen=True, slots=True)
+class NativePart:
+    """A string that is exactly one ``{{ expression }}``: the expression's JSON value."""
+
+    expression: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class MappingPart:
+    """A mapping whose values hold templates."""
+
+    items: tuple[tuple[str, Value], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListPart:
+    """A list whose items hold templates."""
+
+    items: tuple[Value, ...]
+
+
+Part = Constant | TextPart | NativePart | MappingPart | ListPart
+
+
+def _part(data: Any) -> Part:
+    """Return the typed part for ``data``: strings are sorted by their template markers."""
+    if isinstance(data, str):
+        expression = _single_expression(data)
+        if expression is not None:
+            return NativePart(Condition(expression))
+        if any(marker in data for marker in _MARKERS):
+            return TextPart(Text(data))
+        return Constant(data)
+    if not _has_template(data):
+        return Constant(_plain(data))  # one object, not a tree of them
+    if isinstance(data, Mapping):
+        return MappingPart(tuple((str(key), Value(item)) for key, item in data.items()))
+    if isinstance(data, list | tuple):
+        return ListPart(tuple(Value(item) for item in data))
+    return Constant(data)
+
+
 class Value:
     """A structure whose strings are templates (implements ``model.ValueTemplate``).
 
@@ -243,51 +328,42 @@ class Value:
     any other string yields text; mappings and lists keep their shape.
     """
 
-    __slots__ = ("items", "kind", "source")
+    __slots__ = ("part", "source")
 
     def __init__(self, data: Any) -> None:
-        self.items: Any = None
-        self.source = ""
-        if isinstance(data, str):
-            self.source = data
-            expression = _single_expression(data)
-            if expression is not None:
-                self.kind, self.items = "expr", Condition(expression)
-            elif any(marker in data for marker in _MARKERS):
-                self.kind, self.items = "text", Text(data)
-            else:
-                self.kind, self.items = "const", data
-        elif not _has_template(data):
-            self.kind, self.items = "const", _plain(data)  # one object, not a tree of them
-        elif isinstance(data, Mapping):
-            self.kind = "map"
-            self.items = tuple((str(key), Value(item)) for key, item in data.items())
-        elif isinstance(data, list | tuple):
-            self.kind, self.items = "list", tuple(Value(item) for item in data)
-        else:
-            self.kind, self.items = "const", data
+        self.source = data if isinstance(data, str) else ""
+        self.part = _part(data)
 
     def fingerprint(self) -> Any:
         """Return what the structure says, hashable, mapping order left out."""
-        if self.kind == "const":
-            return ("c", json.dumps(self.items, sort_keys=True, default=str))
-        if self.kind in ("text", "expr"):
-            return (self.kind, self.source)
-        if self.kind == "map":
-            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in self.items)))
-        return ("l", tuple(item.fingerprint() for item in self.items))
+        part = self.part
+        if isinstance(part, Constant):
+            return ("c", json.dumps(part.value, sort_keys=True, default=str))
+        if isinstance(part, TextPart):
+            return ("text", self.source)
+        if isinstance(part, NativePart):
+            return ("expr", self.source)
+        if isinstance(part, MappingPart):
+            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in part.items)))
+        return ("l", tuple(item.fingerprint() for item in part.items))
 
     def render(self, context: Mapping[str, Any]) -> Any:
         """Return the rendered JSON value; raise TemplateRenderError."""
-        if self.kind == "const":
-            return self.items
-        if self.kind == "text":
-            return self.items.render(context)
-        if self.kind == "expr":
-            return _check_json(self.items.evaluate(context), self.source)
-        if self.kind == "map":
-            return {key: item.render(context) for key, item in self.items}
-        return [item.render(context) for item in self.items]
+        if isinstance(self.part, Constant):
+            return self.part.value
+        return _budgeted("template", self.source or "<payload>", lambda: self._render(context))
+
+    def _render(self, context: Mapping[str, Any]) -> Any:
+        part = self.part
+        if isinstance(part, Constant):
+            return part.value
+        if isinstance(part, TextPart):
+            return part.template.render(context)
+        if isinstance(part, NativePart):
+            return _check_json(part.expression.evaluate(context), self.source)
+        if isinstance(part, MappingPart):
+            return {key: item.render(context) for key, item in part.items}
+        return [item.render(context) for item in part.items]
 
 
 def _has_template(data: Any) -> bool:

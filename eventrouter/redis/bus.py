@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,13 +51,18 @@ def client(url: str, **options: Any) -> aioredis.Redis:
 
 
 def redact(url: str) -> str:
-    """Return ``url`` without its password, for logs."""
+    """Return ``url`` without its password (in the userinfo or a ``password=`` query), for logs."""
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+    rest, mark, query = rest.partition("?")
+    if mark:
+        query = re.sub(r"(^|&)(password=)[^&#]*", r"\1\2***", query, flags=re.IGNORECASE)
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        rest = f"{user + ':***@' if user else '***@'}{host}"
+    return f"{scheme}://{rest}{mark}{query}"
 
 
 class Deduplicator:
