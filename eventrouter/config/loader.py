@@ -7,6 +7,7 @@ routes, so a reload with any error keeps the old table.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import voluptuous as vol
 
+from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
     SOURCES,
@@ -35,7 +37,9 @@ from eventrouter.config.validation import (
     key_path,
     kind,
     mapping,
+    parse_delay,
     parse_duration,
+    plain_key,
     report,
     text,
     wrap,
@@ -81,6 +85,10 @@ RETRY_KEYS = ("attempts", "backoff", "max_backoff")
 DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
+NOT_A_ROUTE_FILE = (
+    "not a route file: a mapping with {count} key(s) but neither 'routes' nor 'schemas' "
+    "(its keys are not shown)"
+)
 MODES = ("queued", "parallel", "single", "restart")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -88,7 +96,7 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 def _route_name(value: Any) -> str:
     name = text(value)
     if not ROUTE_NAME.fullmatch(name):
-        raise ValueError(f"route name {name!r} must match [a-z0-9][a-z0-9._-]*")
+        raise ValueError(f"route name {excerpt(name)} must match [a-z0-9][a-z0-9._-]*")
     return name
 
 
@@ -96,7 +104,8 @@ def _pattern(value: Any) -> ChannelPattern:
     try:
         return ChannelPattern.parse(text(value))
     except PatternError as exc:
-        raise ValueError(f"bad channel pattern {value!r}: {exc}") from exc
+        problem = bound_message(str(exc))
+        raise ValueError(f"bad channel pattern {excerpt(value)}: {problem}") from exc
 
 
 def _patterns(value: Any) -> tuple[ChannelPattern, ...]:
@@ -108,7 +117,7 @@ def _patterns(value: Any) -> tuple[ChannelPattern, ...]:
 
 def _template_error(kind: str, exc: TemplateSyntaxError) -> ValueError:
     where = f" (template line {exc.line})" if exc.line > 1 else ""
-    return ValueError(f"{kind} syntax error: {exc}{where}")
+    return ValueError(f"{kind} syntax error: {bound_message(str(exc))}{where}")
 
 
 def _condition(value: Any) -> Condition:
@@ -139,15 +148,15 @@ def _value_template(value: Any) -> Value:
 
 def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
     if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
-        raise ValueError(f"{key!r} is not a valid environment variable name")
+        raise ValueError(f"{excerpt(key)} is not a valid environment variable name")
     return key, _text_template(value)
 
 
 RETRY_SCHEMA = vol.Schema(
     {
         vol.Required("attempts"): wrap(count),
-        vol.Optional("backoff"): wrap(parse_duration),
-        vol.Optional("max_backoff"): wrap(parse_duration),
+        vol.Optional("backoff"): wrap(parse_delay),
+        vol.Optional("max_backoff"): wrap(parse_delay),
     }
 )
 RUN_SCHEMA = vol.Schema(
@@ -178,8 +187,8 @@ ROUTE_SCHEMA = vol.Schema(
         vol.Optional("mode"): vol.In(MODES, msg=f"mode must be one of: {', '.join(MODES)}"),
         vol.Optional("max"): wrap(count),
         vol.Optional("key"): wrap(_text_template),
-        vol.Optional("debounce"): wrap(parse_duration),
-        vol.Optional("throttle"): wrap(parse_duration),
+        vol.Optional("debounce"): wrap(parse_delay),
+        vol.Optional("throttle"): wrap(parse_delay),
         vol.Optional("retry"): RETRY_SCHEMA,
         vol.Optional("schema"): vol.In(
             ("strict", "off"),
@@ -188,14 +197,15 @@ ROUTE_SCHEMA = vol.Schema(
     }
 )
 FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"): dict})
+FILE_KEYS = ("routes", "schemas")
 
 
 def _event_name(value: Any) -> str:
     name = text(value)
     if not SAFE_NAME.fullmatch(name):
-        raise ValueError(f"event name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        raise ValueError(f"event name {excerpt(name)} must match [A-Za-z0-9][A-Za-z0-9._-]*")
     if name in WELL_KNOWN:
-        raise ValueError(f"{name!r} is a well-known NS8 event; its schema is built in")
+        raise ValueError(f"{excerpt(name)} is a well-known NS8 event; its schema is built in")
     return name
 
 
@@ -204,7 +214,7 @@ def _fields(value: Any) -> dict[str, Any]:
         raise ValueError(f"expected a mapping of field names to types, got {kind(value)}")
     for key, raw in value.items():
         if not isinstance(key, str) or not key.rstrip("?"):
-            raise ValueError(f"{key!r} is not a field name")
+            raise ValueError(f"{excerpt(key)} is not a field name")
         parse_field(raw)
     return dict(value)
 
@@ -403,6 +413,11 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     if not isinstance(data, dict):
         ctx.error([], f"expected a mapping with the key 'routes', got {kind(data)}")
         return [], {}, ctx.diagnostics
+    if data and not _looks_like_route_file(data):
+        # Another kind of file (a symlink to a secret, another format): none of its keys
+        # are quoted, they may be whole lines of it.
+        ctx.error([], NOT_A_ROUTE_FILE.format(count=len(data)))
+        return [], {}, ctx.diagnostics
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
@@ -416,6 +431,14 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     if any(d.severity == "error" for d in ctx.diagnostics):
         return [], {}, ctx.diagnostics
     return [route for route in routes if route is not None], schemas, ctx.diagnostics
+
+
+def _looks_like_route_file(data: dict[Any, Any]) -> bool:
+    """Return whether a top-level key is, or is a typo of, 'routes' or 'schemas'."""
+    return any(
+        name is not None and difflib.get_close_matches(name, FILE_KEYS, n=1, cutoff=0.75)
+        for name in map(plain_key, data)
+    )
 
 
 def load_file_routes(path: Path) -> tuple[list[Route], list[Diagnostic]]:
@@ -482,7 +505,7 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
             diagnostics.extend(notes)
             for name, spec in declared.items():
                 if name in schemas:
-                    message = f"event schema {name!r} is declared twice"
+                    message = f"event schema {excerpt(name)} is declared twice"
                     diagnostics.append(Diagnostic(str(path), 1, "error", message))
                 schemas[name] = spec
     seen: dict[str, Route] = {}

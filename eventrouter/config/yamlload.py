@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from eventrouter.config.excerpt import bound_message, excerpt
+
 #: Most nodes a document may expand to once its aliases are followed.
 MAX_EXPANDED_NODES = 100_000
 #: Largest route file read, in bytes.
@@ -91,7 +93,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
             )
         if key in explicit and id(key_node) in explicit_nodes:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {excerpt(key)}", key_node.start_mark
             )
         if id(key_node) in explicit_nodes:
             explicit.add(key)
@@ -149,15 +151,15 @@ def loads(text: str) -> Any:
         if exc.context_mark is not None and mark is not None and mark.index >= len(text):
             mark = exc.context_mark  # an unterminated construct: point where it opens
         line = mark.line + 1 if mark is not None else 1
-        problem = exc.problem or str(exc)
+        problem = bound_message(exc.problem or "")
         if problem == "found undefined alias" and exc.problem_mark is not None:
             # libyaml does not name the alias; the mark points at it.
             alias = re.match(r"\*([^\s,\]}]+)", text[exc.problem_mark.index :])
-            problem += f" {alias.group(1)!r}" if alias else ""
-        context = f" ({exc.context})" if exc.context else ""
+            problem += f" {excerpt(alias.group(1))}" if alias else ""
+        context = f" ({bound_message(exc.context)})" if exc.context else ""
         raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
     except yaml.YAMLError as exc:
-        raise YamlError(1, f"invalid YAML: {exc}") from exc
+        raise YamlError(1, f"invalid YAML: {bound_message(str(exc))}") from exc
     except RecursionError as exc:
         raise YamlError(1, "invalid YAML: nested too deeply") from exc
     finally:
