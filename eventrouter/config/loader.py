@@ -30,6 +30,7 @@ from eventrouter.config.schemas import (
     payload_problem,
 )
 from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value
+from eventrouter.config.trust import distrust, effective_uid, handler_distrust
 from eventrouter.config.validation import (
     FileContext,
     boolean,
@@ -474,12 +475,39 @@ class LoadResult:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
-def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> LoadResult:
+def _trust_findings(path: Path, what: str, line: int, euid: int) -> list[Diagnostic]:
+    doubt = distrust(path, euid)
+    if doubt is None:
+        return []
+    return [Diagnostic(str(path), line, doubt.severity, doubt.describe(what))]
+
+
+def _handler_trust(routes: Iterable[Route], euid: int) -> list[Diagnostic]:
+    """Judge the handler folder of every run action, and its steps, once each."""
+    findings = []
+    seen: set[Path] = set()
+    for route in routes:
+        for action in route.actions:
+            if isinstance(action, RunAction) and action.path not in seen:
+                seen.add(action.path)
+                findings += [
+                    Diagnostic(route.file, action.line, doubt.severity, doubt.describe(what))
+                    for what, doubt in handler_distrust(action.path, euid)
+                ]
+    return findings
+
+
+def load_routes(
+    directories: Iterable[Path], cache: FileCache | None = None, *, euid: int | None = None
+) -> LoadResult:
     """Load every route file of ``directories``; report duplicates across files.
 
     With a ``cache`` (kept by the daemon between reloads), a file whose text has not
     changed is not parsed again; the cache is left holding the files of this load.
+    Files, folders and steps others could change are refused when ``euid`` (by default
+    the process's) is root, warned about otherwise (see ``trust``).
     """
+    uid = effective_uid(euid)
     fresh: FileCache = {}
     routes: list[Route] = []
     diagnostics: list[Diagnostic] = []
@@ -491,7 +519,12 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
             message = f"cannot read routes folder: {exc.strerror or exc}"
             diagnostics.append(Diagnostic(str(directory), 0, "error", message))
             continue
+        diagnostics += _trust_findings(directory, "routes folder", 0, uid)
         for path in files:
+            doubts = _trust_findings(path, "route file", 1, uid)
+            diagnostics += doubts
+            if any(item.severity == "error" for item in doubts):
+                continue  # refused: not even read
             if cache is None:
                 found, declared, notes = load_file(path)
             else:
@@ -523,6 +556,7 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
         unique.append(
             replace(route, payload_check=partial(_strict_check, schemas)) if strict else route
         )
+    diagnostics += _handler_trust(unique, uid)
     if cache is not None:
         cache.clear()
         cache.update(fresh)
