@@ -361,19 +361,21 @@ class FileResult:
 FileCache = dict[str, FileResult]
 
 
-def load_file(path: Path) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
+def load_file(
+    path: Path, settle: float = 0.0
+) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
     """Load one route file; return its routes, its event schemas and every finding."""
     try:
-        text = read_text(path)
+        text = read_text(path, settle)
     except YamlError as exc:
         return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
     return _load_text(path, text)
 
 
-def _load_cached(path: Path, cache: FileCache, fresh: FileCache) -> FileResult:
+def _load_cached(path: Path, cache: FileCache, fresh: FileCache, settle: float) -> FileResult:
     """Load a file, reusing what the cache built from the very same text."""
     try:
-        text = read_text(path)
+        text = read_text(path, settle)
     except YamlError as exc:
         problem = Diagnostic(str(path), exc.line, "error", exc.message)
         return FileResult(b"", (), {}, (problem,))
@@ -498,14 +500,19 @@ def _handler_trust(routes: Iterable[Route], euid: int) -> list[Diagnostic]:
 
 
 def load_routes(
-    directories: Iterable[Path], cache: FileCache | None = None, *, euid: int | None = None
+    directories: Iterable[Path],
+    cache: FileCache | None = None,
+    *,
+    euid: int | None = None,
+    settle: float = 0.0,
 ) -> LoadResult:
     """Load every route file of ``directories``; report duplicates across files.
 
     With a ``cache`` (kept by the daemon between reloads), a file whose text has not
     changed is not parsed again; the cache is left holding the files of this load.
     Files, folders and steps others could change are refused when ``euid`` (by default
-    the process's) is root, warned about otherwise (see ``trust``).
+    the process's) is root, warned about otherwise (see ``trust``). With ``settle`` (a
+    reload), a file modified less than that many seconds ago is read once it is quiet.
     """
     uid = effective_uid(euid)
     fresh: FileCache = {}
@@ -526,9 +533,9 @@ def load_routes(
             if any(item.severity == "error" for item in doubts):
                 continue  # refused: not even read
             if cache is None:
-                found, declared, notes = load_file(path)
+                found, declared, notes = load_file(path, settle)
             else:
-                result = _load_cached(path, cache, fresh)
+                result = _load_cached(path, cache, fresh, settle)
                 found, declared, notes = (
                     list(result.routes),
                     result.schemas,

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: The subscription convention folders need (as the NS8 agent's).
 CONVENTION_GLOB = "*/event/*"
+#: On reload, a route file modified less than this many seconds ago is read once quiet.
+RELOAD_SETTLE = 0.25
 
 
 @dataclass(frozen=True)
@@ -256,7 +258,10 @@ class Daemon:
             "SIGHUP: reloading routes from %s",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        result = await asyncio.to_thread(load_routes, self.settings.routes_dirs, self.cache)
+        # A file being written in place may parse with fewer routes: read each once quiet.
+        result = await asyncio.to_thread(
+            load_routes, self.settings.routes_dirs, self.cache, settle=RELOAD_SETTLE
+        )
         log_diagnostics(result)
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")
