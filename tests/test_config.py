@@ -1172,6 +1172,7 @@ BAD_ROUTE_FILES = {
     "bad-route": f"routes:\n  - name: {LONG}\n    on: '[{LONG}'\n    do: {LONG}\n"
     f"    enabled: {LONG}\n    mode: {LONG}\n    debounce: {LONG}\n    {LONG}: 1\n",
     "bad-schema": f"schemas:\n  {LONG}:\n    fields: {{{LONG}: {LONG}}}\n",
+    "bad-field-type": f"schemas:\n  thing-happened:\n    fields: {{a: {LONG}}}\n",
     "bad-alias": f"routes: *{LONG}\n",
     "duplicate": f"routes: []\n{LONG}: 1\n{LONG}: 2\n",
     "bad-template": f"routes:\n  - name: r\n    on: x\n    when: a {LONG} b\n"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ from eventrouter.config.loader import LoadResult, load_routes
 from eventrouter.config.trust import distrust, handler_distrust
 from eventrouter.errors import Diagnostic
 from eventrouter.runtime.steps import StepRunner
-from tests.routerproc import run_cli, write_routes, write_step
+from tests.conftest import RedisCli
+from tests.routerproc import Router, run_cli, wait_for, write_routes, write_step
 
 #: A user other than root and the router's, owning files in these tests.
 OTHER = 1000
@@ -303,3 +306,30 @@ def test_deep_check_judges_events_folders_with_the_given_user(tmp_path: Path) ->
 
     assert [(d.file, d.severity) for d in as_root] == [(str(step), "error")]
     assert [(d.file, d.severity) for d in not_root] == [(str(step), "warning")]
+
+
+@needs_root
+def test_the_daemon_refuses_a_step_changed_after_start_and_a_reload_others_can_change(
+    tmp_path: Path, router_factory: Callable[..., Router], redis_cli: RedisCli
+) -> None:
+    folder, routes, step = _setup(tmp_path)
+    router = router_factory("--routes", str(folder))
+    step.chmod(0o757)
+
+    redis_cli("PUBLISH", "x/event/y", "{}")
+
+    log = router.wait_log(r"refused \(fix: chmod go-w")
+    assert not (tmp_path / "ran").exists()
+    [line] = [x for x in log.splitlines() if "refused (fix" in x]
+    assert "ERROR" in line and "r [x/event/y]" in line and f"step {step} is writable" in line
+    step.chmod(0o755)
+    routes.write_text(routes.read_text().replace("x/event/y", "x/event/other"))
+    routes.chmod(0o666)
+
+    router.signal(signal.SIGHUP)
+
+    log = router.wait_log("reload failed")
+    assert f"{routes}:1: error: route file {routes} is writable by group and others" in log
+    redis_cli("PUBLISH", "x/event/y", "{}")
+    wait_for(lambda: (tmp_path / "ran").exists(), what="the old route, kept")
+    assert router.stop() == 0

@@ -216,7 +216,10 @@ def _fields(value: Any) -> dict[str, Any]:
     for key, raw in value.items():
         if not isinstance(key, str) or not key.rstrip("?"):
             raise ValueError(f"{excerpt(key)} is not a field name")
-        parse_field(raw)
+        try:
+            parse_field(raw)
+        except ValueError as exc:
+            raise ValueError(bound_message(str(exc))) from exc
     return dict(value)
 
 
