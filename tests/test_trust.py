@@ -331,5 +331,5 @@ def test_the_daemon_refuses_a_step_changed_after_start_and_a_reload_others_can_c
     log = router.wait_log("reload failed")
     assert f"{routes}:1: error: route file {routes} is writable by group and others" in log
     redis_cli("PUBLISH", "x/event/y", "{}")
-    wait_for(lambda: (tmp_path / "ran").exists(), what="the old route, kept")
+    wait_for((tmp_path / "ran").exists, what="the old route, kept")
     assert router.stop() == 0
