@@ -271,7 +271,9 @@ def test_a_step_others_can_change_is_not_run_as_root(
     )
 
 
-def test_a_handler_folder_others_can_change_is_not_run_as_root(tmp_path: Path) -> None:
+def test_a_handler_folder_others_can_change_is_not_run_as_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     step = write_step(tmp_path / "h" / "10first", f"touch {tmp_path}/ran")
     step.parent.chmod(0o777)
 
@@ -279,6 +281,9 @@ def test_a_handler_folder_others_can_change_is_not_run_as_root(tmp_path: Path) -
 
     assert not ok and error is not None and "handler folder" in error
     assert not (tmp_path / "ran").exists()
+    assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == [
+        f"r [x/event/y] {error}"
+    ]
 
 
 def test_not_as_root_such_a_step_runs_with_a_warning(

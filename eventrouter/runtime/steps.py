@@ -347,6 +347,7 @@ class StepRunner:
         """
         refused = self._refused(directory, "handler folder", tag)
         if refused is not None:
+            logger.error("%s %s", tag, refused)
             return HandlerResult(directory, (), ok=False, error=refused)
         try:
             steps, skipped = list_steps(directory)
