@@ -376,3 +376,9 @@ def test_without_settle_a_fresh_file_is_read_at_once(tmp_path: Path) -> None:
 
     assert read_text(path) == "routes: []\n"
     assert time.monotonic() - started < 0.05
+
+
+def test_a_number_too_long_to_convert_is_an_error_not_a_crash() -> None:
+    error = yaml_error("routes: []\nbig: " + "7" * 5000 + "\n")
+
+    assert "number" in error.message and "7777" not in error.message

@@ -166,6 +166,8 @@ def loads(text: str) -> Any:
         raise YamlError(1, f"invalid YAML: {bound_message(str(exc))}") from exc
     except RecursionError as exc:
         raise YamlError(1, "invalid YAML: nested too deeply") from exc
+    except ValueError as exc:  # int() refuses numbers of more than 4300 digits
+        raise YamlError(1, "invalid YAML: a number too long to read") from exc
     finally:
         loader.dispose()
 
