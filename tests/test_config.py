@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from eventrouter.cli.main import build_parser
 from eventrouter.config.loader import (
     LoadResult,
     load_file_routes,
@@ -1021,3 +1022,230 @@ def test_reload_cache_sees_handler_folders_come_and_go(tmp_path: Path) -> None:
     assert load_routes([folder], cache).ok  # same text, but the error is not reused
     shutil.rmtree(folder / "h")
     assert not load_routes([folder], cache).ok  # nor is a success once the folder is gone
+
+
+# --- durations: not a number, infinite, negative or absurd ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "written", "words"),
+    [
+        ("debounce", ".nan", "not a number"),
+        ("debounce", ".inf", "must be finite"),
+        ("throttle", "-.inf", "must be finite"),
+        ("debounce", "-2s", "not a duration"),
+        ("debounce", "-2", "greater than zero"),
+        ("debounce", "25h", "at most 24h"),
+        ("throttle", "86401", "at most 24h"),
+        ("debounce", "1.0e+400", "must be finite"),
+        ("throttle", str(10**400), "at most 24h"),
+    ],
+)
+def test_absurd_route_durations_are_errors_with_their_line(
+    key: str, written: str, words: str, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        "r.yml",
+        f"""\
+        routes:
+          - name: r
+            on: x/event/y
+            do: [{{emit: {{channel: x/event/z}}}}]
+            {key}: {written}
+        """,
+    )
+
+    result = load_routes([tmp_path])
+
+    find(errors(result), path, 5, f"routes[0].{key}", words)
+    assert result.routes == ()
+
+
+@pytest.mark.parametrize(
+    ("where", "written", "words"),
+    [
+        ("timeout", ".nan", "not a number"),
+        ("timeout", "721h", "at most 720h (30 days)"),
+        ("timeout", "-.inf", "must be finite"),
+        ("backoff", ".inf", "must be finite"),
+        ("backoff", "25h", "at most 24h"),
+        ("max_backoff", "100000", "at most 24h"),
+    ],
+)
+def test_absurd_timeouts_and_backoffs_are_errors(
+    where: str, written: str, words: str, tmp_path: Path
+) -> None:
+    handler(tmp_path / "h")
+    timeout = f"\n                timeout: {written}" if where == "timeout" else ""
+    retry = f"\n            retry: {{attempts: 2, {where}: {written}}}"
+    retry = retry if where != "timeout" else ""
+    path = write(
+        tmp_path,
+        "r.yml",
+        f"""\
+        routes:
+          - name: r
+            on: x/event/y
+            do:
+              - run: h{timeout}{retry}
+        """,
+    )
+
+    result = load_routes([tmp_path])
+
+    [error] = errors(result)
+    assert error.file == str(path) and error.line == 6
+    assert words in error.message, error
+
+
+def test_the_largest_durations_are_accepted(tmp_path: Path) -> None:
+    handler(tmp_path / "h")
+    write(
+        tmp_path,
+        "r.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/y
+            do: [{run: h, timeout: 720h}]
+            debounce: 24h
+            retry: {attempts: 2, backoff: 24h, max_backoff: 86400}
+        """,
+    )
+
+    result = load_routes([tmp_path])
+
+    assert result.ok, result.diagnostics
+    [route] = result.routes
+    assert route.debounce == 86400.0
+    assert route.actions[0].timeout == 720 * 3600.0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10**400, "721h"])
+def test_parse_duration_refuses_what_is_not_a_sane_duration(value: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+@pytest.mark.parametrize(
+    ("option", "written", "words"),
+    [
+        ("--step-timeout", "721h", "at most 720h"),
+        ("--stop-timeout", "99999999999999999999999h", "at most 720h"),
+        ("--step-timeout", "nan", "not a duration"),
+        ("--stop-timeout", "inf", "not a duration"),
+        ("--step-timeout", "-5", "not a duration"),
+    ],
+)
+def test_cli_duration_options_refuse_absurd_values(
+    option: str, written: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(["run", f"{option}={written}"])
+
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and words in err, err
+
+
+# --- files that are not route files: their content is never echoed ---------------------------
+
+SECRET = "S3cr3tSalt$Zm9vYmFyYmF6cXV4"
+#: A line of a secret file, longer than any quote an error may make.
+LONG = f"{SECRET}-{SECRET}"
+SHADOW = f"root:$6${SECRET}:19000:0:99999:7:::\nbin:*:19000:0:99999:7:::\n"
+#: Files of other kinds: not a word of them may be quoted.
+NOT_ROUTE_FILES = {
+    "shadow": SHADOW,
+    "toml": f'[database]\nhost = "db"\npassword = "{SECRET}"\n',
+    "ini": f"[db]\npassword={SECRET}\n",
+    "ini-no-section": f"password={SECRET}\nuser=admin\n",
+    "long-key": f"{LONG}: 1\n",
+    "env-like": f"user: admin\npassword: {SECRET}\n",
+    "flow": f"token: {{a: b\nsecretline: {SECRET}",
+    "tag": f"k: !!python/object:{LONG} {{}}\n",
+}
+#: Route files gone wrong: a short excerpt of a key or value may be quoted, never a line.
+BAD_ROUTE_FILES = {
+    "routes-with-junk": f"routes: []\n{LONG}: 1\n",
+    "bad-route": f"routes:\n  - name: {LONG}\n    on: '[{LONG}'\n    do: {LONG}\n"
+    f"    enabled: {LONG}\n    mode: {LONG}\n    debounce: {LONG}\n    {LONG}: 1\n",
+    "bad-schema": f"schemas:\n  {LONG}:\n    fields: {{{LONG}: {LONG}}}\n",
+    "bad-field-type": f"schemas:\n  thing-happened:\n    fields: {{a: {LONG}}}\n",
+    "bad-alias": f"routes: *{LONG}\n",
+    "duplicate": f"routes: []\n{LONG}: 1\n{LONG}: 2\n",
+    "bad-template": f"routes:\n  - name: r\n    on: x\n    when: a {LONG} b\n"
+    "    do: [{emit: {channel: x}}]\n",
+}
+
+
+def _not_route_file(tmp_path: Path, kind: str) -> Path:
+    """Make a routes folder whose x.yml is a symlink to a file of ``kind`` outside it."""
+    secret = tmp_path / "secret"
+    secret.write_text({**NOT_ROUTE_FILES, **BAD_ROUTE_FILES}[kind])
+    folder = tmp_path / "routes.d"
+    folder.mkdir()
+    (folder / "x.yml").symlink_to(secret)
+    return folder
+
+
+@pytest.mark.parametrize("kind", sorted(NOT_ROUTE_FILES))
+def test_errors_about_another_kind_of_file_quote_nothing_of_it(kind: str, tmp_path: Path) -> None:
+    folder = _not_route_file(tmp_path, kind)
+
+    result = load_routes([folder])
+
+    assert errors(result), f"{kind} loaded without error"
+    for item in result.diagnostics:
+        assert SECRET not in str(item), item
+        assert len(item.message) < 300, item
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_ROUTE_FILES))
+def test_errors_about_a_route_file_quote_short_excerpts_only(kind: str, tmp_path: Path) -> None:
+    folder = _not_route_file(tmp_path, kind)
+
+    result = load_routes([folder])
+
+    assert errors(result), f"{kind} loaded without error"
+    for item in result.diagnostics:
+        assert LONG[:41] not in str(item), item
+        assert len(item.message) < 300, item
+
+
+def test_a_shadow_file_is_said_not_to_be_a_route_file(tmp_path: Path) -> None:
+    folder = _not_route_file(tmp_path, "shadow")
+
+    result = load_routes([folder])
+
+    [item] = result.diagnostics
+    assert item.severity == "error" and item.line == 1
+    assert "not a route file" in item.message and "'routes'" in item.message
+
+
+def test_long_or_odd_keys_are_quoted_short_and_escaped(tmp_path: Path) -> None:
+    key = "rout\\x1b[31mes-and-then-some-more-text-here-and-more"
+    write(tmp_path, "r.yml", f'routes: []\n"{key}": 1\n')
+
+    [item] = load_routes([tmp_path]).diagnostics
+
+    assert item.line == 2 and "\x1b" not in item.message
+    assert "'rout\\x1b[31mes-and-then-some-more-text-here'..." in item.message
+    assert "and-more" not in item.message
+
+
+@pytest.mark.parametrize("kind", ["shadow", "toml", "env-like", "bad-route"])
+def test_check_explain_and_run_do_not_echo_a_secret_file(kind: str, tmp_path: Path) -> None:
+    folder = _not_route_file(tmp_path, kind)
+
+    check = cli("check", "--routes", str(folder), cwd=tmp_path)
+    explain = cli("explain", "--routes", str(folder), "x/event/y", "{}", cwd=tmp_path)
+    # Refuses to start before any connection: the address is never used.
+    run = cli("run", "--routes", str(folder), "--redis", "redis://127.0.0.1:9", cwd=tmp_path)
+
+    for done in (check, explain, run):
+        assert done.returncode == 1, done
+        assert str(folder / "x.yml") in done.stdout + done.stderr
+        quoted = SECRET if kind in NOT_ROUTE_FILES else LONG[:41]
+        assert quoted not in done.stdout + done.stderr

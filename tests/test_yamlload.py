@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from eventrouter.config.yamlload import LineDict, LineList, YamlError, line_of, load_file, loads
+from eventrouter.config.yamlload import (
+    LineDict,
+    LineList,
+    YamlError,
+    line_of,
+    load_file,
+    loads,
+    read_text,
+)
 
 
 def yaml_error(text: str) -> YamlError:
@@ -315,3 +324,61 @@ def test_an_empty_document_is_none(text: str, tmp_path: Path) -> None:
     path = tmp_path / "empty.yml"
     path.write_text(text)
     assert load_file(path) is None
+
+
+# --- reading a file that is being written -------------------------------------------------------
+
+
+def _write_later(path: Path, chunks: list[bytes], pause: float) -> threading.Thread:
+    """Append ``chunks`` to ``path`` in place, ``pause`` seconds apart, in a thread."""
+
+    def write() -> None:
+        with path.open("ab") as handle:
+            for chunk in chunks:
+                time.sleep(pause)
+                handle.write(chunk)
+                handle.flush()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
+def test_a_file_written_in_place_is_read_once_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "r.yml"
+    path.write_bytes(b"# a comment, cut")
+    writer = _write_later(path, [b" here\nroutes: []\n"], pause=0.1)
+
+    text = read_text(path, settle=0.25)
+
+    writer.join()
+    assert text == "# a comment, cut here\nroutes: []\n"
+
+
+def test_a_file_that_keeps_changing_is_an_error_after_a_bound(tmp_path: Path) -> None:
+    path = tmp_path / "r.yml"
+    path.write_bytes(b"")
+    writer = _write_later(path, [b"# more\n"] * 40, pause=0.02)
+    started = time.monotonic()
+
+    with pytest.raises(YamlError, match="kept changing while it was read") as caught:
+        read_text(path, settle=0.1, patience=0.3)
+
+    assert time.monotonic() - started < 0.6
+    assert caught.value.line == 1
+    writer.join()
+
+
+def test_without_settle_a_fresh_file_is_read_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "r.yml"
+    path.write_text("routes: []\n")
+    started = time.monotonic()
+
+    assert read_text(path) == "routes: []\n"
+    assert time.monotonic() - started < 0.05
+
+
+def test_a_number_too_long_to_convert_is_an_error_not_a_crash() -> None:
+    error = yaml_error("routes: []\nbig: " + "7" * 5000 + "\n")
+
+    assert "number" in error.message and "7777" not in error.message

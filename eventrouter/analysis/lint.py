@@ -27,9 +27,10 @@ from eventrouter.analysis.loops import (
 from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
+from eventrouter.config.trust import Distrust, distrust, handler_distrust, is_ignored
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
-from eventrouter.runtime.steps import is_ignored, list_steps
+from eventrouter.runtime.steps import list_steps
 
 _EVENT_CHANNEL = pattern_glob("*/event/*")
 _SKIPPED = {
@@ -39,13 +40,19 @@ _SKIPPED = {
 }
 
 
-def deep_check(result: LoadResult, events_dirs: list[Path]) -> list[Diagnostic]:
-    """Return every deep-lint finding about a route table that loads without errors."""
+def deep_check(
+    result: LoadResult, events_dirs: list[Path], euid: int | None = None
+) -> list[Diagnostic]:
+    """Return every deep-lint finding about a route table that loads without errors.
+
+    ``euid`` says whose trust rules apply to events folders (default: this process's).
+    """
     routes = result.routes
     emits = [[emit_glob(a) for a in r.actions if isinstance(a, EmitAction)] for r in routes]
     graph = emit_graph(routes, emits)
     findings = cycle_findings(routes, graph, [can_stop(route) for route in routes])
     findings += folder_findings(routes, events_dirs)
+    findings += events_trust_findings(events_dirs, euid)
     for route in routes:
         findings += template_findings(route, result.schemas)
         findings += pattern_findings(route)
@@ -98,6 +105,23 @@ def folder_findings(routes: Sequence[Route], events_dirs: Sequence[Path]) -> lis
             findings.append(warning(str(folder), 0, message))
         else:
             findings += _folder_findings(folder, str(folder), 0)
+    return findings
+
+
+def _doubt(where: Path, what: str, doubt: Distrust) -> Diagnostic:
+    return Diagnostic(str(where), 0, doubt.severity, doubt.describe(what))
+
+
+def events_trust_findings(events_dirs: Sequence[Path], euid: int | None) -> list[Diagnostic]:
+    """Judge each events folder, its ``<name>/`` folders and their steps (see ``trust``)."""
+    findings = []
+    for base in events_dirs:
+        doubt = distrust(base, euid)
+        if doubt is not None:
+            findings.append(_doubt(base, "events folder", doubt))
+    for folder in _event_folders(events_dirs):
+        if SAFE_NAME.fullmatch(folder.name):
+            findings += [_doubt(d.path, what, d) for what, d in handler_distrust(folder, euid)]
     return findings
 
 

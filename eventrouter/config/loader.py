@@ -7,6 +7,7 @@ routes, so a reload with any error keeps the old table.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 
 import voluptuous as vol
 
+from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
     WELL_KNOWN,
@@ -27,6 +29,7 @@ from eventrouter.config.schemas import (
     payload_problem,
 )
 from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value
+from eventrouter.config.trust import distrust, effective_uid, handler_distrust
 from eventrouter.config.validation import (
     FileContext,
     boolean,
@@ -34,7 +37,9 @@ from eventrouter.config.validation import (
     key_path,
     kind,
     mapping,
+    parse_delay,
     parse_duration,
+    plain_key,
     report,
     text,
     wrap,
@@ -82,13 +87,17 @@ ROUTE_KEYS = (
 DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
 ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
+NOT_A_ROUTE_FILE = (
+    "not a route file: a mapping with {count} key(s) but neither 'routes' nor 'schemas' "
+    "(its keys are not shown)"
+)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _route_name(value: Any) -> str:
     name = text(value)
     if not ROUTE_NAME.fullmatch(name):
-        raise ValueError(f"route name {name!r} must match [a-z0-9][a-z0-9._-]*")
+        raise ValueError(f"route name {excerpt(name)} must match [a-z0-9][a-z0-9._-]*")
     return name
 
 
@@ -96,7 +105,8 @@ def _pattern(value: Any) -> ChannelPattern:
     try:
         return ChannelPattern.parse(text(value))
     except PatternError as exc:
-        raise ValueError(f"bad channel pattern {value!r}: {exc}") from exc
+        problem = bound_message(str(exc))
+        raise ValueError(f"bad channel pattern {excerpt(value)}: {problem}") from exc
 
 
 def _patterns(value: Any) -> tuple[ChannelPattern, ...]:
@@ -108,7 +118,7 @@ def _patterns(value: Any) -> tuple[ChannelPattern, ...]:
 
 def _template_error(kind: str, exc: TemplateSyntaxError) -> ValueError:
     where = f" (template line {exc.line})" if exc.line > 1 else ""
-    return ValueError(f"{kind} syntax error: {exc}{where}")
+    return ValueError(f"{kind} syntax error: {bound_message(str(exc))}{where}")
 
 
 def _condition(value: Any) -> Condition:
@@ -139,15 +149,15 @@ def _value_template(value: Any) -> Value:
 
 def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
     if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
-        raise ValueError(f"{key!r} is not a valid environment variable name")
+        raise ValueError(f"{excerpt(key)} is not a valid environment variable name")
     return key, _text_template(value)
 
 
 RETRY_SCHEMA = vol.Schema(
     {
         vol.Required("attempts"): wrap(count),
-        vol.Optional("backoff"): wrap(parse_duration),
-        vol.Optional("max_backoff"): wrap(parse_duration),
+        vol.Optional("backoff"): wrap(parse_delay),
+        vol.Optional("max_backoff"): wrap(parse_delay),
     }
 )
 RUN_SCHEMA = vol.Schema(
@@ -178,8 +188,8 @@ ROUTE_SCHEMA = vol.Schema(
         vol.Optional("mode"): vol.In(MODES, msg=f"mode must be one of: {', '.join(MODES)}"),
         vol.Optional("max"): wrap(count),
         vol.Optional("key"): wrap(_text_template),
-        vol.Optional("debounce"): wrap(parse_duration),
-        vol.Optional("throttle"): wrap(parse_duration),
+        vol.Optional("debounce"): wrap(parse_delay),
+        vol.Optional("throttle"): wrap(parse_delay),
         vol.Optional("retry"): RETRY_SCHEMA,
         vol.Optional("schema"): vol.In(
             SCHEMA_CHECKS,
@@ -188,14 +198,15 @@ ROUTE_SCHEMA = vol.Schema(
     }
 )
 FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"): dict})
+FILE_KEYS = ("routes", "schemas")
 
 
 def _event_name(value: Any) -> str:
     name = text(value)
     if not SAFE_NAME.fullmatch(name):
-        raise ValueError(f"event name {name!r} must match [A-Za-z0-9][A-Za-z0-9._-]*")
+        raise ValueError(f"event name {excerpt(name)} must match [A-Za-z0-9][A-Za-z0-9._-]*")
     if name in WELL_KNOWN:
-        raise ValueError(f"{name!r} is a well-known NS8 event; its schema is built in")
+        raise ValueError(f"{excerpt(name)} is a well-known NS8 event; its schema is built in")
     return name
 
 
@@ -204,8 +215,11 @@ def _fields(value: Any) -> dict[str, Any]:
         raise ValueError(f"expected a mapping of field names to types, got {kind(value)}")
     for key, raw in value.items():
         if not isinstance(key, str) or not key.rstrip("?"):
-            raise ValueError(f"{key!r} is not a field name")
-        parse_field(raw)
+            raise ValueError(f"{excerpt(key)} is not a field name")
+        try:
+            parse_field(raw)
+        except ValueError as exc:
+            raise ValueError(bound_message(str(exc))) from exc
     return dict(value)
 
 
@@ -350,19 +364,21 @@ class FileResult:
 FileCache = dict[str, FileResult]
 
 
-def load_file(path: Path) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
+def load_file(
+    path: Path, settle: float = 0.0
+) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
     """Load one route file; return its routes, its event schemas and every finding."""
     try:
-        text = read_text(path)
+        text = read_text(path, settle)
     except YamlError as exc:
         return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
     return _load_text(path, text)
 
 
-def _load_cached(path: Path, cache: FileCache, fresh: FileCache) -> FileResult:
+def _load_cached(path: Path, cache: FileCache, fresh: FileCache, settle: float) -> FileResult:
     """Load a file, reusing what the cache built from the very same text."""
     try:
-        text = read_text(path)
+        text = read_text(path, settle)
     except YamlError as exc:
         problem = Diagnostic(str(path), exc.line, "error", exc.message)
         return FileResult(b"", (), {}, (problem,))
@@ -403,6 +419,11 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     if not isinstance(data, dict):
         ctx.error([], f"expected a mapping with the key 'routes', got {kind(data)}")
         return [], {}, ctx.diagnostics
+    if data and not _looks_like_route_file(data):
+        # Another kind of file (a symlink to a secret, another format): none of its keys
+        # are quoted, they may be whole lines of it.
+        ctx.error([], NOT_A_ROUTE_FILE.format(count=len(data)))
+        return [], {}, ctx.diagnostics
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
@@ -416,6 +437,14 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     if any(d.severity == "error" for d in ctx.diagnostics):
         return [], {}, ctx.diagnostics
     return [route for route in routes if route is not None], schemas, ctx.diagnostics
+
+
+def _looks_like_route_file(data: dict[Any, Any]) -> bool:
+    """Return whether a top-level key is, or is a typo of, 'routes' or 'schemas'."""
+    return any(
+        name is not None and difflib.get_close_matches(name, FILE_KEYS, n=1, cutoff=0.75)
+        for name in map(plain_key, data)
+    )
 
 
 def load_file_routes(path: Path) -> tuple[list[Route], list[Diagnostic]]:
@@ -451,12 +480,44 @@ class LoadResult:
         return not any(d.severity == "error" for d in self.diagnostics)
 
 
-def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> LoadResult:
+def _trust_findings(path: Path, what: str, line: int, euid: int) -> list[Diagnostic]:
+    doubt = distrust(path, euid)
+    if doubt is None:
+        return []
+    return [Diagnostic(str(path), line, doubt.severity, doubt.describe(what))]
+
+
+def _handler_trust(routes: Iterable[Route], euid: int) -> list[Diagnostic]:
+    """Judge the handler folder of every run action, and its steps, once each."""
+    findings = []
+    seen: set[Path] = set()
+    for route in routes:
+        for action in route.actions:
+            if isinstance(action, RunAction) and action.path not in seen:
+                seen.add(action.path)
+                findings += [
+                    Diagnostic(route.file, action.line, doubt.severity, doubt.describe(what))
+                    for what, doubt in handler_distrust(action.path, euid)
+                ]
+    return findings
+
+
+def load_routes(
+    directories: Iterable[Path],
+    cache: FileCache | None = None,
+    *,
+    euid: int | None = None,
+    settle: float = 0.0,
+) -> LoadResult:
     """Load every route file of ``directories``; report duplicates across files.
 
     With a ``cache`` (kept by the daemon between reloads), a file whose text has not
     changed is not parsed again; the cache is left holding the files of this load.
+    Files, folders and steps others could change are refused when ``euid`` (by default
+    the process's) is root, warned about otherwise (see ``trust``). With ``settle`` (a
+    reload), a file modified less than that many seconds ago is read once it is quiet.
     """
+    uid = effective_uid(euid)
     fresh: FileCache = {}
     routes: list[Route] = []
     diagnostics: list[Diagnostic] = []
@@ -468,11 +529,16 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
             message = f"cannot read routes folder: {exc.strerror or exc}"
             diagnostics.append(Diagnostic(str(directory), 0, "error", message))
             continue
+        diagnostics += _trust_findings(directory, "routes folder", 0, uid)
         for path in files:
+            doubts = _trust_findings(path, "route file", 1, uid)
+            diagnostics += doubts
+            if any(item.severity == "error" for item in doubts):
+                continue  # refused: not even read
             if cache is None:
-                found, declared, notes = load_file(path)
+                found, declared, notes = load_file(path, settle)
             else:
-                result = _load_cached(path, cache, fresh)
+                result = _load_cached(path, cache, fresh, settle)
                 found, declared, notes = (
                     list(result.routes),
                     result.schemas,
@@ -482,7 +548,7 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
             diagnostics.extend(notes)
             for name, spec in declared.items():
                 if name in schemas:
-                    message = f"event schema {name!r} is declared twice"
+                    message = f"event schema {excerpt(name)} is declared twice"
                     diagnostics.append(Diagnostic(str(path), 1, "error", message))
                 schemas[name] = spec
     seen: dict[str, Route] = {}
@@ -500,6 +566,7 @@ def load_routes(directories: Iterable[Path], cache: FileCache | None = None) -> 
         unique.append(
             replace(route, payload_check=partial(_strict_check, schemas)) if strict else route
         )
+    diagnostics += _handler_trust(unique, uid)
     if cache is not None:
         cache.clear()
         cache.update(fresh)

@@ -9,6 +9,7 @@ naming the key path, with a did-you-mean for unknown keys.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 
 import voluptuous as vol
 
+from eventrouter.config.excerpt import excerpt
 from eventrouter.config.patterns import PatternError
 from eventrouter.config.templates import TemplateSyntaxError
 from eventrouter.config.yamlload import line_of
@@ -24,22 +26,53 @@ from eventrouter.errors import Diagnostic
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+#: Longest delay (debounce, throttle, retry backoff): anything longer is a typo, not a plan.
+MAX_DELAY = 24 * 3600.0
+#: Longest timeout (of a step, of the stop): 30 days.
+MAX_TIMEOUT = 30 * 24 * 3600.0
+_DURATION_HINT = "use 500ms, 30s, 2m, 1h or seconds"
 
 
-def parse_duration(value: Any) -> float:
+def parse_duration(value: Any, maximum: float = MAX_TIMEOUT) -> float:
     """Return seconds for ``500ms``, ``30s``, ``2m``, ``1h`` or a number; raise ValueError."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 30s, 2m, 1h")
+        raise ValueError(f"expected a duration ({_DURATION_HINT})")
     if isinstance(value, int | float):
-        seconds = float(value)
+        seconds = _seconds(value)
     else:
         found = _DURATION.fullmatch(str(value))
         if not found:
-            raise ValueError(f"{value!r} is not a duration (use 500ms, 30s, 2m, 1h or seconds)")
+            raise ValueError(f"{excerpt(value)} is not a duration ({_DURATION_HINT})")
         seconds = float(found.group(1)) * _UNITS[found.group(2)]
     if seconds <= 0:
         raise ValueError("a duration must be greater than zero")
+    if seconds > maximum:
+        raise ValueError(f"a duration here is at most {_hours(maximum)}")
     return seconds
+
+
+def parse_delay(value: Any) -> float:
+    """Return seconds for a debounce, throttle or backoff (at most ``MAX_DELAY``)."""
+    return parse_duration(value, MAX_DELAY)
+
+
+def _seconds(value: int | float) -> float:
+    """Return a YAML number as seconds, refusing .nan and .inf (which compare as nothing)."""
+    if value != value:  # noqa: PLR0124 (NaN is the one value not equal to itself)
+        raise ValueError(f"a duration cannot be .nan (not a number); {_DURATION_HINT}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        return math.inf  # a whole number too large for a float is past any maximum
+    if math.isinf(seconds):
+        raise ValueError(f"a duration must be finite, not {seconds} ({_DURATION_HINT})")
+    return seconds
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    days = f" ({hours / 24:g} days)" if hours > 24 else ""
+    return f"{hours:g}h{days}"
 
 
 def wrap(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -84,13 +117,13 @@ def kind(value: Any) -> str:
 
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
+        raise ValueError(f"expected true or false, got {excerpt(value)}")
     return value
 
 
 def count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+        raise ValueError(f"expected a whole number of at least 1, got {excerpt(value)}")
     return value
 
 
@@ -114,20 +147,39 @@ class FileContext:
 def key_path(path: Iterable[Any]) -> str:
     text = ""
     for step in path:
-        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+        name = _key_name(step)
+        text += f"[{step}]" if isinstance(step, int) else (f".{name}" if text else name)
     return text
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_?][A-Za-z0-9_.?-]{0,39}")
+
+
+def plain_key(key: Any) -> str | None:
+    """Return ``key`` (or the key a voluptuous marker names) when it is a plain name."""
+    if isinstance(key, vol.Marker):
+        key = key.schema
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else None
+
+
+def _key_name(key: Any) -> str:
+    """Return a key as written when it is a plain name, else a short escaped quote of it."""
+    name = plain_key(key)
+    return name if name is not None else excerpt(key)
 
 
 def explain(error: vol.Invalid, allowed: Iterable[str]) -> str:
     """Rewrite a voluptuous message into one that says what to do."""
     key = error.path[-1] if error.path else None
+    if isinstance(key, vol.Marker):
+        key = key.schema
     message = error.error_message
     if message == "extra keys not allowed":
         close = difflib.get_close_matches(str(key), list(allowed), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}"
+        return f"unknown key {excerpt(key)}{hint}; allowed keys: {', '.join(allowed)}"
     if message == "required key not provided":
-        return f"missing required key {key!r}"
+        return f"missing required key {excerpt(key)}"
     if message.startswith("expected dict"):
         return "expected a mapping"
     if message.startswith("expected list"):

@@ -10,16 +10,22 @@ All of PyYAML lives here. Two departures from PyYAML's ``SafeLoader``:
 
 from __future__ import annotations
 
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eventrouter.config.excerpt import bound_message, excerpt
+
 #: Most nodes a document may expand to once its aliases are followed.
 MAX_EXPANDED_NODES = 100_000
 #: Largest route file read, in bytes.
 MAX_FILE_SIZE = 8 * 1024 * 1024
+#: Longest a route file is waited for while it keeps changing, in seconds.
+PATIENCE = 2.0
 
 
 class YamlError(Exception):
@@ -91,7 +97,7 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
             )
         if key in explicit and id(key_node) in explicit_nodes:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
+                None, None, f"duplicate key {excerpt(key)}", key_node.start_mark
             )
         if id(key_node) in explicit_nodes:
             explicit.add(key)
@@ -149,17 +155,19 @@ def loads(text: str) -> Any:
         if exc.context_mark is not None and mark is not None and mark.index >= len(text):
             mark = exc.context_mark  # an unterminated construct: point where it opens
         line = mark.line + 1 if mark is not None else 1
-        problem = exc.problem or str(exc)
+        problem = bound_message(exc.problem or "")
         if problem == "found undefined alias" and exc.problem_mark is not None:
             # libyaml does not name the alias; the mark points at it.
             alias = re.match(r"\*([^\s,\]}]+)", text[exc.problem_mark.index :])
-            problem += f" {alias.group(1)!r}" if alias else ""
-        context = f" ({exc.context})" if exc.context else ""
+            problem += f" {excerpt(alias.group(1))}" if alias else ""
+        context = f" ({bound_message(exc.context)})" if exc.context else ""
         raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
     except yaml.YAMLError as exc:
-        raise YamlError(1, f"invalid YAML: {exc}") from exc
+        raise YamlError(1, f"invalid YAML: {bound_message(str(exc))}") from exc
     except RecursionError as exc:
         raise YamlError(1, "invalid YAML: nested too deeply") from exc
+    except ValueError as exc:  # int() refuses numbers of more than 4300 digits
+        raise YamlError(1, "invalid YAML: a number too long to read") from exc
     finally:
         loader.dispose()
 
@@ -169,21 +177,54 @@ def load_file(path: Path) -> Any:
     return loads(read_text(path))
 
 
-def read_text(path: Path) -> str:
-    """Read a YAML file as text; raise YamlError when it cannot be read or is not UTF-8."""
+def read_text(path: Path, settle: float = 0.0, patience: float = PATIENCE) -> str:
+    """Read a YAML file as text once it is stable; raise YamlError when it cannot be read,
+    is not UTF-8, or keeps changing for ``patience`` seconds.
+
+    A file changed while it was read is read again; with ``settle`` (a reload), so is a file
+    modified less than ``settle`` seconds ago, once it has been quiet that long: a file being
+    written in place may look complete (a cut inside a comment parses) and drop routes.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        data, stable, age = _read_once(path)
+        recent = abs(age) < settle  # a future mtime is not a write going on, unless near
+        if stable and not recent:
+            return _decode(data)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise YamlError(
+                1,
+                f"file kept changing while it was read (for {patience:g}s); not loaded: "
+                "reload once it is written",
+            )
+        time.sleep(min(max(settle - age if recent else settle, 0.01), left))
+
+
+def _read_once(path: Path) -> tuple[bytes, bool, float]:
+    """Read the file; return its bytes, whether it stayed the same file and size and
+    mtime while read, and how many seconds ago it was last modified."""
     try:
         with path.open("rb") as handle:
+            before = os.fstat(handle.fileno())
             data = handle.read(MAX_FILE_SIZE + 1)
+            after = os.fstat(handle.fileno())
+        now = os.stat(path)  # renamed over meanwhile: another file now
     except OSError as exc:
         raise YamlError(1, f"cannot read file: {exc.strerror or exc}") from exc
+    stamps = {(i.st_ino, i.st_dev, i.st_size, i.st_mtime_ns) for i in (before, after, now)}
+    stable = len(stamps) == 1 and len(data) == min(after.st_size, MAX_FILE_SIZE + 1)
+    return data, stable, time.time() - now.st_mtime_ns / 1e9
+
+
+def _decode(data: bytes) -> str:
     if len(data) > MAX_FILE_SIZE:
         raise YamlError(1, f"file is larger than {MAX_FILE_SIZE} bytes")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise YamlError(line, "file is not valid UTF-8") from exc
-    return text
 
 
 def line_of(data: Any, path: list[Any], default: int) -> int:

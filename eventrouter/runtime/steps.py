@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from eventrouter.config.trust import distrust, effective_uid, is_ignored
 from eventrouter.runtime.limiter import FairLimiter
 from eventrouter.runtime.spawn import Child
 
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 TAIL_LINES = 20
 #: How long to keep reading output after a step exited (a background child may hold the pipes).
 PIPE_GRACE = 1.0
-#: Suffixes of editor and package-manager leftovers, never run.
-BACKUP_SUFFIXES = ("~", ".swp", ".orig", ".rej", ".rpmnew", ".rpmsave")
 #: Syslog priority (``<N>`` prefix) to logging level.
 PRIORITY_LEVELS = (
     logging.ERROR,  # 0 emerg
@@ -84,11 +83,6 @@ class HandlerResult:
     ok: bool
     error: str | None = None
     tail: tuple[str, ...] = ()
-
-
-def is_ignored(name: str) -> bool:
-    """Return whether ``name`` is hidden or an editor/package backup, never a step."""
-    return name.startswith(".") or name.endswith(BACKUP_SUFFIXES) or ".dpkg-" in name
 
 
 def unrunnable_reason(path: Path) -> str | None:
@@ -316,6 +310,7 @@ class StepRunner:
         kill_grace: float = 5.0,
         max_line: int = 16384,
         base_env: Mapping[str, str] | None = None,
+        euid: int | None = None,
     ) -> None:
         if max_concurrency < 1 or max_line < 1:
             raise ValueError("max_concurrency and max_line must be at least 1")
@@ -326,6 +321,8 @@ class StepRunner:
         # Process group id (= pid of the step) -> the future set when that step exits.
         self._running: dict[int, asyncio.Future[None]] = {}
         self._stopping = False
+        #: Whose trust rules apply to handler folders and steps (root: refuse, else warn).
+        self._euid = effective_uid(euid)
 
     @property
     def running(self) -> int:
@@ -348,6 +345,10 @@ class StepRunner:
 
         ``group`` (the route) is what the concurrency cap shares slots fairly between.
         """
+        refused = self._refused(directory, "handler folder", tag)
+        if refused is not None:
+            logger.error("%s %s", tag, refused)
+            return HandlerResult(directory, (), ok=False, error=refused)
         try:
             steps, skipped = list_steps(directory)
         except OSError as exc:
@@ -398,9 +399,23 @@ class StepRunner:
     async def _take_turn(self, job: _Job, step: StepEntry) -> _Outcome:
         """Run ``step`` unless it vanished or lost its executable bit since the listing."""
         reason = unrunnable_reason(step.path)
-        if reason is None:
-            return await self._run_step(job, step)
-        return _skip(job, step, reason)
+        if reason is not None:
+            return _skip(job, step, reason)
+        # Checked at its turn: a step can be changed after the routes were loaded.
+        refused = self._refused(step.path, "step", job.tag)
+        if refused is not None:
+            return _Outcome(StepResult(step.name, None, skipped="refused"), refused)
+        return await self._run_step(job, step)
+
+    def _refused(self, path: Path, what: str, tag: str) -> str | None:
+        """Return the error when ``path`` may not be trusted as root; warn when not root."""
+        doubt = distrust(path, self._euid)
+        if doubt is None:
+            return None
+        if doubt.refused:
+            return doubt.describe(what)  # logged by the caller, with route and event
+        logger.warning("%s %s", tag, doubt.describe(what))
+        return None
 
     async def _run_step(self, job: _Job, step: StepEntry) -> _Outcome:
         """Start one step, feed it the payload, supervise it and relay its output."""

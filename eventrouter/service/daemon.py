@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: The subscription convention folders need (as the NS8 agent's).
 CONVENTION_GLOB = "*/event/*"
+#: On reload, a route file modified less than this many seconds ago is read once quiet.
+RELOAD_SETTLE = 0.25
 
 
 @dataclass(frozen=True)
@@ -273,9 +275,9 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.intents.ask_stop, signum.name)
 
-    def _load(self) -> LoadResult:
+    def _load(self, settle: float = 0.0) -> LoadResult:
         """Read and check the route files as `check` does (blocking: run it in a thread)."""
-        result = load_routes(self.settings.routes_dirs, self.cache)
+        result = load_routes(self.settings.routes_dirs, self.cache, settle=settle)
         return validate(result, self.settings.events_dirs)
 
     async def reload(self, dispatcher: Dispatcher, subscriber: bus.Subscriber) -> bool:
@@ -285,7 +287,8 @@ class Daemon:
             "SIGHUP: reloading routes from %s",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        result = await asyncio.to_thread(self._load)
+        # A file being written in place may parse with fewer routes: read each once quiet.
+        result = await asyncio.to_thread(self._load, RELOAD_SETTLE)
         log_diagnostics(result)
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")
