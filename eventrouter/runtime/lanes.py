@@ -53,6 +53,7 @@ class Lane:
     timer: asyncio.TimerHandle | None = None
     held: Job | None = None  # the last event of a debounce/throttle period
     held_count: int = 0
+    busy: int = 0  # workers inside a run (the others are about to take the next job)
 
     @property
     def idle(self) -> bool:
@@ -189,7 +190,13 @@ class Scheduler:
     def _pump(self, lane: Lane) -> None:
         """Start workers while the mode allows and jobs wait."""
         limit = lane.route.max_runs if lane.route.mode == "parallel" else 1
-        while len(lane.running) < min(limit, len(lane.queue)) and not self.closing:
+        # A worker busy with a run takes no new job until it ends: count only the idle ones,
+        # or a run arriving alone while another goes would wait for it (parallel mode).
+        while (
+            len(lane.running) < limit
+            and len(lane.queue) > len(lane.running) - lane.busy
+            and not self.closing
+        ):
             if any(task.cancelling() for task in lane.running):
                 return  # a restart: wait until the stopped run is gone
             task = asyncio.create_task(self._work(lane), name=f"route:{lane.name}")
@@ -203,6 +210,7 @@ class Scheduler:
             job = lane.queue.popleft()
             self.pending -= 1
             lane.route = job.route  # a reload may have changed the route since
+            lane.busy += 1
             try:
                 await self._execute(job)
             except asyncio.CancelledError:
@@ -212,6 +220,8 @@ class Scheduler:
                 log.exception(
                     "route %s: internal error in a run for %r", lane.name, job.event.channel
                 )
+            finally:
+                lane.busy -= 1
             done += 1
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the intake and the other lanes have their turn
