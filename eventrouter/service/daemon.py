@@ -17,8 +17,10 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
+from eventrouter.runtime import statedir
 from eventrouter.runtime.dispatch import Dispatcher, convention_route, parse_event
 from eventrouter.runtime.journal import Journal, instance_name, parse_retry_message
+from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.service import sdnotify
 
@@ -108,6 +110,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
+        self._lock: statedir.RouterLock | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {glob_escape(self.settings.control_channel)}
@@ -183,6 +186,10 @@ class Daemon:
         if sub is None:
             self._embedded = True
             state = self.settings.state_dir or embedded.default_state_dir()
+            # One router per embedded server: two would each run every event.
+            self._lock = statedir.RouterLock(state)
+            self._lock.acquire()
+            embedded.stop_leftover(state)
             sub, self.server = embedded.ensure_server(state)
             where = "started" if self.server else "found running"
             log.info("no Redis configured: embedded server %s at %s", where, sub)
@@ -191,6 +198,19 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
+        statedir.prepare(self.settings.state_dir or embedded.default_state_dir())
+        # Before any child: the warden stops them all should this process be killed.
+        WARDEN.start(self.settings.kill_grace)
+        try:
+            return await self._run()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            WARDEN.stop()
+            if self._lock is not None:
+                self._lock.release()
+
+    async def _run(self) -> int:
         _watch_children_with_pidfd()
         sub_url, pub_url = self._urls()
         index = RouteIndex(self.routes)
@@ -300,6 +320,7 @@ class Daemon:
         await publisher.close()
         if self.server is not None:
             self.server.stop()
+            self.server = None
         counts = dispatcher.counters
         log.info(
             "stopped: %d events, %d runs ok, %d failed, %d derived emitted, %d dropped, "
