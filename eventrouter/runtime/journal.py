@@ -26,6 +26,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
+from eventrouter.runtime.statedir import open_nofollow
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "failures.jsonl"
@@ -208,9 +210,11 @@ class FileJournal:
     def _read(self) -> tuple[builtins.list[Failure], int]:
         """Return the failures in the file, oldest first, and its number of lines."""
         try:
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            fd = open_nofollow(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return [], 0
+        with open(fd, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
         entries, bad = [], 0
         for line in lines:
             try:
@@ -235,7 +239,9 @@ class FileJournal:
         failure_id = "{}-{}".format(*self._last)
         line = json.dumps(bounded(failure, failure_id).to_json(), ensure_ascii=False)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
+        # Never through a symlink: someone who planted one would choose what we append to.
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with open(fd, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         self._lines += 1
         if self._lines > 2 * self.size:
@@ -246,7 +252,9 @@ class FileJournal:
         """Keep the newest ``size`` entries, replacing the file atomically."""
         entries = self._read()[0][-self.size :]
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
+        temporary.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
+        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with open(fd, "w", encoding="utf-8") as handle:
             handle.writelines(
                 json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in entries
             )
