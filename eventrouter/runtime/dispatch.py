@@ -77,6 +77,25 @@ def convention_folders(events_dirs: Sequence[Path], name: str | None) -> list[Pa
     return [base / name for base in events_dirs if (base / name).is_dir()]
 
 
+async def _wait_unless(
+    tasks: Sequence[asyncio.Task[None]], seconds: float, hurry: asyncio.Event
+) -> set[asyncio.Task[None]]:
+    """Wait for ``tasks`` up to ``seconds`` or until ``hurry`` is set; return those left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    left = {task for task in tasks if not task.done()}
+    hurried = asyncio.create_task(hurry.wait())
+    try:
+        while left and not hurry.is_set() and loop.time() < deadline:
+            await asyncio.wait(
+                [*left, hurried], timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+            )
+            left = {task for task in left if not task.done()}
+    finally:
+        hurried.cancel()
+    return left
+
+
 def render_emit(action: EmitAction, context: dict[str, Any]) -> tuple[str, bytes]:
     """Return the channel and JSON payload of a derived event; raise TemplateRenderError."""
     channel = action.channel.render(context)
@@ -398,22 +417,50 @@ class Dispatcher:
         log.info("route %s emitted %r (caused by %r)", route.name, channel, event.channel)
         return None
 
-    async def close(self, grace: float) -> None:
-        """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""
+    async def close(self, grace: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them.
+
+        ``hurry`` (a second SIGTERM/SIGINT) ends the wait and kills the steps at once.
+        """
+        hurry = hurry if hurry is not None else asyncio.Event()
         not_started = self.scheduler.close()
         recording = asyncio.create_task(self._journal_not_started(not_started))
+        escalate = asyncio.create_task(self._kill_when(hurry))
         running = self.scheduler.running
-        if running:
-            log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
-            _, pending = await asyncio.wait(running, timeout=grace)
-            if pending:
-                killed = await self.runner.terminate_all()
-                log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            if running:
+                log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
+                pending = await _wait_unless(running, grace, hurry)
+                if pending:
+                    log.error(
+                        "shutdown: %d run(s) still running after %.1fs; killing them",
+                        len(pending),
+                        grace,
+                    )
+                    # Cancelled, a run stops its steps (TERM, then KILL) and is journaled.
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+            await self.runner.terminate_all()  # anything not owned by a run
+        finally:
+            escalate.cancel()
+        await self._journal_killed(self.scheduler.killed, grace)
         await recording
         await asyncio.gather(*self._recording, return_exceptions=True)
+
+    async def _kill_when(self, hurry: asyncio.Event) -> None:
+        await hurry.wait()
+        self.runner.kill_now()
+
+    async def _journal_killed(self, jobs: list[Job], grace: float) -> None:
+        """Count and record the runs killed because they outlasted the stop timeout."""
+        self.counters["killed"] += len(jobs)
+        failed = Failed(
+            "killed at shutdown",
+            f"still running when the router stopped (--stop-timeout {grace:g}s)",
+        )
+        for job in jobs:
+            await self._journal(job, 0, "killed at shutdown", failed, time.time(), quiet=True)
 
     async def _journal_not_started(self, jobs: list[Job]) -> None:
         """Log and record the runs that were queued when the router stopped."""

@@ -79,6 +79,8 @@ class Scheduler:
         self.lanes: dict[str, Lane] = {}
         self.pending = 0  # jobs queued or held in all lanes
         self.closing = False
+        #: Runs stopped because the router was stopping (not a restart): to be journaled.
+        self.killed: list[Job] = []
 
     def submit(self, job: Job) -> bool:
         """Admit a job; return False when it was dropped (and logged)."""
@@ -215,6 +217,8 @@ class Scheduler:
                 await self._execute(job)
             except asyncio.CancelledError:
                 log.info("route %s: run for %r stopped", lane.name, job.event.channel)
+                if self.closing:
+                    self.killed.append(job)
                 raise
             except Exception:  # a bug in one run must not stop the lane
                 log.exception(

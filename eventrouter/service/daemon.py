@@ -83,6 +83,9 @@ class Intents:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     reload: bool = False
     stop: str | None = None
+    #: A second SIGTERM/SIGINT while stopping: skip what is left of the grace period.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    hurried_by: str = ""
 
     def ask_reload(self) -> None:
         """Record a SIGHUP (several coalesce into one reload)."""
@@ -90,7 +93,10 @@ class Intents:
         self.wake.set()
 
     def ask_stop(self, name: str) -> None:
-        """Record SIGTERM/SIGINT."""
+        """Record SIGTERM/SIGINT; a second one asks to kill at once."""
+        if self.stop is not None:
+            self.hurried_by = name
+            self.hurry.set()
         self.stop = self.stop or name
         self.wake.set()
 
@@ -316,7 +322,9 @@ class Daemon:
         log.info("%s: stopping; no new events are taken", self.intents.stop or "stop")
         intake.cancel()
         await asyncio.gather(intake, return_exceptions=True)
-        await dispatcher.close(self.settings.stop_timeout)
+        hurried = asyncio.create_task(self._log_hurry())
+        await dispatcher.close(self.settings.stop_timeout, self.intents.hurry)
+        hurried.cancel()
         await publisher.close()
         if self.server is not None:
             self.server.stop()
@@ -324,11 +332,19 @@ class Daemon:
         counts = dispatcher.counters
         log.info(
             "stopped: %d events, %d runs ok, %d failed, %d derived emitted, %d dropped, "
-            "%d not started",
+            "%d not started, %d killed at shutdown",
             counts["events"],
             counts["runs_ok"],
             counts["runs_failed"],
             counts["emitted"],
             counts["dropped_oversize"] + counts["dropped_queue_full"],
             counts["not_started"],
+            counts["killed"],
+        )
+
+    async def _log_hurry(self) -> None:
+        await self.intents.hurry.wait()
+        log.warning(
+            "second %s: not waiting any longer; killing the running steps",
+            self.intents.hurried_by,
         )
