@@ -227,3 +227,5 @@ class Settings:
     control_channel: str = "eventrouter/control/retry"
     #: Runs waiting in all the queues together before new ones are dropped with an error.
     max_pending: int = 100_000
+    #: Payload bytes of the runs waiting in all the queues together (--max-queued-bytes).
+    max_queued_bytes: int = 64 * 1024 * 1024

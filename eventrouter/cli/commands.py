@@ -323,6 +323,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_depth=args.max_depth,
         queue_limit=args.queue_limit,
         max_pending=args.max_pending,
+        max_queued_bytes=args.max_queued_bytes,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         journal_key=args.journal_key,
         journal_size=args.journal_size,

@@ -25,11 +25,14 @@ from eventrouter.config.templates import event_context
 from eventrouter.engine.chains import ChainTracker, chain_text
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import SAFE_NAME, ChainLink, EmitAction, Event, Route, RunAction, Settings
-from eventrouter.runtime.journal import Failure, encode_payload
+from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
 log = logging.getLogger(__name__)
+
+#: Journal writes in flight at most: a flood of drops must not queue a task for each.
+MAX_RECORDING = 256
 
 
 class FailureJournal(Protocol):
@@ -154,6 +157,8 @@ class Dispatcher:
             queue_limit=settings.queue_limit,
             max_pending=settings.max_pending,
             counters=self.counters,
+            max_bytes=settings.max_queued_bytes,
+            on_drop=self._dropped,
         )
         self.chains = ChainTracker()
 
@@ -293,12 +298,31 @@ class Dispatcher:
         self.counters["runs_ok"] += 1
         return True
 
-    def _journal_soon(self, job: Job, where: str, reason: str) -> None:
-        """Record a template error met before the run (``when``, ``key``): it can be retried."""
+    def _dropped(self, job: Job, reason: str) -> None:
+        """Record a run dropped at a queue bound: it can be retried once the burst is over."""
+        self._journal_soon(job, "dropped", reason, status="dropped")
+
+    def _journal_soon(
+        self, job: Job, where: str, reason: str, status: str = "template error"
+    ) -> None:
+        """Record a failure met before the run (``when``, ``key``, a drop): it can be retried."""
         if self.journal is None:
             return
-        failed = Failed("template error", f"{where}: {reason}")
-        task = asyncio.create_task(self._journal(job, 0, where, failed, time.time()))
+        if len(self._recording) >= MAX_RECORDING:
+            self.counters["journal_skipped"] += 1
+            log.error(
+                "route %s: event %r: %s not recorded in the failure journal: %d writes "
+                "already waiting (%d not recorded so far)",
+                job.route.name,
+                job.event.channel,
+                status,
+                MAX_RECORDING,
+                self.counters["journal_skipped"],
+            )
+            return
+        # Built now, so the task holds the cut payload, not the event's.
+        failure = self._failure(job, 0, where, Failed(status, f"{where}: {reason}"), time.time())
+        task = asyncio.create_task(self._record(failure))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
@@ -312,10 +336,14 @@ class Dispatcher:
         *,
         quiet: bool = False,
     ) -> None:
-        if self.journal is None:
-            return
-        payload, payload_b64 = encode_payload(job.event.raw)
-        failure = Failure(
+        if self.journal is not None:
+            await self._record(self._failure(job, position, action, failed, started), quiet=quiet)
+
+    def _failure(
+        self, job: Job, position: int, action: str, failed: Failed, started: float
+    ) -> Failure:
+        payload, payload_b64, cut = journal_payload(job.event.raw)
+        return Failure(
             id="",
             time=time.time(),
             started=started,
@@ -333,12 +361,17 @@ class Dispatcher:
             payload_b64=payload_b64,
             tail=failed.tail,
             attempts=failed.attempts,
+            payload_cut=cut,
         )
+
+    async def _record(self, failure: Failure, *, quiet: bool = False) -> None:
+        if self.journal is None:
+            return
         failure_id = await self.journal.record(failure)
         if failure_id and not quiet:
             log.info(
                 "route %s: failure recorded as %s (eventrouter retry %s)",
-                job.route.name,
+                failure.route,
                 failure_id,
                 failure_id,
             )

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FILE_NAME = "failures.jsonl"
 #: Output lines kept per failure, and the length each is cut to.
 TAIL_LINES, MAX_LINE = 20, 1000
+#: Payload bytes an entry keeps: 10,000 entries of 1 MiB payloads would be 10 GiB.
+MAX_PAYLOAD = 64 * 1024
 RETRY_MESSAGE_FIELDS = ("id", "instance")
 ID_PATTERN = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
 # What JSON gives for each annotation of Failure's fields.
@@ -65,6 +67,8 @@ class Failure:
     payload_b64: str | None
     tail: tuple[str, ...]
     attempts: int = 1
+    #: When the payload was cut to MAX_PAYLOAD bytes: its full size; else 0.
+    payload_cut: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return the failure as a JSON-ready dict."""
@@ -102,6 +106,13 @@ def encode_payload(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
 
 
+def journal_payload(raw: bytes, limit: int = MAX_PAYLOAD) -> tuple[str, str | None, int]:
+    """Return (payload, payload_b64, payload_cut) for an entry: at most ``limit`` bytes kept."""
+    cut = len(raw) if len(raw) > limit else 0
+    payload, payload_b64 = encode_payload(raw[:limit])
+    return payload, payload_b64, cut
+
+
 def instance_name(configured: str) -> str:
     """Return this router's name in the journal: the configured one, else the host name."""
     return configured or socket.gethostname()
@@ -127,8 +138,16 @@ def parse_retry_message(data: bytes) -> tuple[str, str] | None:
 
 
 def bounded(failure: Failure, failure_id: str) -> Failure:
+    """Return ``failure`` under ``failure_id`` with its tail and payload cut to their bounds."""
     tail = tuple(line[:MAX_LINE] for line in failure.tail[-TAIL_LINES:])
-    return dataclasses.replace(failure, id=failure_id, tail=tail)
+    failure = dataclasses.replace(failure, id=failure_id, tail=tail)
+    raw = failure.raw()
+    if len(raw) <= MAX_PAYLOAD:
+        return failure
+    payload, payload_b64, cut = journal_payload(raw)
+    return dataclasses.replace(
+        failure, payload=payload, payload_b64=payload_b64, payload_cut=failure.payload_cut or cut
+    )
 
 
 def matches(failure: Failure, route: str | None, event: str | None) -> bool:

@@ -10,7 +10,9 @@ A *lane* is one route, or one key of a route with ``key:``. The mode applies per
 
 ``debounce`` runs once, with the last event, when the lane has been quiet that long;
 ``throttle`` runs the first event at once and coalesces the rest of each period into one
-trailing run. Queues are bounded per lane (``queue_limit``) and in all (``max_pending``).
+trailing run. Queues are bounded per lane (``queue_limit``) and in all (``max_pending``),
+and so is the payload they hold, in bytes (``max_bytes``): a burst of large events must not
+take the router's memory. What is dropped is an error, counted and handed to ``on_drop``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from eventrouter.model import Event, Route
 
 log = logging.getLogger(__name__)
 
+BYTES_FULL = "of payload bytes in all queues (--max-queued-bytes)"
 #: Jobs a worker runs back to back (when they do not wait) before yielding to other tasks.
 YIELD_EVERY = 32
 
@@ -71,11 +74,16 @@ class Scheduler:
         queue_limit: int,
         max_pending: int,
         counters: Counter[str],
+        max_bytes: int = 64 * 1024 * 1024,
+        on_drop: Callable[[Job, str], None] | None = None,
     ) -> None:
         self._execute = execute
         self.queue_limit = queue_limit
         self.max_pending = max_pending
+        self.max_bytes = max_bytes
         self.counters = counters
+        self._on_drop = on_drop
+        self.pending_bytes = 0  # payload bytes of the jobs queued or held
         self.lanes: dict[str, Lane] = {}
         self.pending = 0  # jobs queued or held in all lanes
         self.closing = False
@@ -105,10 +113,14 @@ class Scheduler:
 
     def _hold(self, lane: Lane, job: Job, delay: float, *, restart_timer: bool) -> bool:
         """Keep only the latest event of a debounce/throttle period."""
+        held = len(lane.held.event.raw) if lane.held is not None else 0
+        if self.pending_bytes - held + len(job.event.raw) > self.max_bytes:
+            return self._overflow(lane, job, BYTES_FULL)
         if lane.held is None:
             if self.pending >= self.max_pending:
                 return self._overflow(lane, job, "in all queues (--max-pending)")
             self.pending += 1
+        self.pending_bytes += len(job.event.raw) - held
         lane.held, lane.held_count = job, lane.held_count + 1
         if restart_timer:
             if lane.timer is not None:
@@ -137,6 +149,7 @@ class Scheduler:
         if job is None:
             return
         self.pending -= 1
+        self.pending_bytes -= len(job.event.raw)
         if count > 1:
             self.counters["coalesced"] += count - 1
             log.info(
@@ -168,6 +181,7 @@ class Scheduler:
                 job.event.channel,
             )
             self.pending -= len(lane.queue)
+            self.pending_bytes -= sum(len(queued.event.raw) for queued in lane.queue)
             lane.queue.clear()
             for task in lane.running:
                 task.cancel()  # the new job starts once the stopped run is gone
@@ -177,8 +191,11 @@ class Scheduler:
             )
         if self.pending >= self.max_pending:
             return self._overflow(lane, job, "in all queues (--max-pending)")
+        if self.pending_bytes + len(job.event.raw) > self.max_bytes:
+            return self._overflow(lane, job, BYTES_FULL)
         lane.queue.append(job)
         self.pending += 1
+        self.pending_bytes += len(job.event.raw)
         self._pump(lane)
         return True
 
@@ -187,6 +204,8 @@ class Scheduler:
         log.error(
             "dropped event %r for route %s: queue full %s", job.event.channel, lane.name, where
         )
+        if self._on_drop is not None:
+            self._on_drop(job, f"queue full {where}")
         return False
 
     def _pump(self, lane: Lane) -> None:
@@ -211,6 +230,7 @@ class Scheduler:
         while lane.queue and not self.closing:
             job = lane.queue.popleft()
             self.pending -= 1
+            self.pending_bytes -= len(job.event.raw)
             lane.route = job.route  # a reload may have changed the route since
             lane.busy += 1
             try:
@@ -257,5 +277,5 @@ class Scheduler:
             if lane.timer is not None:
                 lane.timer.cancel()
                 lane.timer = None
-        self.pending = 0
+        self.pending = self.pending_bytes = 0
         return dropped

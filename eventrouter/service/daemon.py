@@ -155,6 +155,14 @@ class Daemon:
         if failure is None:
             log.error("retry %s: no such failure in the journal", failure_id)
             return False
+        if failure.payload_cut:
+            log.error(
+                "retry %s: the journal kept %d of the payload's %d bytes; not retried",
+                failure_id,
+                len(failure.raw()),
+                failure.payload_cut,
+            )
+            return False
         route = self._route_named(failure.route)
         if route is None:
             log.error("retry %s: route %s no longer exists; not retried", failure_id, failure.route)
