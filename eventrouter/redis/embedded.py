@@ -327,7 +327,8 @@ def ensure_server(state_dir: Path) -> tuple[str, EmbeddedServer | None]:
     sock = socket_path(state_dir)
     # Two commands started together (say `run` and `publish`) must not both start a server:
     # the second would unlink the first one's socket and take its place.
-    with (state_dir / "redis.lock").open("a") as lock:
+    lock_fd = open_nofollow(state_dir / "redis.lock", os.O_WRONLY | os.O_CREAT)
+    with open(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Patient: a refused or missing socket fails at once, but a live server that is merely
         # slow must not be taken for dead, or a second one would orphan it.

@@ -470,10 +470,12 @@ class Dispatcher:
                         len(pending),
                         grace,
                     )
+                    steps = self.runner.running
                     # Cancelled, a run stops its steps (TERM, then KILL) and is journaled.
                     for task in pending:
                         task.cancel()
                     await asyncio.gather(*pending, return_exceptions=True)
+                    log.error("shutdown: killed %d step(s) still running", steps)
             await self.runner.terminate_all()  # anything not owned by a run
         finally:
             escalate.cancel()
