@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import redis
 
 from tests.conftest import RedisCli
-from tests.routerproc import Router, clean_env, lines, wait_for, write_routes, write_step
+from tests.routerproc import REPO, Router, clean_env, lines, wait_for, write_routes, write_step
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -99,3 +101,33 @@ def test_embedded_server_dies_with_a_killed_router(tmp_path: Path, short_tmp: Pa
         router.kill()
         if server and _alive(server):
             os.kill(server, signal.SIGKILL)
+
+
+def test_the_warden_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
+    pid = tmp_path / "pid"
+    # A stand-in for the router: starts the warden (short grace) and one stubborn group.
+    owner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            "from eventrouter.runtime.spawn import WARDEN\n"
+            "WARDEN.start(grace=0.3)\n"
+            "proc = subprocess.Popen(['/bin/sh', '-c', sys.argv[1]], start_new_session=True)\n"
+            "WARDEN.watch(proc.pid)\n"
+            "time.sleep(60)\n",
+            f"trap '' TERM; echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; sleep 60",
+        ],
+        cwd=REPO,
+    )
+    group = 0
+    try:
+        group = int(wait_for(lambda: pid.exists() and pid.read_text().strip(), what="the group"))
+        wait_for(lambda: len(_group_members(group)) == 2, what="its sleep")
+        owner.kill()
+        owner.wait(5)
+        wait_for(lambda: not _group_members(group), timeout=3, what="SIGKILL after the grace")
+    finally:
+        owner.kill()
+        if group and _group_members(group):
+            os.killpg(group, signal.SIGKILL)
