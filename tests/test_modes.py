@@ -5,7 +5,10 @@ The real CLI in a subprocess, a real Redis, real step scripts that write what th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,6 +184,9 @@ def test_restart_stops_the_running_process_group(
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), what=f"pid {pid} gone")
     wait_for(lambda: len(lines(pids)) == 2, what="the second run")
     assert not out.exists()
+    background = int(lines(pids)[1].split()[0])  # the second run left its sleep behind
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(background, signal.SIGKILL)
 
 
 def test_debounce_runs_once_with_the_last_event(
