@@ -134,6 +134,8 @@ def test_a_failure_whose_payload_was_cut_is_not_retried(
         [entry] = json.loads(run_cli("failures", "--redis", redis_url, "--json", env=env).stdout)
         assert entry["payload_cut"] == len(big)
         assert len(entry["payload"]) == MAX_PAYLOAD
+        shown = run_cli("failures", "--redis", redis_url, env=env).stdout
+        assert f"[the journal kept {MAX_PAYLOAD} of {len(big)} bytes]" in shown
         out.unlink()
         retried = run_cli("retry", "--redis", redis_url, failure_id, env=env)
         assert retried.returncode == 0, retried.stderr

@@ -198,6 +198,8 @@ def _failure_lines(failure: Failure) -> list[str]:
     stamp = datetime.fromtimestamp(failure.time).isoformat(sep=" ", timespec="seconds")
     step = f"  step {failure.step}" if failure.step else ""
     payload = failure.payload if len(failure.payload) <= 200 else failure.payload[:200] + "…"
+    if failure.payload_cut:
+        payload += f" [the journal kept {len(failure.raw())} of {failure.payload_cut} bytes]"
     return [
         f"{failure.id}  {stamp}  {failure.instance}  {failure.route}  {failure.channel}  "
         f"{failure.status}{step}",
