@@ -247,3 +247,5 @@ class Settings:
     ping_timeout: float = 5.0
     #: Longest time one template render may take before it is aborted, in seconds.
     template_timeout: float = 1.0
+    #: Payload bytes of the runs waiting in all the queues together (--max-queued-bytes).
+    max_queued_bytes: int = 64 * 1024 * 1024

@@ -3,6 +3,8 @@ semantics for queued runs, odd channels. The real CLI in a subprocess, a real Re
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import time
@@ -14,7 +16,7 @@ import redis
 
 from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
 from tests.conftest import RedisCli, free_port
-from tests.routerproc import Router, clean_env, lines, wait_for, write_step
+from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
 
 
 @pytest.fixture
@@ -147,5 +149,63 @@ def test_odd_channels_and_payloads_do_not_stop_the_daemon(tmp_path: Path, redis_
         assert "refused event name 'a\\nb'" in log
         assert out.read_bytes() == b"\x00\xff binary\n[1, 2]\n"
         assert router.stop() == 0
+    finally:
+        router.kill()
+
+
+def _sleeper(tmp_path: Path, body: str) -> tuple[Path, Path]:
+    """Write a route running a step that writes its pid to a file; return (routes, pid file)."""
+    pid = tmp_path / "pid"
+    write_step(tmp_path / "h" / "10sleep", f"echo $$ > {pid}.tmp && mv {pid}.tmp {pid}\n{body}")
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yml").write_text(
+        "routes:\n  - name: sleeper\n    on: a/event/b\n    do: [{run: ../h}]\n"
+    )
+    return tmp_path / "routes", pid
+
+
+def test_a_run_killed_at_shutdown_is_journaled_and_counted(
+    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+) -> None:
+    routes, pid = _sleeper(tmp_path, "sleep 60")
+    args = ["run", "--redis", redis_url, "--routes", str(routes), "--stop-timeout", "200ms"]
+    router = Router(args, tmp_path / "log")
+    try:
+        router.ready()
+        redis_cli("PUBLISH", "a/event/b", '{"n": 1}')
+        wait_for(pid.exists, what="the step to start")
+        assert router.stop() == 0
+        log = router.log
+        assert "shutdown: 1 run(s) still running after 0.2s; killing them" in log
+        assert re.search(r"stopped: .* 1 killed at shutdown", log), log
+    finally:
+        router.kill()
+    listed = run_cli("failures", "--redis", redis_url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    failures = json.loads(listed.stdout)
+    assert [(f["route"], f["status"]) for f in failures] == [("sleeper", "killed at shutdown")]
+    assert json.loads(failures[0]["payload"]) == {"n": 1}  # enough to run it again
+
+
+def test_a_second_sigterm_during_the_stop_kills_at_once(
+    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+) -> None:
+    # The whole group ignores SIGTERM: only SIGKILL, after the grace periods, would end it.
+    routes, pid = _sleeper(tmp_path, "trap '' TERM\nsleep 60")
+    args = ["run", "--redis", redis_url, "--routes", str(routes), "--stop-timeout", "30s"]
+    router = Router(args, tmp_path / "log")
+    try:
+        router.ready()
+        redis_cli("PUBLISH", "a/event/b", '{"n": 1}')
+        wait_for(pid.exists, what="the step to start")
+        router.signal(signal.SIGTERM)
+        router.wait_log("waiting up to 30.0s for 1 running run")
+        started = time.monotonic()
+        router.signal(signal.SIGTERM)
+        assert router.stop(timeout=5) == 0
+        assert time.monotonic() - started < 3
+        log = router.log
+        assert "second SIGTERM: not waiting any longer; killing the running steps" in log
+        assert re.search(r"stopped: .* 1 killed at shutdown", log), log
     finally:
         router.kill()

@@ -5,7 +5,10 @@ The real CLI in a subprocess, a real Redis, real step scripts that write what th
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -104,6 +107,28 @@ def test_parallel_runs_at_most_max_at_once(
     assert max_overlap(spans_of(spans)) == 2
 
 
+def test_parallel_starts_a_run_arriving_while_another_goes(
+    tmp_path: Path, router_factory: Start, redis_url: str
+) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    step = f"echo $$ >> {started}\nwhile [ ! -e {release} ]; do sleep 0.02; done"
+    write_step(tmp_path / "h" / "10", step)
+    routes = routes_file(
+        tmp_path,
+        "routes:\n  - name: par\n    on: a/event/go\n    mode: parallel\n    max: 2\n"
+        "    do: [{run: ../h}]\n",
+    )
+    router_factory("--routes", str(routes))
+    try:
+        publish_all(redis_url, "a/event/go", [{"n": 1}])
+        wait_for(lambda: len(lines(started)) == 1, what="the first run")
+        # Alone in the queue while the first run goes: it must not wait for it to end.
+        publish_all(redis_url, "a/event/go", [{"n": 2}])
+        wait_for(lambda: len(lines(started)) == 2, timeout=5, what="the second run, alongside")
+    finally:
+        release.touch()
+
+
 def test_queued_runs_one_at_a_time(tmp_path: Path, router_factory: Start, redis_url: str) -> None:
     spans = tmp_path / "spans"
     timing_step(tmp_path / "h" / "10", spans, 0.1)
@@ -159,6 +184,9 @@ def test_restart_stops_the_running_process_group(
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(), what=f"pid {pid} gone")
     wait_for(lambda: len(lines(pids)) == 2, what="the second run")
     assert not out.exists()
+    background = int(lines(pids)[1].split()[0])  # the second run left its sleep behind
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(background, signal.SIGKILL)
 
 
 def test_debounce_runs_once_with_the_last_event(

@@ -205,6 +205,8 @@ def _failure_lines(failure: Failure) -> list[str]:
     stamp = datetime.fromtimestamp(failure.time).isoformat(sep=" ", timespec="seconds")
     step = f"  step {failure.step}" if failure.step else ""
     payload = failure.payload if len(failure.payload) <= 200 else failure.payload[:200] + "…"
+    if failure.payload_cut:
+        payload += f" [the journal kept {len(failure.raw())} of {failure.payload_cut} bytes]"
     return [
         f"{failure.id}  {stamp}  {failure.instance}  {failure.route}  {failure.channel}  "
         f"{failure.status}{step}",
@@ -339,6 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_depth=args.max_depth,
         queue_limit=args.queue_limit,
         max_pending=args.max_pending,
+        max_queued_bytes=args.max_queued_bytes,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         journal_key=args.journal_key,
         journal_size=args.journal_size,

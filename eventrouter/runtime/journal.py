@@ -26,11 +26,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
+from eventrouter.runtime.statedir import open_nofollow
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "failures.jsonl"
 #: Output lines kept per failure, and the length each is cut to.
 TAIL_LINES, MAX_LINE = 20, 1000
+#: Payload bytes an entry keeps: 10,000 entries of 1 MiB payloads would be 10 GiB.
+MAX_PAYLOAD = 64 * 1024
 RETRY_MESSAGE_FIELDS = ("id", "instance")
 #: Longest retry request read, in bytes: an id and an instance name need far less.
 RETRY_MESSAGE_MAX = 4096
@@ -65,6 +69,8 @@ class Failure:
     payload_b64: str | None
     tail: tuple[str, ...]
     attempts: int = 1
+    #: When the payload was cut to MAX_PAYLOAD bytes: its full size; else 0.
+    payload_cut: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """Return the failure as a JSON-ready dict."""
@@ -102,6 +108,13 @@ def encode_payload(raw: bytes) -> tuple[str, str | None]:
         return raw.decode("utf-8", "replace"), base64.b64encode(raw).decode("ascii")
 
 
+def journal_payload(raw: bytes, limit: int = MAX_PAYLOAD) -> tuple[str, str | None, int]:
+    """Return (payload, payload_b64, payload_cut) for an entry: at most ``limit`` bytes kept."""
+    cut = len(raw) if len(raw) > limit else 0
+    payload, payload_b64 = encode_payload(raw[:limit])
+    return payload, payload_b64, cut
+
+
 def instance_name(configured: str) -> str:
     """Return this router's name in the journal: the configured one, else the host name."""
     return configured or socket.gethostname()
@@ -129,8 +142,16 @@ def parse_retry_message(data: bytes) -> tuple[str, str] | None:
 
 
 def bounded(failure: Failure, failure_id: str) -> Failure:
+    """Return ``failure`` under ``failure_id`` with its tail and payload cut to their bounds."""
     tail = tuple(line[:MAX_LINE] for line in failure.tail[-TAIL_LINES:])
-    return dataclasses.replace(failure, id=failure_id, tail=tail)
+    failure = dataclasses.replace(failure, id=failure_id, tail=tail)
+    raw = failure.raw()
+    if len(raw) <= MAX_PAYLOAD:
+        return failure
+    payload, payload_b64, cut = journal_payload(raw)
+    return dataclasses.replace(
+        failure, payload=payload, payload_b64=payload_b64, payload_cut=failure.payload_cut or cut
+    )
 
 
 def matches(failure: Failure, route: str | None, event: str | None) -> bool:
@@ -212,9 +233,11 @@ class FileJournal:
     def _read(self) -> tuple[builtins.list[Failure], int]:
         """Return the failures in the file, oldest first, and its number of lines."""
         try:
-            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+            fd = open_nofollow(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return [], 0
+        with open(fd, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
         entries, bad = [], 0
         for line in lines:
             try:
@@ -239,7 +262,9 @@ class FileJournal:
         failure_id = "{}-{}".format(*self._last)
         line = json.dumps(bounded(failure, failure_id).to_json(), ensure_ascii=False)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
+        # Never through a symlink: someone who planted one would choose what we append to.
+        fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with open(fd, "a", encoding="utf-8") as handle:
             handle.write(line + "\n")
         self._lines += 1
         if self._lines > 2 * self.size:
@@ -250,7 +275,9 @@ class FileJournal:
         """Keep the newest ``size`` entries, replacing the file atomically."""
         entries = self._read()[0][-self.size :]
         temporary = self.path.with_name(self.path.name + ".tmp")
-        with temporary.open("w", encoding="utf-8") as handle:
+        temporary.unlink(missing_ok=True)  # a leftover, or a planted symlink: never written through
+        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with open(fd, "w", encoding="utf-8") as handle:
             handle.writelines(
                 json.dumps(item.to_json(), ensure_ascii=False) + "\n" for item in entries
             )

@@ -10,7 +10,9 @@ A *lane* is one route, or one key of a route with ``key:``. The mode applies per
 
 ``debounce`` runs once, with the last event, when the lane has been quiet that long;
 ``throttle`` runs the first event at once and coalesces the rest of each period into one
-trailing run. Queues are bounded per lane (``queue_limit``) and in all (``max_pending``).
+trailing run. Queues are bounded per lane (``queue_limit``) and in all (``max_pending``),
+and so is the payload they hold, in bytes (``max_bytes``): a burst of large events must not
+take the router's memory. What is dropped is an error, counted and handed to ``on_drop``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from eventrouter.model import Event, Route
 
 log = logging.getLogger(__name__)
 
+BYTES_FULL = "of payload bytes in all queues (--max-queued-bytes)"
 #: Jobs a worker runs back to back (when they do not wait) before yielding to other tasks.
 YIELD_EVERY = 32
 
@@ -63,6 +66,7 @@ class Lane:
     timer: Timer | None = None
     held: Job | None = None  # the last event of a debounce/throttle period
     held_count: int = 0
+    busy: int = 0  # workers inside a run (the others are about to take the next job)
 
     @property
     def idle(self) -> bool:
@@ -81,15 +85,22 @@ class Scheduler:
         max_pending: int,
         counters: Counter[str],
         call_later: CallLater | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        on_drop: Callable[[Job, str], None] | None = None,
     ) -> None:
         self._execute = execute
         self._call_later = call_later  # a fake clock in the scheduler's own tests
         self.queue_limit = queue_limit
         self.max_pending = max_pending
+        self.max_bytes = max_bytes
         self.counters = counters
+        self._on_drop = on_drop
+        self.pending_bytes = 0  # payload bytes of the jobs queued or held
         self.lanes: dict[str, Lane] = {}
         self.pending = 0  # jobs queued or held in all lanes
         self.closing = False
+        #: Runs stopped because the router was stopping (not a restart): to be journaled.
+        self.killed: list[Job] = []
 
     def submit(self, job: Job) -> bool:
         """Admit a job; return False when it was dropped (and logged)."""
@@ -116,10 +127,14 @@ class Scheduler:
 
     def _hold(self, lane: Lane, job: Job, delay: float, *, restart_timer: bool) -> bool:
         """Keep only the latest event of a debounce/throttle period."""
+        held = len(lane.held.event.raw) if lane.held is not None else 0
+        if self.pending_bytes - held + len(job.event.raw) > self.max_bytes:
+            return self._overflow(lane, job, BYTES_FULL)
         if lane.held is None:
             if self.pending >= self.max_pending:
                 return self._overflow(lane, job, "in all queues (--max-pending)")
             self.pending += 1
+        self.pending_bytes += len(job.event.raw) - held
         lane.held, lane.held_count = job, lane.held_count + 1
         if restart_timer:
             if lane.timer is not None:
@@ -148,6 +163,7 @@ class Scheduler:
         if job is None:
             return
         self.pending -= 1
+        self.pending_bytes -= len(job.event.raw)
         if count > 1:
             self.counters["coalesced"] += count - 1
             log.info(
@@ -179,6 +195,7 @@ class Scheduler:
                 job.event.channel,
             )
             self.pending -= len(lane.queue)
+            self.pending_bytes -= sum(len(queued.event.raw) for queued in lane.queue)
             lane.queue.clear()
             for task in lane.running:
                 task.cancel()  # the new job starts once the stopped run is gone
@@ -188,8 +205,11 @@ class Scheduler:
             )
         if self.pending >= self.max_pending:
             return self._overflow(lane, job, "in all queues (--max-pending)")
+        if self.pending_bytes + len(job.event.raw) > self.max_bytes:
+            return self._overflow(lane, job, BYTES_FULL)
         lane.queue.append(job)
         self.pending += 1
+        self.pending_bytes += len(job.event.raw)
         self._pump(lane)
         return True
 
@@ -198,12 +218,20 @@ class Scheduler:
         log.error(
             "dropped event %r for route %s: queue full %s", job.event.channel, lane.name, where
         )
+        if self._on_drop is not None:
+            self._on_drop(job, f"queue full {where}")
         return False
 
     def _pump(self, lane: Lane) -> None:
         """Start workers while the mode allows and jobs wait."""
         limit = lane.route.max_runs if lane.route.mode == "parallel" else 1
-        while len(lane.running) < min(limit, len(lane.queue)) and not self.closing:
+        # A worker busy with a run takes no new job until it ends: count only the idle ones,
+        # or a run arriving alone while another goes would wait for it (parallel mode).
+        while (
+            len(lane.running) < limit
+            and len(lane.queue) > len(lane.running) - lane.busy
+            and not self.closing
+        ):
             if any(task.cancelling() for task in lane.running):
                 return  # a restart: wait until the stopped run is gone
             task = asyncio.create_task(self._work(lane), name=f"route:{lane.name}")
@@ -216,16 +244,22 @@ class Scheduler:
         while lane.queue and not self.closing:
             job = lane.queue.popleft()
             self.pending -= 1
+            self.pending_bytes -= len(job.event.raw)
             lane.route = job.route  # a reload may have changed the route since
+            lane.busy += 1
             try:
                 await self._execute(job)
             except asyncio.CancelledError:
                 log.info("route %s: run for %r stopped", lane.name, job.event.channel)
+                if self.closing:
+                    self.killed.append(job)
                 raise
             except Exception:  # a bug in one run must not stop the lane
                 log.exception(
                     "route %s: internal error in a run for %r", lane.name, job.event.channel
                 )
+            finally:
+                lane.busy -= 1
             done += 1
             if done % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # let the intake and the other lanes have their turn
@@ -257,5 +291,5 @@ class Scheduler:
             if lane.timer is not None:
                 lane.timer.cancel()
                 lane.timer = None
-        self.pending = 0
+        self.pending = self.pending_bytes = 0
         return dropped

@@ -6,6 +6,13 @@ the cost, and while one step is being started no other event is handled. Here th
 exec happen in a small thread pool, the payload is written and the output read through
 non-blocking pipes registered with the loop, and the exit is seen through a pidfd (Linux
 5.3+; elsewhere a waiting thread).
+
+Children die with the router through a *warden*: a small process started once, which learns
+each step's process group over a pipe and, when that pipe reaches end of file (the router
+exited, even by SIGKILL), sends SIGTERM then SIGKILL to every group still registered. This
+kills what a step started too, where PR_SET_PDEATHSIG would stop only the step's own process;
+and PDEATHSIG needs a ``preexec_fn``, which makes every start fork the whole interpreter
+instead of using vfork (measured: 5-6x fewer starts per second).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import contextlib
 import logging
 import os
 import subprocess
+import sys
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -27,6 +36,99 @@ _STARTERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="step-start")
 #: Threads that wait for exits where there is no pidfd; one per running step at most.
 _WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="step-wait")
 _CHUNK = 256 * 1024
+
+# The warden's program: read "+PGID"/"-PGID" lines; at end of file, stop what is left.
+_WARDEN = """
+import os, signal, sys, time
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(sig, signal.SIG_IGN)
+fd, grace, groups, buf = int(sys.argv[1]), float(sys.argv[2]), set(), b""
+while data := os.read(fd, 65536):
+    *lines, buf = (buf + data).split(b"\\n")
+    for line in lines:
+        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+def signal_all(sig):
+    alive = set()
+    for pgid in groups:
+        try:
+            os.killpg(pgid, sig)
+            alive.add(pgid)
+        except OSError:
+            pass
+    return alive
+groups = signal_all(signal.SIGTERM)
+deadline = time.monotonic() + grace
+while groups and time.monotonic() < deadline:
+    time.sleep(0.05)
+    groups = signal_all(0)
+signal_all(signal.SIGKILL)
+"""
+
+
+class Warden:
+    """The process that stops every registered process group once the router is gone."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()  # steps start in several threads
+
+    @property
+    def pid(self) -> int | None:
+        """Return the warden's pid while it runs."""
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self, grace: float = 5.0) -> None:
+        """Start the warden (once); it lives until this process exits."""
+        if self._proc is not None:
+            return
+        read_end, write_end = os.pipe()
+        try:
+            # Its own session: a terminal's Ctrl-C to our group must not end it first.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _WARDEN, str(read_end), str(grace)],
+                stdin=subprocess.DEVNULL,
+                pass_fds=(read_end,),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._fd = write_end
+
+    def watch(self, pgid: int) -> None:
+        """Register a process group to stop if the router dies."""
+        self._send(b"+%d\n" % pgid)
+
+    def forget(self, pgid: int) -> None:
+        """Unregister a process group that has been reaped (its id may be reused)."""
+        self._send(b"-%d\n" % pgid)
+
+    def _send(self, line: bytes) -> None:
+        if self._fd is None:
+            return
+        with self._lock:
+            try:
+                os.write(self._fd, line)  # under PIPE_BUF: atomic
+            except OSError as exc:
+                logger.error("the step warden is gone (%s); steps may outlive the router", exc)
+                os.close(self._fd)
+                self._fd = None
+
+    def stop(self) -> None:
+        """Close the pipe so the warden exits (after stopping groups still registered)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
+
+
+#: The router's one warden; started by the daemon, a no-op until then.
+WARDEN = Warden()
 
 
 class Sink(Protocol):
@@ -46,9 +148,12 @@ def _popen(
     argv: list[str], fds: tuple[int, int, int], cwd: str, env: dict[str, str]
 ) -> subprocess.Popen[bytes]:
     stdin, stdout, stderr = fds
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, start_new_session=True
     )
+    # Here, in the forking thread: the sooner the warden knows, the smaller the window.
+    WARDEN.watch(proc.pid)
+    return proc
 
 
 class Child:
@@ -154,7 +259,7 @@ class Child:
             pidfd = os.pidfd_open(self._proc.pid)
         except (AttributeError, OSError):
             waiting = self._loop.run_in_executor(_WAITERS, self._proc.wait)
-            waiting.add_done_callback(lambda _: self._sink.process_exited())
+            waiting.add_done_callback(lambda _: self._reaped())
             return
         self._loop.add_reader(pidfd, self._exited, pidfd)
 
@@ -162,6 +267,11 @@ class Child:
         self._loop.remove_reader(pidfd)
         os.close(pidfd)
         self._proc.wait()  # reap it: it has exited, so this returns at once
+        WARDEN.forget(self._proc.pid)
+        self._sink.process_exited()
+
+    def _reaped(self) -> None:
+        WARDEN.forget(self._proc.pid)
         self._sink.process_exited()
 
     def get_pid(self) -> int:

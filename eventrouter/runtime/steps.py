@@ -396,6 +396,13 @@ class StepRunner:
                 logger.error("%d step process(es) survived SIGKILL", len(pending))
         return len(running)
 
+    def kill_now(self) -> int:
+        """SIGKILL every running step's group at once, starting no more; return how many."""
+        self._stopping = True
+        for pgid in self._running:
+            _signal_group(pgid, signal.SIGKILL)
+        return len(self._running)
+
     async def _take_turn(self, job: _Job, step: StepEntry) -> _Outcome:
         """Run ``step`` unless it vanished or lost its executable bit since the listing."""
         reason = unrunnable_reason(step.path)

@@ -18,8 +18,10 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
+from eventrouter.runtime import statedir
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
+from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.service import sdnotify
 
@@ -84,6 +86,9 @@ class Intents:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     reload: bool = False
     stop: str | None = None
+    #: A second SIGTERM/SIGINT while stopping: skip what is left of the grace period.
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
+    hurried_by: str = ""
 
     def ask_reload(self) -> None:
         """Record a SIGHUP (several coalesce into one reload)."""
@@ -91,7 +96,10 @@ class Intents:
         self.wake.set()
 
     def ask_stop(self, name: str) -> None:
-        """Record SIGTERM/SIGINT."""
+        """Record SIGTERM/SIGINT; a second one asks to kill at once."""
+        if self.stop is not None:
+            self.hurried_by = name
+            self.hurry.set()
         self.stop = self.stop or name
         self.wake.set()
 
@@ -111,6 +119,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
+        self._lock: statedir.RouterLock | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {glob_escape(self.settings.control_channel)}
@@ -159,6 +168,14 @@ class Daemon:
         if failure is None:
             log.error("retry %s: no such failure in the journal", failure_id)
             return False
+        if failure.payload_cut:
+            log.error(
+                "retry %s: the journal kept %d of the payload's %d bytes; not retried",
+                failure_id,
+                len(failure.raw()),
+                failure.payload_cut,
+            )
+            return False
         decision = decide_message(
             dispatcher.index, failure.channel, failure.raw(), dispatcher.context
         )
@@ -190,6 +207,10 @@ class Daemon:
         if sub is None:
             self._embedded = True
             state = self.settings.state_dir or embedded.default_state_dir()
+            # One router per embedded server: two would each run every event.
+            self._lock = statedir.RouterLock(state)
+            self._lock.acquire()
+            embedded.stop_leftover(state)
             sub, self.server = embedded.ensure_server(state)
             where = "started" if self.server else "found running"
             log.info("no Redis configured: embedded server %s at %s", where, sub)
@@ -198,6 +219,19 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
+        statedir.prepare(self.settings.state_dir or embedded.default_state_dir())
+        # Before any child: the warden stops them all should this process be killed.
+        WARDEN.start(self.settings.kill_grace)
+        try:
+            return await self._run()
+        finally:
+            if self.server is not None:
+                self.server.stop()
+            WARDEN.stop()
+            if self._lock is not None:
+                self._lock.release()
+
+    async def _run(self) -> int:
         _watch_children_with_pidfd()
         sub_url, pub_url = self._urls()
         index = RouteIndex(self.routes)
@@ -328,18 +362,29 @@ class Daemon:
         log.info("%s: stopping; no new events are taken", self.intents.stop or "stop")
         intake.cancel()
         await asyncio.gather(intake, return_exceptions=True)
-        await dispatcher.close(self.settings.stop_timeout)
+        hurried = asyncio.create_task(self._log_hurry())
+        await dispatcher.close(self.settings.stop_timeout, self.intents.hurry)
+        hurried.cancel()
         await publisher.close()
         if self.server is not None:
             self.server.stop()
+            self.server = None
         counts = dispatcher.counters
         log.info(
             "stopped: %d events, %d runs ok, %d failed, %d derived emitted, %d dropped, "
-            "%d not started",
+            "%d not started, %d killed at shutdown",
             counts["events"],
             counts["runs_ok"],
             counts["runs_failed"],
             counts["emitted"],
             counts["dropped_oversize"] + counts["dropped_queue_full"],
             counts["not_started"],
+            counts["killed"],
+        )
+
+    async def _log_hurry(self) -> None:
+        await self.intents.hurry.wait()
+        log.warning(
+            "second %s: not waiting any longer; killing the running steps",
+            self.intents.hurried_by,
         )
