@@ -145,8 +145,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "
-        "$XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter",
+        help="state folder (journal file, pid file, embedded Redis); default: "
+        "$EVENTROUTER_STATE_DIR, else systemd's $STATE_DIRECTORY/$RUNTIME_DIRECTORY, else "
+        "$XDG_RUNTIME_DIR/eventrouter, else /run/eventrouter for root, else "
+        "~/.local/state/eventrouter",
     )
     _add_journal_key(parser)
     parser.add_argument(
