@@ -340,3 +340,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the router of the state folder; print the result of that reload."""
+    from eventrouter.service.statefiles import request_reload
+
+    folder = _state_dir(args)
+    found = request_reload(folder, args.timeout)
+    if isinstance(found, str):
+        print(f"eventrouter reload: {found}", file=sys.stderr)
+        return EXIT_INVALID
+    for line in found.details:
+        print(line)
+    print(found.summary)
+    return EXIT_OK if found.ok else EXIT_INVALID

@@ -16,6 +16,7 @@ from eventrouter.cli.commands import (
     cmd_explain,
     cmd_failures,
     cmd_publish,
+    cmd_reload,
     cmd_retry,
     cmd_routes,
     cmd_run,
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.set_defaults(handler=cmd_publish)
     _add_journal_commands(commands)
+    _add_reload(commands)
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument(
             "--log-level",
@@ -347,6 +349,29 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
     retry.set_defaults(handler=cmd_retry)
+
+
+def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reload = commands.add_parser(
+        "reload",
+        help="reload the routes of the running router and print the result",
+        description="Send SIGHUP to the router of this state folder (its pid file) and print "
+        "the result of that reload: the summary line, or the errors for which it kept the "
+        "routes it had. Exit 1 on errors, or when no router runs.",
+    )
+    reload.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the router's state folder, as given to `run` (same default)",
+    )
+    reload.add_argument(
+        "--timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long to wait for the result (default: %(default)gs)",
+    )
+    reload.set_defaults(handler=cmd_reload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
