@@ -293,7 +293,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     result, folders = loaded
     explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
-    return routetest.run(files, explainer, sys.stdout)
+    searched = [folder / "tests" for folder in folders]
+    return routetest.run(files, explainer, sys.stdout, searched)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
