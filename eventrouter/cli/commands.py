@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from eventrouter.runtime.journal import Failure, Journal
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INVALID = 0, 1
 
@@ -59,6 +61,25 @@ def _load(
     return load_routes(folders, cache), folders
 
 
+def looked_in(folders: Sequence[Path]) -> str:
+    """Return where route files were looked for, for the messages about finding none."""
+    if folders:
+        return ", ".join(str(folder) for folder in folders)
+    return (
+        "./routes.d (not found; give --routes DIR, or set EVENTROUTER_ROUTES or AGENT_INSTALL_DIR)"
+    )
+
+
+def _nothing(routes: Sequence[Route], folders: Sequence[Path], events: Sequence[Path]) -> str:
+    """Return why nothing can ever run (no routes, no events folder), or "" when something can.
+
+    A forgotten --routes must not look like a clean result.
+    """
+    if routes or events:
+        return ""
+    return f"no route files in {looked_in(folders)}, and no --events-dir"
+
+
 def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | None:
     """Load the routes, printing findings on stderr; None when any is an error."""
     result, folders = _load(args)
@@ -72,13 +93,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     from eventrouter.analysis.validate import validate
 
     folders = events_dirs(args.events_dir, os.environ)
-    result = validate(_load(args)[0], folders)
+    loaded, searched = _load(args)
+    result = validate(loaded, folders)
     findings = list(result.diagnostics)
     for folder in folders:  # `run` only warns: the folder may appear later
         if not folder.is_dir():
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
     for item in findings:
         print(item)
+    empty = _nothing(result.routes, searched, folders)
+    if empty:
+        print(f"eventrouter check: nothing to check: {empty}", file=sys.stderr)
+        return EXIT_INVALID
     errors = sum(1 for item in findings if item.severity == "error")
     warnings = len(findings) - errors
     print(
@@ -271,14 +297,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     loaded = _load_valid(args)
     if loaded is None:
         return EXIT_INVALID
-    explainer = Explainer(
-        loaded[0].routes, events_dirs(args.events_dir, os.environ), args.max_depth
-    )
+    events = events_dirs(args.events_dir, os.environ)
+    explainer = Explainer(loaded[0].routes, events, args.max_depth)
     plan = explainer.explain(args.channel, _payload(args.payload))
+    empty = _nothing(loaded[0].routes, loaded[1], events)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
+        if empty:
+            print(f"eventrouter explain: no routes loaded: {empty}", file=sys.stderr)
     else:
         print("\n".join(format_text(plan, verbose=args.verbose)))
+        if empty:
+            print(f"  (no routes loaded: {empty})")
     return EXIT_OK
 
 
@@ -312,6 +342,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID
+    empty = _nothing(result.routes, folders, events_dirs(args.events_dir, os.environ))
+    if empty:  # it may be meant (routes added later, then SIGHUP), so a warning, not a refusal
+        log.warning("nothing to route: %s; events will run nothing until a reload", empty)
     settings = Settings(
         routes_dirs=tuple(folders),
         events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
