@@ -883,6 +883,7 @@ def test_cli_check_bad_folder(tmp_path: Path) -> None:
 
 def test_cli_check_warnings_do_not_fail(tmp_path: Path) -> None:
     (tmp_path / "empty.yml").write_text("")
+    write(tmp_path, "r.yml", one_route("r"))  # no route at all would be "nothing to check"
 
     done = cli("check", "--routes", str(tmp_path), cwd=tmp_path)
 
