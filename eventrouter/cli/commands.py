@@ -125,7 +125,7 @@ def _describe(route: Route) -> str:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    """List the routes with patterns, actions and origin."""
+    """List the routes with patterns, actions and origin, then the events folders."""
     loaded = _load_valid(args)
     if loaded is None:
         return EXIT_INVALID
@@ -136,6 +136,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
             f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
             f"{_describe(route)}\t{route.file}:{route.line}"
         )
+    for base in events_dirs(args.events_dir, os.environ):
+        folders = (
+            sorted(entry for entry in base.iterdir() if entry.is_dir()) if base.is_dir() else []
+        )
+        for folder in folders:  # the names `test` and `explain` give them
+            print(f"events:{folder.name}\t*/event/{folder.name}\trun {folder}\t{base}")
     return EXIT_OK
 
 

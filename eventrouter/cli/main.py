@@ -28,6 +28,7 @@ from eventrouter.model import Settings
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: The defaults of the options that set the daemon's settings: written once, in Settings.
 DEFAULTS = Settings()
+CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module-added"
 
 
 def _duration(text: str) -> float:
@@ -219,9 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser(
         "routes",
         help="list the loaded routes",
-        description="List name, patterns, actions, file and line.",
+        description="List name, patterns, actions, file and line of each route, then the "
+        "events folders (events:<name>) that --events-dir gives.",
     )
-    _add_route_options(routes, events=False)
+    _add_route_options(routes)
     routes.set_defaults(handler=cmd_routes)
 
     explain = commands.add_parser(
@@ -243,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
-    explain.add_argument("channel", metavar="CHANNEL")
+    explain.add_argument("channel", metavar="CHANNEL", help=CHANNEL_HELP)
     explain.add_argument(
         "payload",
         metavar="PAYLOAD",
@@ -273,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish",
         help="publish an event",
-        description="Publish an event and print how many subscribers received it. The payload "
+        description="Publish an event and print how many receivers Redis counted: one per "
+        "matching pattern of each subscriber, so one router may count twice. The payload "
         "must be a JSON object and well-known events must carry their documented fields, "
         "unless --raw is given.",
     )
@@ -287,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
     _add_route_options(publish, events=False)  # for the event schemas declared there
-    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument("channel", metavar="CHANNEL", help=CHANNEL_HELP)
     publish.add_argument(
         "payload",
         metavar="PAYLOAD",
@@ -311,8 +314,9 @@ def _add_journal_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
         metavar="URL",
-        help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded "
-        "server, else the local journal file in the state folder",
+        help="the Redis holding the journal stream; default: $REDIS_ADDRESS (with "
+        "$REDIS_USER/$REDIS_PASSWORD); without either, the journal is the file "
+        "STATE_DIR/failures.jsonl (where a router on the embedded server keeps it)",
     )
     parser.add_argument("--state-dir", metavar="DIR", help="the router's state folder")
     _add_journal_key(parser)
@@ -338,7 +342,9 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
         "retry",
         help="run a failed route again on its event, through the daemon",
         description="Look failure ID up and ask the router that recorded it, on the control "
-        "channel, to run the route's current version on that event again.",
+        "channel, to run the route's current version on that event again. The request "
+        "goes to --redis, else $REDIS_ADDRESS, else the embedded server of the state folder "
+        "when it answers.",
     )
     _add_journal_source(retry)
     retry.add_argument(
