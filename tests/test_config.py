@@ -633,7 +633,7 @@ def test_emit_payload_may_be_any_json_shape(tmp_path: Path) -> None:
     ("text", "severity", "words"),
     [
         ("", "warning", "file is empty"),
-        ("# nothing but a comment\n", "warning", "file is empty"),
+        ("# nothing but a comment\n", "warning", "no routes: the file holds only comments"),
         ("- routes\n", "error", "expected a mapping"),
         ("42\n", "error", "expected a mapping"),
         ("routes: {}\n", "error", "routes: expected a list"),

@@ -28,7 +28,7 @@ def test_check_with_no_routes_and_no_events_folder_is_an_error(tmp_path: Path) -
 def test_check_of_an_empty_folder_named_explicitly_names_it(tmp_path: Path) -> None:
     done = run_cli("check", "--routes", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 1
-    assert f"no route files in {tmp_path}" in done.stderr
+    assert f"no routes in {tmp_path}" in done.stderr
 
 
 def test_explain_says_no_routes_were_loaded(tmp_path: Path) -> None:
@@ -45,9 +45,7 @@ def test_run_with_nothing_to_route_warns_naming_the_folders(tmp_path: Path, redi
         ["run", "--redis", redis_url, "--state-dir", str(tmp_path / "s")], tmp_path / "log"
     )
     try:
-        router.wait_log(
-            r"WARNING .*nothing to route: no route files in routes\.d, and no --events-dir"
-        )
+        router.wait_log(r"WARNING .*nothing to route: no routes in routes\.d, and no --events-dir")
     finally:
         router.close()
 

@@ -77,7 +77,7 @@ def _nothing(routes: Sequence[Route], folders: Sequence[Path], events: Sequence[
     """
     if routes or events:
         return ""
-    return f"no route files in {looked_in(folders)}, and no --events-dir"
+    return f"no routes in {looked_in(folders)}, and no --events-dir"
 
 
 def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | None:
@@ -101,17 +101,22 @@ def cmd_check(args: argparse.Namespace) -> int:
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
     for item in findings:
         print(item)
+    errors = sum(1 for item in findings if item.severity == "error")
     empty = _nothing(result.routes, searched, folders)
-    if empty:
+    if empty and not errors:  # the errors, when there are any, say why there is no route
         print(f"eventrouter check: nothing to check: {empty}", file=sys.stderr)
         return EXIT_INVALID
-    errors = sum(1 for item in findings if item.severity == "error")
-    warnings = len(findings) - errors
-    print(
-        f"{len(result.routes)} routes checked: {errors} error(s), {warnings} warning(s)",
-        file=sys.stderr,
+    counts = (
+        _count(len(result.routes), "route"),
+        _count(errors, "error"),
+        _count(len(findings) - errors, "warning"),
     )
+    print("{} checked: {}, {}".format(*counts), file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _describe(route: Route) -> str:
@@ -277,22 +282,24 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if failure is None:
         print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
         return EXIT_INVALID
-    print(
-        f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
-    )
+    what = f"{failure.id} (route {failure.route} on {failure.channel}, by {failure.instance})"
     listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
     if url is None:
-        print(f"eventrouter retry: no Redis to reach it: {listening}", file=sys.stderr)
+        print(f"eventrouter retry {what}: no Redis to reach it: {listening}", file=sys.stderr)
         return EXIT_INVALID
     try:
         receivers = asyncio.run(bus.publish_once(url, args.control_channel, retry_message(failure)))
     except ConnectionError as exc:
-        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        print(f"eventrouter retry {what}: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if receivers == 0:
-        print(f"eventrouter retry: {listening}", file=sys.stderr)
+        print(f"eventrouter retry {what}: {listening}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"asked on {args.control_channel}: {receivers} receiver(s)")
+    # Said only now: a "retrying" line before an error reads as if something was retried.
+    print(
+        f"asked router {failure.instance} on {args.control_channel} ({receivers} receiver(s)) "
+        f"to retry {failure.id}: route {failure.route} on {failure.channel}"
+    )
     return EXIT_OK
 
 
