@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from eventrouter.runtime.journal import Failure
 from tests.conftest import free_port
-from tests.routerproc import REPO, Router, run_cli
+from tests.routerproc import REPO, Router, clean_env, run_cli
 
 ONE_ROUTE = """
 routes:
@@ -142,3 +148,35 @@ def test_retry_says_retrying_only_once_asked(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "no Redis to reach it" in done.stderr, done.stderr
     assert "retrying" not in done.stdout
+
+
+# --- 1: make run is clean with no extra settings -----------------------------------------------
+
+
+def _make_run_command() -> tuple[dict[str, str], list[str]]:
+    """Return the environment assignments and arguments of `make run`'s router command."""
+    shown = subprocess.run(
+        ["make", "-n", "-s", "run"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(row for row in shown.splitlines() if "eventrouter run" in row)
+    words = shlex.split(line)
+    assignments = dict(word.split("=", 1) for word in words if re.match(r"^[A-Z_]+=", word))
+    start = next(i for i, word in enumerate(words) if word.endswith("bin/eventrouter"))
+    return assignments, words[start + 1 :]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_handles_module_removed_without_an_error(short_tmp: Path) -> None:
+    assignments, args = _make_run_command()
+    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp), **assignments)
+    router = Router(args, short_tmp / "log", env)
+    try:
+        router.wait_log(r"subscribed to \d+ pattern", timeout=20)
+        payload = '{"module": "traefik1", "node": 1}'
+        published = run_cli("publish", "cluster/event/module-removed", payload, env=env)
+        assert published.returncode == 0, published.stderr
+        # The last line of the handler's last step: everything before it is in the log.
+        log = router.wait_log(r"module-removed .* would reload the proxy configuration")
+    finally:
+        router.close()
+    assert " ERROR " not in log, log
