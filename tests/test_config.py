@@ -634,7 +634,7 @@ def test_emit_payload_may_be_any_json_shape(tmp_path: Path) -> None:
     ("text", "severity", "words"),
     [
         ("", "warning", "file is empty"),
-        ("# nothing but a comment\n", "warning", "file is empty"),
+        ("# nothing but a comment\n", "warning", "no routes: the file holds only comments"),
         ("- routes\n", "error", "expected a mapping"),
         ("42\n", "error", "expected a mapping"),
         ("routes: {}\n", "error", "routes: expected a list"),
@@ -884,6 +884,7 @@ def test_cli_check_bad_folder(tmp_path: Path) -> None:
 
 def test_cli_check_warnings_do_not_fail(tmp_path: Path) -> None:
     (tmp_path / "empty.yml").write_text("")
+    write(tmp_path, "r.yml", one_route("r"))  # no route at all would be "nothing to check"
 
     done = cli("check", "--routes", str(tmp_path), cwd=tmp_path)
 

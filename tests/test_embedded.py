@@ -112,7 +112,10 @@ def test_default_state_dir_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EVENTROUTER_STATE_DIR")
     assert default_state_dir() == Path("/run/user/1000/eventrouter")
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert default_state_dir() == Path.home() / ".local/state/eventrouter"
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("RUNTIME_DIRECTORY", raising=False)
+    home = Path("/run") if os.geteuid() == 0 else Path.home() / ".local/state"
+    assert default_state_dir() == home / "eventrouter"
 
 
 def test_unix_url_round_trips_through_redis_py() -> None:

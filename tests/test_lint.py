@@ -509,22 +509,61 @@ def test_when_field_missing_from_a_well_known_event(tmp_path: Path) -> None:
     ]
 
 
+def test_present_fields_are_not_reported(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: "payload.module is defined and payload.get('node') == 1 and 'module' in payload"
+            do:
+              - emit: {channel: cluster/event/module-domain-changed}
+        """,
+    )
+    assert lint(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     "when",
     [
-        "payload.module == 'mail1'",
         "payload.modul is defined and payload.modul == 'mail1'",
+        "payload.modul is defined",
         "payload.modul is not defined or payload.modul == 'mail1'",
-        "(payload.modul | default('')) == 'mail1'",
-        "payload['modul'] | d('') == 'mail1'",
         "payload.get('modul') == 'mail1'",
         "'modul' in payload and payload.modul == 'mail1'",
+        "'modul' not in payload",
         "payload.modul == 'mail1' if payload.modul is defined else false",
         "payload.modul is undefined or payload.modul == 'mail1'",
         "not (payload.modul is defined) or payload.modul == 'mail1'",
     ],
 )
-def test_present_or_protected_fields_are_not_reported(tmp_path: Path, when: str) -> None:
+def test_a_field_the_schema_lacks_is_reported_guarded_or_not(tmp_path: Path, when: str) -> None:
+    # A guard keeps the template from failing, not the route from never firing: the
+    # examples' own style (`payload.x is defined and ...`) must not hide a typo.
+    path = write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: "{when}"
+            do:
+              - emit: {{channel: cluster/event/module-domain-changed}}
+        """,
+    )
+    assert [str(d) for d in lint(tmp_path)] == [
+        f"{path}:2: warning: route r: 'when' uses payload.modul, which module-added does not "
+        "carry (fields: module, node)"
+    ]
+
+
+@pytest.mark.parametrize(
+    "when", ["(payload.extra | default('')) == 'mail1'", "payload['extra'] | d('') == 'mail1'"]
+)
+def test_a_field_given_a_default_is_an_optional_extra_not_a_typo(tmp_path: Path, when: str) -> None:
     write(
         tmp_path,
         "routes.yml",
@@ -540,6 +579,22 @@ def test_present_or_protected_fields_are_not_reported(tmp_path: Path, when: str)
     assert lint(tmp_path) == []
 
 
+def test_a_guarded_name_that_is_not_a_field_stays_quiet(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: cluster/event/module-added
+            when: "extra is defined and payload.module == 'x'"
+            do:
+              - emit: {channel: cluster/event/module-domain-changed}
+        """,
+    )
+    assert lint(tmp_path) == []
+
+
 QUICK_SCAN_CASES = [
     "payload.get('modul') == 'x' and payload.nod == 1",
     "payload.modul.upper() == 'X'",
@@ -548,6 +603,8 @@ QUICK_SCAN_CASES = [
     "match.id == 'x' and match['nope'] == 'y'",
     "paylod.module == 'x'",
     "payload.module is defined and payload.module ~ '}}' == payload.modul",
+    "payload.modul is defined and payload.module == 'x'",
+    "'nod' in payload",
 ]
 
 

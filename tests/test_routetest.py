@@ -326,7 +326,8 @@ def test_invalid_test_file_is_an_error_with_file_and_line(
     assert found, output
     assert found[0].startswith(f"{files[0]}:{line}: error: "), found[0]
     # The invalid file runs no test; the next file still runs.
-    assert output.endswith("error(s) in route test files\n7 passed, 0 failed\n"), output
+    errors = len(re.findall(r": error: ", output))
+    assert output.endswith(f"\n7 passed, 0 failed, {errors} error{'s' * (errors > 1)}\n"), output
     assert code == 1
 
 
@@ -375,7 +376,7 @@ def test_cli_exit_status_and_default_files(base: Path) -> None:
     routes, events = str(base / "routes.d"), str(base / "events")
     nothing = cli("test", "--routes", routes, "--events-dir", events)
     assert nothing.returncode == 1
-    assert "no route test files" in nothing.stdout
+    assert f"no route test files in {routes}/tests" in nothing.stdout
 
     (base / "routes.d" / "tests").mkdir()
     (base / "routes.d" / "tests" / "10-pass.yml").write_text(PASSING)
@@ -394,7 +395,7 @@ def test_cli_exit_status_and_default_files(base: Path) -> None:
     invalid.write_text(one_test("app/event/echo", "fire: [nosuch]"))
     explicit = cli("test", "--routes", routes, str(invalid))
     assert f"{invalid}:6: error: " in explicit.stdout
-    assert explicit.stdout.splitlines()[-1] == "0 passed, 0 failed"
+    assert explicit.stdout.splitlines()[-1] == "0 passed, 0 failed, 1 error"
     assert explicit.returncode == 1
 
 
@@ -429,3 +430,21 @@ def test_shipped_example_tests_cover_every_route_both_ways() -> None:
     assert len(names) == 7
     assert fires == names
     assert not_fires == names
+
+
+def test_the_summary_counts_the_tests_in_error() -> None:
+    # Without --events-dir the example tests that name events:<folder> are errors: the last
+    # line must not read as if every test had passed.
+    result = cli("test", "--routes", "examples/ns8-cluster/routes.d")
+    assert result.returncode == 1
+    errors = [row for row in result.stdout.splitlines() if ": error: " in row]
+    assert errors, result.stdout
+    last = result.stdout.splitlines()[-1]
+    assert re.fullmatch(rf"\d+ passed, 0 failed, {len(errors)} errors", last), result.stdout
+
+
+def test_no_test_files_names_the_folders_searched(tmp_path: Path) -> None:
+    (tmp_path / "routes.d").mkdir()
+    result = cli("test", "--routes", str(tmp_path / "routes.d"))
+    assert result.returncode == 1
+    assert f"no route test files in {tmp_path / 'routes.d' / 'tests'}" in result.stdout

@@ -5,6 +5,7 @@ The real CLI in a subprocess with the embedded server; the journal file on real 
 from __future__ import annotations
 
 import asyncio
+import os
 import stat
 from pathlib import Path
 
@@ -126,3 +127,18 @@ def test_a_symlink_planted_as_the_compaction_file_is_not_followed(tmp_path: Path
     assert secret.read_text() == "keep\n"
     assert len(asyncio.run(journal.list())) == 1
     wait_for(lambda: not (tmp_path / "failures.jsonl.tmp").exists(), 1, "no temporary left")
+
+
+def test_a_symlink_planted_as_the_pid_or_reload_file_is_not_followed(tmp_path: Path) -> None:
+    from eventrouter.service.statefiles import PID_FILE, RESULT_FILE, StateFiles
+
+    secret = tmp_path / "secret"
+    secret.write_text("keep\n")
+    (tmp_path / PID_FILE).symlink_to(secret)
+    (tmp_path / f".{RESULT_FILE}.{os.getpid()}").symlink_to(secret)
+    files = StateFiles(tmp_path)
+    files.hold_pid()  # refused: logged, no pid file kept
+    files.record(True, "reloaded: 0 routes", [])
+    files.release()
+    assert secret.read_text() == "keep\n"
+    assert not (tmp_path / RESULT_FILE).exists()

@@ -70,6 +70,18 @@ _FIELD = re.compile(
 )
 
 
+#: Every payload field a template names, guarded or not: `payload.f`, `payload['f']`,
+#: `payload.get('f')`, `'f' in payload`. A guard keeps a template from failing, not a
+#: misspelt field from making the route never fire. Only `| default(...)` says "this field
+#: may come, here is its value" (the examples pass an optional `domains` on that way).
+_ANY_FIELD = re.compile(
+    r"\bpayload\s*(?:\.\s*([A-Za-z_]\w*+)(?!\s*\()|\[\s*(['\"])([^'\"]*)\2\s*\])"
+    r"(?!\s*\|\s*d(?:efault)?\b)"
+    r"|\bpayload\s*\.\s*get\s*\(\s*(['\"])([^'\"]*)\4"
+    r"|(['\"])([^'\"]*)\6\s+(?:not\s+)?in\s+payload\b"
+)
+
+
 _WORD = re.compile(r"(?<![\w.])[A-Za-z_]\w*")
 
 
@@ -223,6 +235,42 @@ def _references(tree: nodes.Template) -> list[Key]:
     return [key for key in found if key[0] not in local and key[0] not in _BUILTIN]
 
 
+def _named_field(node: nodes.Node, parent: nodes.Node | None) -> Key | None:
+    """Return ``("payload", field)`` when node names a payload field, guarded or not."""
+    if isinstance(node, nodes.Compare) and len(node.ops) == 1:  # 'field' in payload
+        operand, field = node.ops[0], _const_text(node.expr)
+        is_payload = isinstance(operand.expr, nodes.Name) and operand.expr.name == "payload"
+        if operand.op in ("in", "notin") and is_payload and field is not None:
+            return ("payload", field)
+        return None
+    if isinstance(node, nodes.Call) and node.args:  # payload.get('field')
+        key, field = _key(node.node), _const_text(node.args[0])
+        return ("payload", field) if key == ("payload", "get") and field is not None else None
+    key = _key(node)
+    if key is None or key[0] != "payload" or len(key) != 2:
+        return None
+    called = isinstance(parent, nodes.Call) and parent.node is node
+    defaulted = isinstance(parent, nodes.Filter) and parent.name in ("default", "d")
+    return None if called or defaulted else key
+
+
+def _payload_fields(node: nodes.Node, parent: nodes.Node | None = None) -> Iterator[Key]:
+    """Yield every payload field the tree names, guards and defaults included."""
+    found = _named_field(node, parent)
+    if found is not None:
+        yield found
+    for child in node.iter_child_nodes():
+        yield from _payload_fields(child, node)
+
+
+def _all_references(tree: nodes.Template) -> list[Key]:
+    """Return the unprotected references, then the payload fields named under a guard."""
+    keys = dict.fromkeys(_references(tree))
+    if not any(name.name == "payload" and name.ctx != "load" for name in tree.find_all(nodes.Name)):
+        keys.update(dict.fromkeys(_payload_fields(tree)))
+    return list(keys)
+
+
 Template = tuple[str, int, str, bool]  # label, line, source, is a bare expression
 
 
@@ -272,7 +320,12 @@ def _scan(source: str, expression: bool) -> tuple[Key, ...] | None:
         code = " ".join(parts)
     if not set(_WORD.findall(_STRING.sub("''", code))) <= _KNOWN:
         return None  # a name of its own ({% set %}, a typo): let the syntax tree decide
-    return tuple((found[1], found[2] or found[4]) for found in _FIELD.finditer(code))
+    keys = [(found[1], found[2] or found[4]) for found in _FIELD.finditer(code)]
+    fields = [
+        next(text for text in found.groups()[::2] if text is not None)
+        for found in _ANY_FIELD.finditer(code)
+    ]
+    return tuple(keys + [("payload", field) for field in fields])
 
 
 def _tree(source: str, expression: bool, route: Route, specs: Sequence[EventSpec]) -> Any:
@@ -317,7 +370,7 @@ def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagn
     findings = []
     for label, line, source, expression in _templates(route):
         tree = _tree(source, expression, route, specs)
-        for key in _references(tree) if tree is not None else ():
+        for key in _all_references(tree) if tree is not None else ():
             for problem in _problems(key, route, specs):
                 findings.append(warning(route, line, f"'{label}' uses {problem}"))
     return findings

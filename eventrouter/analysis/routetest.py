@@ -196,10 +196,23 @@ def known_names(explainer: Explainer) -> set[str]:
     return names
 
 
-def run(files: list[Path], explainer: Explainer, out: TextIO) -> int:
-    """Run every test of ``files``; print failures and a summary; return 0 or 1."""
+def _none_found(searched: list[Path]) -> str:
+    if not searched:
+        return "error: no route test files: no routes folder (--routes DIR) and none given"
+    where = ", ".join(str(folder) for folder in searched)
+    return f"error: no route test files in {where} (*.yml, *.yaml; or name the files)"
+
+
+def run(
+    files: list[Path], explainer: Explainer, out: TextIO, searched: list[Path] | None = None
+) -> int:
+    """Run every test of ``files``; print failures and a summary; return 0 or 1.
+
+    ``searched`` names the folders the default files were looked for in, for the message
+    when there are none.
+    """
     if not files:
-        print("error: no route test files (default: tests/*.yml in each routes folder)", file=out)
+        print(_none_found(searched or []), file=out)
         return 1
     known, passed, failed, invalid = known_names(explainer), 0, 0, 0
     for path in files:
@@ -215,7 +228,7 @@ def run(files: list[Path], explainer: Explainer, out: TextIO) -> int:
                 print(f"{test.file}:{test.line}: FAIL {test.name}", file=out)
                 for problem in problems:
                     print(textwrap.indent(problem, "  "), file=out)
-    if invalid:
-        print(f"{invalid} error(s) in route test files", file=out)
-    print(f"{passed} passed, {failed} failed", file=out)
+    # A test in error neither passed nor failed: count it, or the last line reads as success.
+    errors = f", {invalid} error{'s' if invalid > 1 else ''}" if invalid else ""
+    print(f"{passed} passed, {failed} failed{errors}", file=out)
     return 1 if failed or invalid else 0

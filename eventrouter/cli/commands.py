@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from eventrouter.runtime.journal import Failure, Journal
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_INVALID = 0, 1
 
@@ -67,6 +69,25 @@ def _load(
     return load_routes(folders, cache), folders
 
 
+def looked_in(folders: Sequence[Path]) -> str:
+    """Return where route files were looked for, for the messages about finding none."""
+    if folders:
+        return ", ".join(str(folder) for folder in folders)
+    return (
+        "./routes.d (not found; give --routes DIR, or set EVENTROUTER_ROUTES or AGENT_INSTALL_DIR)"
+    )
+
+
+def _nothing(routes: Sequence[Route], folders: Sequence[Path], events: Sequence[Path]) -> str:
+    """Return why nothing can ever run (no routes, no events folder), or "" when something can.
+
+    A forgotten --routes must not look like a clean result.
+    """
+    if routes or events:
+        return ""
+    return f"no routes in {looked_in(folders)}, and no --events-dir"
+
+
 def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | None:
     """Load the routes, printing findings on stderr; None when any is an error."""
     result, folders = _load(args)
@@ -80,19 +101,29 @@ def cmd_check(args: argparse.Namespace) -> int:
     from eventrouter.analysis.validate import validate
 
     folders = events_dirs(args.events_dir, os.environ)
-    result = validate(_load(args)[0], folders)
+    loaded, searched = _load(args)
+    result = validate(loaded, folders)
     findings = list(result.diagnostics)
     for folder in folders:  # `run` only warns: the folder may appear later
         if not folder.is_dir():
             findings.append(Diagnostic(str(folder), 0, "error", "events folder does not exist"))
     show(*(str(item) for item in findings))
     errors = sum(1 for item in findings if item.severity == "error")
-    warnings = len(findings) - errors
-    print(
-        f"{len(result.routes)} routes checked: {errors} error(s), {warnings} warning(s)",
-        file=sys.stderr,
+    empty = _nothing(result.routes, searched, folders)
+    if empty and not errors:  # the errors, when there are any, say why there is no route
+        print(f"eventrouter check: nothing to check: {empty}", file=sys.stderr)
+        return EXIT_INVALID
+    counts = (
+        _count(len(result.routes), "route"),
+        _count(errors, "error"),
+        _count(len(findings) - errors, "warning"),
     )
+    print("{} checked: {}, {}".format(*counts), file=sys.stderr)
     return EXIT_INVALID if errors else EXIT_OK
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _describe(route: Route) -> str:
@@ -106,7 +137,7 @@ def _describe(route: Route) -> str:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    """List the routes with patterns, actions and origin."""
+    """List the routes with patterns, actions and origin, then the events folders."""
     loaded = _load_valid(args)
     if loaded is None:
         return EXIT_INVALID
@@ -117,6 +148,12 @@ def cmd_routes(args: argparse.Namespace) -> int:
             f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
             f"{_describe(route)}\t{route.file}:{route.line}"
         )
+    for base in events_dirs(args.events_dir, os.environ):
+        folders = (
+            sorted(entry for entry in base.iterdir() if entry.is_dir()) if base.is_dir() else []
+        )
+        for folder in folders:  # the names `test` and `explain` give them
+            print(f"events:{folder.name}\t*/event/{folder.name}\trun {folder}\t{base}")
     return EXIT_OK
 
 
@@ -256,22 +293,24 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if failure is None:
         print(f"eventrouter retry: no failure {args.id!r} in the {where}", file=sys.stderr)
         return EXIT_INVALID
-    show(
-        f"retrying {failure.id}: route {failure.route} on {failure.channel}, by {failure.instance}"
-    )
+    what = f"{failure.id} (route {failure.route} on {failure.channel}, by {failure.instance})"
     listening = f"no router is listening on {args.control_channel}; is `eventrouter run` running?"
     if url is None:
-        print(f"eventrouter retry: no Redis to reach it: {listening}", file=sys.stderr)
+        print(f"eventrouter retry {what}: no Redis to reach it: {listening}", file=sys.stderr)
         return EXIT_INVALID
     try:
         receivers = asyncio.run(bus.publish_once(url, args.control_channel, retry_message(failure)))
     except ConnectionError as exc:
-        print(f"eventrouter retry: {exc}", file=sys.stderr)
+        print(f"eventrouter retry {what}: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if receivers == 0:
-        print(f"eventrouter retry: {listening}", file=sys.stderr)
+        print(f"eventrouter retry {what}: {listening}", file=sys.stderr)
         return EXIT_INVALID
-    print(f"asked on {args.control_channel}: {receivers} receiver(s)")
+    # Said only now: a "retrying" line before an error reads as if something was retried.
+    print(
+        f"asked router {failure.instance} on {args.control_channel} ({receivers} receiver(s)) "
+        f"to retry {failure.id}: route {failure.route} on {failure.channel}"
+    )
     return EXIT_OK
 
 
@@ -282,14 +321,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     loaded = _load_valid(args)
     if loaded is None:
         return EXIT_INVALID
-    explainer = Explainer(
-        loaded[0].routes, events_dirs(args.events_dir, os.environ), args.max_depth
-    )
+    events = events_dirs(args.events_dir, os.environ)
+    explainer = Explainer(loaded[0].routes, events, args.max_depth)
     plan = explainer.explain(args.channel, _payload(args.payload))
+    empty = _nothing(loaded[0].routes, loaded[1], events)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
+        if empty:
+            print(f"eventrouter explain: no routes loaded: {empty}", file=sys.stderr)
     else:
         show(*format_text(plan, verbose=args.verbose))
+        if empty:
+            show(f"  (no routes loaded: {empty})")
     return EXIT_OK
 
 
@@ -304,7 +347,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     result, folders = loaded
     explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
-    return routetest.run(files, explainer, sys.stdout)
+    searched = [folder / "tests" for folder in folders]
+    return routetest.run(files, explainer, sys.stdout, searched)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -329,6 +373,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID
+    empty = _nothing(result.routes, folders, events_dirs(args.events_dir, os.environ))
+    if empty:  # it may be meant (routes added later, then SIGHUP), so a warning, not a refusal
+        log.warning("nothing to route: %s; events will run nothing until a reload", empty)
     settings = Settings(
         routes_dirs=tuple(folders),
         events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
@@ -361,3 +408,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """SIGHUP the router of the state folder; print the result of that reload."""
+    from eventrouter.service.statefiles import request_reload
+
+    folder = _state_dir(args)
+    found = request_reload(folder, args.timeout)
+    if isinstance(found, str):
+        print(f"eventrouter reload: {found}", file=sys.stderr)
+        return EXIT_INVALID
+    for line in found.details:
+        print(line)
+    print(found.summary)
+    return EXIT_OK if found.ok else EXIT_INVALID

@@ -16,6 +16,7 @@ from eventrouter.cli.commands import (
     cmd_explain,
     cmd_failures,
     cmd_publish,
+    cmd_reload,
     cmd_retry,
     cmd_routes,
     cmd_run,
@@ -27,6 +28,7 @@ from eventrouter.model import Settings
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: The defaults of the options that set the daemon's settings: written once, in Settings.
 DEFAULTS = Settings()
+CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module-added"
 
 
 def _duration(text: str) -> float:
@@ -172,8 +174,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="embedded Redis folder; default: $EVENTROUTER_STATE_DIR, else "
-        "$XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter",
+        help="state folder (journal file, pid file, embedded Redis); default: "
+        "$EVENTROUTER_STATE_DIR, else systemd's $STATE_DIRECTORY/$RUNTIME_DIRECTORY, else "
+        "$XDG_RUNTIME_DIR/eventrouter, else /run/eventrouter for root, else "
+        "~/.local/state/eventrouter",
     )
     _add_journal_key(parser)
     parser.add_argument(
@@ -243,9 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     routes = commands.add_parser(
         "routes",
         help="list the loaded routes",
-        description="List name, patterns, actions, file and line.",
+        description="List name, patterns, actions, file and line of each route, then the "
+        "events folders (events:<name>) that --events-dir gives.",
     )
-    _add_route_options(routes, events=False)
+    _add_route_options(routes)
     routes.set_defaults(handler=cmd_routes)
 
     explain = commands.add_parser(
@@ -267,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
-    explain.add_argument("channel", metavar="CHANNEL")
+    explain.add_argument("channel", metavar="CHANNEL", help=CHANNEL_HELP)
     explain.add_argument(
         "payload",
         metavar="PAYLOAD",
@@ -297,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish",
         help="publish an event",
-        description="Publish an event and print how many subscribers received it. The payload "
+        description="Publish an event and print how many receivers Redis counted: one per "
+        "matching pattern of each subscriber, so one router may count twice. The payload "
         "must be a JSON object and well-known events must carry their documented fields, "
         "unless --raw is given.",
     )
@@ -312,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
     _add_route_options(publish, events=False)  # for the event schemas declared there
-    publish.add_argument("channel", metavar="CHANNEL")
+    publish.add_argument("channel", metavar="CHANNEL", help=CHANNEL_HELP)
     publish.add_argument(
         "payload",
         metavar="PAYLOAD",
@@ -321,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.set_defaults(handler=cmd_publish)
     _add_journal_commands(commands)
+    _add_reload(commands)
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument(
             "--log-level",
@@ -335,8 +342,9 @@ def _add_journal_source(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
         metavar="URL",
-        help="default: $REDIS_ADDRESS (with $REDIS_USER/$REDIS_PASSWORD), else the embedded "
-        "server, else the local journal file in the state folder",
+        help="the Redis holding the journal stream; default: $REDIS_ADDRESS (with "
+        "$REDIS_USER/$REDIS_PASSWORD); without either, the journal is the file "
+        "STATE_DIR/failures.jsonl (where a router on the embedded server keeps it)",
     )
     _add_password_file(parser)
     parser.add_argument("--state-dir", metavar="DIR", help="the router's state folder")
@@ -363,7 +371,9 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
         "retry",
         help="run a failed route again on its event, through the daemon",
         description="Look failure ID up and ask the router that recorded it, on the control "
-        "channel, to run the route's current version on that event again.",
+        "channel, to run the route's current version on that event again. The request "
+        "goes to --redis, else $REDIS_ADDRESS, else the embedded server of the state folder "
+        "when it answers.",
     )
     _add_journal_source(retry)
     retry.add_argument(
@@ -374,6 +384,29 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
     retry.set_defaults(handler=cmd_retry)
+
+
+def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    reload = commands.add_parser(
+        "reload",
+        help="reload the routes of the running router and print the result",
+        description="Send SIGHUP to the router of this state folder (its pid file) and print "
+        "the result of that reload: the summary line, or the errors for which it kept the "
+        "routes it had. Exit 1 on errors, or when no router runs.",
+    )
+    reload.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="the router's state folder, as given to `run` (same default)",
+    )
+    reload.add_argument(
+        "--timeout",
+        type=_duration,
+        default=30.0,
+        metavar="DURATION",
+        help="how long to wait for the result (default: %(default)gs)",
+    )
+    reload.set_defaults(handler=cmd_reload)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

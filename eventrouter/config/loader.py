@@ -407,6 +407,14 @@ def _folders_still_there(result: FileResult) -> bool:
     )
 
 
+def _no_document(text: str) -> str:
+    """Say why a file that parses to nothing has no routes."""
+    if not text.strip():
+        return "file is empty; expected a mapping with the key 'routes'"
+    # A file of comments is a file kept for later (or all commented out): no routes, no fault.
+    return "no routes: the file holds only comments"
+
+
 def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec], list[Diagnostic]]:
     try:
         data = loads(text)
@@ -414,7 +422,7 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
         return [], {}, [Diagnostic(str(path), exc.line, "error", exc.message)]
     ctx = FileContext(path, data)
     if data is None:
-        ctx.warning([], "file is empty; expected a mapping with the key 'routes'")
+        ctx.warning([], _no_document(text))
         return [], {}, ctx.diagnostics
     if not isinstance(data, dict):
         ctx.error([], f"expected a mapping with the key 'routes', got {kind(data)}")

@@ -75,6 +75,16 @@ _Loader.add_implicit_resolver(
 _STR = "tag:yaml.org,2002:str"
 
 
+def _tab_at(text: str, mark: yaml.Mark | None) -> str:
+    """Return the message for a tab where YAML found a token it cannot start, else ""."""
+    if mark is None or mark.index >= len(text) or text[mark.index] != "\t":
+        return ""
+    return (
+        f"a tab at column {mark.column + 1}: YAML does not allow tabs for indentation; "
+        "indent with spaces"
+    )
+
+
 def _construct(loader: _Loader, node: yaml.Node) -> Any:
     # Most nodes are plain strings: take them as they are, skipping the generic machinery.
     if node.tag == _STR and isinstance(node, yaml.ScalarNode):
@@ -161,6 +171,9 @@ def loads(text: str) -> Any:
             alias = re.match(r"\*([^\s,\]}]+)", text[exc.problem_mark.index :])
             problem += f" {excerpt(alias.group(1))}" if alias else ""
         context = f" ({bound_message(exc.context)})" if exc.context else ""
+        tab = _tab_at(text, exc.problem_mark)
+        if tab:
+            line, problem, context = exc.problem_mark.line + 1, tab, ""  # type: ignore[union-attr]
         raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
     except yaml.YAMLError as exc:
         raise YamlError(1, f"invalid YAML: {bound_message(str(exc))}") from exc

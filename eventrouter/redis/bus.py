@@ -244,7 +244,10 @@ class Subscriber:
                     down_since, warned = time.time(), time.monotonic()
                     what = "lost the connection to" if was_up else "cannot reach"
                     log.error(
-                        "%s Redis at %s: %s; retrying with backoff", what, redact(self.url), exc
+                        "%s Redis at %s: %s; retrying with backoff",
+                        what,
+                        redact(self.url),
+                        reason(exc),
                     )
                 elif time.monotonic() - warned >= STILL_DOWN_EVERY:
                     warned = time.monotonic()
@@ -252,7 +255,7 @@ class Subscriber:
                         "Redis at %s still unreachable since %s: %s",
                         redact(self.url),
                         _clock(down_since),
-                        exc,
+                        reason(exc),
                     )
                 await self._disconnect()
                 if was_up and self.settle is not None:
@@ -408,7 +411,7 @@ class RedisPublisher:
                             "cannot publish derived events to %s: %s; %d waiting, "
                             "retrying with backoff",
                             redact(self.url),
-                            exc,
+                            reason(exc),
                             len(self._outbox),
                         )
                     await asyncio.sleep(delay)
@@ -483,13 +486,22 @@ class RedisPublisher:
         return left
 
 
+def reason(exc: BaseException) -> str:
+    """Return an exception's message without its final full stop, to go inside a sentence.
+
+    redis-py ends its messages with '.', which reads as '...failed (host, port).; retrying'.
+    """
+    text = str(exc).strip()
+    return (text[:-1] if text.endswith(".") else text) or type(exc).__name__
+
+
 async def publish_once(url: str, channel: str, data: bytes) -> int:
     """Publish one message and close; raise ConnectionError with a clear message."""
     connection = client(url, socket_connect_timeout=5)
     try:
         return int(await connection.publish(channel, data))
     except (RedisError, OSError) as exc:
-        raise ConnectionError(f"cannot publish to Redis at {redact(url)}: {exc}") from exc
+        raise ConnectionError(f"cannot publish to Redis at {redact(url)}: {reason(exc)}") from exc
     finally:
         await connection.aclose()
 
@@ -523,7 +535,8 @@ StreamEntry = tuple[str, dict[str, bytes]]
 
 def _store_error(key: str, exc: BaseException) -> StoreError:
     unreachable = isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError))
-    return StoreError(f"{type(exc).__name__}: {exc} (stream {key!r})", unreachable=unreachable)
+    text = f"{type(exc).__name__}: {reason(exc)} (stream {key!r})"
+    return StoreError(text, unreachable=unreachable)
 
 
 def _text(value: Any) -> str:

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -91,18 +92,29 @@ def find_cli_binary() -> Path | None:
     return _find_binary(_CLI_NAMES, _CLI_PACKAGES)
 
 
-def default_state_dir() -> Path:
-    """Return the state folder of the embedded server.
+def default_state_dir(env: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
+    """Return the router's state folder (journal file, pid file, embedded server).
 
-    $EVENTROUTER_STATE_DIR, else $XDG_RUNTIME_DIR/eventrouter, else ~/.local/state/eventrouter.
+    $EVENTROUTER_STATE_DIR, else systemd's $STATE_DIRECTORY or $RUNTIME_DIRECTORY (the
+    first of a list), else $XDG_RUNTIME_DIR/eventrouter, else /run/eventrouter for root,
+    else ~/.local/state/eventrouter.
     """
-    explicit = os.environ.get(STATE_DIR_ENV)
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    explicit = env.get(STATE_DIR_ENV)
     if explicit:
         return Path(explicit)
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    for name in ("STATE_DIRECTORY", "RUNTIME_DIRECTORY"):  # set by the unit's *Directory=
+        first = env.get(name, "").split(":")[0]
+        if first:
+            return Path(first)
+    runtime = env.get("XDG_RUNTIME_DIR")
     if runtime:
         return Path(runtime) / "eventrouter"
-    return Path.home() / ".local" / "state" / "eventrouter"
+    if euid == 0:  # a node-wide router: no login session, and /root is not for daemons
+        return Path("/run/eventrouter")
+    home = env.get("HOME")
+    return (Path(home) if home else Path.home()) / ".local" / "state" / "eventrouter"
 
 
 def socket_path(state_dir: Path) -> Path:

@@ -24,6 +24,7 @@ from eventrouter.runtime.journal import Journal, JournalError, parse_retry_messa
 from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.service import sdnotify
+from eventrouter.service.statefiles import StateFiles
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,8 @@ class Daemon:
         self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
         self._lock: statedir.RouterLock | None = None
+        #: The pid file and reload results, for `eventrouter reload`.
+        self.files = StateFiles(settings.state_dir or embedded.default_state_dir())
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {glob_escape(self.settings.control_channel)}
@@ -266,6 +269,7 @@ class Daemon:
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
+        self.files.hold_pid()  # after the handlers: an early SIGHUP must not end the router
         log.info(
             "started: %d routes, %d events folder(s), subscribing at %s, publishing at %s",
             len(self.routes),
@@ -290,6 +294,7 @@ class Daemon:
         finally:
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
+            self.files.release()
         return 0
 
     @staticmethod
@@ -324,13 +329,15 @@ class Daemon:
         # A file being written in place may parse with fewer routes: read each once quiet.
         result = await asyncio.to_thread(self._load, RELOAD_SETTLE)
         log_diagnostics(result)
+        findings = [str(item) for item in result.diagnostics]
         if not result.ok:
             errors = sum(1 for d in result.diagnostics if d.severity == "error")
-            log.error(
-                "reload failed with %d error(s); keeping the %d routes loaded before",
-                errors,
-                len(self.routes),
+            summary = (
+                f"reload failed with {errors} error(s); keeping the {len(self.routes)} "
+                "routes loaded before"
             )
+            log.error("%s", summary)
+            self.files.record(False, summary, findings)
             sdnotify.notify("READY=1", "STATUS=reload failed; old routes kept")
             return False
         changes = compare(self.routes, result.routes)
@@ -338,13 +345,11 @@ class Daemon:
         dispatcher.swap(index)  # one assignment: every event sees the old or the new table
         self.routes = result.routes
         await subscriber.set_patterns(self._globs(index))
-        log.info(
-            "reloaded: %d routes (+%d -%d ~%d)",
-            len(result.routes),
-            len(changes.added),
-            len(changes.removed),
-            len(changes.changed),
+        summary = (
+            f"reloaded: {len(result.routes)} routes (+{len(changes.added)} "
+            f"-{len(changes.removed)} ~{len(changes.changed)})"
         )
+        log.info("%s", summary)
         for kind, names in (
             ("added", changes.added),
             ("removed", changes.removed),
@@ -352,6 +357,8 @@ class Daemon:
         ):
             if names:
                 log.info("reload %s: %s", kind, ", ".join(names))
+                findings.append(f"{kind}: {', '.join(names)}")
+        self.files.record(True, summary, findings)
         sdnotify.notify("READY=1", f"STATUS=routing with {len(result.routes)} routes")
         return True
 

@@ -1,0 +1,182 @@
+"""What a new user trips on in the first ten minutes (issue 10, "What a newcomer trips on")."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from eventrouter.runtime.journal import Failure
+from tests.conftest import free_port
+from tests.routerproc import REPO, Router, clean_env, run_cli
+
+ONE_ROUTE = """
+routes:
+  - name: a
+    on: x/event/y-changed
+    do: [{emit: {channel: z/event/q-changed}}]
+"""
+
+
+def test_check_with_no_routes_and_no_events_folder_is_an_error(tmp_path: Path) -> None:
+    done = run_cli("check", cwd=tmp_path)
+    assert done.returncode == 1
+    assert "nothing to check" in done.stderr
+    assert "routes.d" in done.stderr  # the folder it looked in
+
+
+def test_check_of_an_empty_folder_named_explicitly_names_it(tmp_path: Path) -> None:
+    done = run_cli("check", "--routes", str(tmp_path), cwd=tmp_path)
+    assert done.returncode == 1
+    assert f"no routes in {tmp_path}" in done.stderr
+
+
+def test_explain_says_no_routes_were_loaded(tmp_path: Path) -> None:
+    done = run_cli(
+        "explain", "cluster/event/module-added", '{"module": "a", "node": 1}', cwd=tmp_path
+    )
+    assert done.returncode == 0
+    assert "no routes loaded" in done.stdout
+    assert "routes.d" in done.stdout
+
+
+def test_run_with_nothing_to_route_warns_naming_the_folders(tmp_path: Path, redis_url: str) -> None:
+    router = Router(
+        ["run", "--redis", redis_url, "--state-dir", str(tmp_path / "s")], tmp_path / "log"
+    )
+    try:
+        router.wait_log(r"WARNING .*nothing to route: no routes in routes\.d, and no --events-dir")
+    finally:
+        router.close()
+
+
+def test_the_licence_is_an_spdx_string() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == "GPL-3.0-or-later"
+
+
+# --- 5: help that says what the commands do --------------------------------------------------
+
+
+def test_journal_commands_promise_no_embedded_fallback_for_the_journal() -> None:
+    for command in ("failures", "retry"):
+        text = " ".join(run_cli(command, "--help").stdout.split())
+        assert "else the embedded server, else the local journal file" not in text
+        assert "failures.jsonl" in text, text
+
+
+def test_publish_help_says_what_its_count_is() -> None:
+    text = " ".join(run_cli("publish", "--help").stdout.split())
+    assert "one per matching pattern" in text
+    assert "how many subscribers" not in text
+
+
+def test_channel_arguments_have_help() -> None:
+    for command in ("publish", "explain"):
+        text = run_cli(command, "--help").stdout
+        positionals = text.split("positional arguments:")[1].splitlines()
+        row = next(line for line in positionals if line.strip().startswith("CHANNEL"))
+        assert len(row.split()) > 1, text  # a description after the name
+
+
+def test_routes_lists_the_events_folders_too() -> None:
+    examples = REPO / "examples" / "ns8-cluster"
+    done = run_cli(
+        "routes", "--routes", str(examples / "routes.d"), "--events-dir", str(examples / "events")
+    )
+    assert done.returncode == 0, done.stderr
+    assert "events:acl-changed\t*/event/acl-changed\t" in done.stdout
+
+
+# --- 6: messages -------------------------------------------------------------------------------
+
+
+def test_a_tab_in_the_indentation_says_yaml_allows_no_tabs(tmp_path: Path) -> None:
+    (tmp_path / "r.yml").write_text("routes:\n  - name: a\n\ton: x/event/y-changed\n")
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 1
+    assert f"{tmp_path / 'r.yml'}:3: error: invalid YAML: a tab at column 1" in done.stdout
+    assert "YAML does not allow tabs" in done.stdout
+    assert "nothing to check" not in done.stderr  # the error says it all
+
+
+def test_a_comments_only_file_has_no_routes(tmp_path: Path) -> None:
+    (tmp_path / "a.yml").write_text("# routes to come\n")
+    (tmp_path / "b.yml").write_text(ONE_ROUTE)
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 0
+    assert (
+        done.stdout == f"{tmp_path / 'a.yml'}:1: warning: no routes: the file holds only comments\n"
+    )
+
+
+def test_one_route_checked_is_singular(tmp_path: Path) -> None:
+    (tmp_path / "b.yml").write_text(ONE_ROUTE)
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.stderr == "1 route checked: 0 errors, 0 warnings\n"
+
+
+def test_redis_errors_read_as_one_sentence(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}"
+    done = run_cli("failures", "--redis", url)
+    assert done.returncode == 1
+    assert ". (" not in done.stderr and ".;" not in done.stderr, done.stderr
+    router = Router(["run", "--redis", url, "--state-dir", str(tmp_path / "s")], tmp_path / "log")
+    try:
+        log = router.wait_log("cannot reach Redis")
+    finally:
+        router.close()
+    assert ".;" not in log, log
+
+
+def test_retry_says_retrying_only_once_asked(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    failure = Failure(
+        id="1-1", time=1.0, started=1.0, instance="h", route="r", route_file="r.yml",
+        route_line=2, action="run h", action_index=0, step="10s", status="exit 1",
+        reason="failed", channel="x/event/y-changed", payload="{}", payload_b64=None, tail=(),
+    )  # fmt: skip
+    (state / "failures.jsonl").write_text(json.dumps(failure.to_json()) + "\n")
+    done = run_cli("retry", "--state-dir", str(state), "1-1")
+    assert done.returncode == 1
+    assert "no Redis to reach it" in done.stderr, done.stderr
+    assert "retrying" not in done.stdout
+
+
+# --- 1: make run is clean with no extra settings -----------------------------------------------
+
+
+def _make_run_command() -> tuple[dict[str, str], list[str]]:
+    """Return the environment assignments and arguments of `make run`'s router command."""
+    shown = subprocess.run(
+        ["make", "-n", "-s", "run"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(row for row in shown.splitlines() if "eventrouter run" in row)
+    words = shlex.split(line)
+    assignments = dict(word.split("=", 1) for word in words if re.match(r"^[A-Z_]+=", word))
+    start = next(i for i, word in enumerate(words) if word.endswith("bin/eventrouter"))
+    return assignments, words[start + 1 :]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_handles_module_removed_without_an_error(short_tmp: Path) -> None:
+    assignments, args = _make_run_command()
+    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp), **assignments)
+    router = Router(args, short_tmp / "log", env)
+    try:
+        router.wait_log(r"subscribed to \d+ pattern", timeout=20)
+        payload = '{"module": "traefik1", "node": 1}'
+        published = run_cli("publish", "cluster/event/module-removed", payload, env=env)
+        assert published.returncode == 0, published.stderr
+        # The last line of the handler's last step: everything before it is in the log.
+        log = router.wait_log(r"module-removed .* would reload the proxy configuration")
+    finally:
+        router.close()
+    assert " ERROR " not in log, log
