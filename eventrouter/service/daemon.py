@@ -243,7 +243,8 @@ class Daemon:
                     "events folder %s does not exist; events will run nothing there until it does",
                     folder,
                 )
-        sdnotify.notify("READY=1", f"STATUS=routing with {len(self.routes)} routes")
+        sdnotify.notify(f"STATUS=waiting for Redis at {bus.redact(sub_url)}")
+        ready = asyncio.create_task(self._ready_when(subscribed, subscriber), name="ready")
         try:
             while self.intents.stop is None:
                 await self.intents.wake.wait()
@@ -252,9 +253,19 @@ class Daemon:
                     self.intents.reload = False
                     await self.reload(dispatcher, subscriber)
         finally:
+            ready.cancel()
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
         return 0
+
+    async def _ready_when(self, subscribed: asyncio.Event, subscriber: bus.Subscriber) -> None:
+        """Tell systemd READY=1 once Redis confirmed every subscription, not before."""
+        await subscribed.wait()
+        sdnotify.notify(
+            "READY=1",
+            f"STATUS=subscribed to {len(subscriber.patterns)} patterns; "
+            f"routing with {len(self.routes)} routes",
+        )
 
     @staticmethod
     def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:
