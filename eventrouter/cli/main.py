@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import logs
+from eventrouter.cli import logs, observe
 from eventrouter.cli.commands import (
     cmd_check,
     cmd_explain,
@@ -293,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     publish.set_defaults(handler=cmd_publish)
     _add_journal_commands(commands)
+    observe.add_commands(commands)
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument(
             "--log-level",

@@ -18,10 +18,11 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
+from eventrouter.runtime import control
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.steps import StepRunner
-from eventrouter.service import sdnotify
+from eventrouter.service import observe, sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,12 @@ class Daemon:
         self._tasks: set[asyncio.Task[bool]] = set()
         self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
+        #: What `status`, `history` and the metrics read; set once running.
+        self.parts: observe.Parts | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {glob_escape(self.settings.control_channel)}
+        globs.add(glob_escape(control.QUERY_CHANNEL))
         if self.settings.events_dirs:
             globs.add(CONVENTION_GLOB)
         return globs
@@ -120,8 +124,11 @@ class Daemon:
         """Return the intake handler: control messages apart, events to the dispatcher."""
 
         def handle(channel: str, data: bytes) -> None:
-            if channel == self.settings.control_channel:
-                task = asyncio.create_task(self.retry(dispatcher, data))
+            if channel in (self.settings.control_channel, control.QUERY_CHANNEL):
+                asking = channel == control.QUERY_CHANNEL
+                task = asyncio.create_task(
+                    self.answer(data) if asking else self.retry(dispatcher, data)
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
@@ -181,6 +188,29 @@ class Daemon:
         )
         return bool(dispatcher.submit(found, decision.event))
 
+    async def answer(self, data: bytes) -> bool:
+        """Answer a `status` or `history` request on its reply channel, if it names us."""
+        try:
+            query = control.parse_query(data)
+        except ValueError as exc:  # untrusted: one bounded line, nothing of the data echoed
+            log.warning(
+                "ignored a control request on %s (%d bytes): %s",
+                control.QUERY_CHANNEL,
+                len(data),
+                exc,
+            )
+            return False
+        parts = self.parts
+        if parts is None or not query.wants(parts.dispatcher.instance):
+            return False
+        if query.op == "status":
+            body = await observe.status(parts)
+        else:
+            body = observe.history(parts, query)
+        answer = control.answer(parts.dispatcher.instance, query.op, body)
+        await parts.publisher.publish(query.reply, answer)
+        return True
+
     def _urls(self) -> tuple[str, str]:
         env = os.environ
         sub = subscribe_url(self.settings.redis_url, env)
@@ -227,6 +257,7 @@ class Daemon:
             settle=publisher.settle,
             resync=lambda: self._recover(dispatcher, publisher),
         )
+        self.parts = observe.Parts(dispatcher, subscriber, publisher, self.routes)
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
@@ -306,11 +337,17 @@ class Daemon:
                 len(self.routes),
             )
             sdnotify.notify("READY=1", "STATUS=reload failed; old routes kept")
+            if self.parts is not None:
+                self.parts.reloads["failed"] += 1
             return False
         changes = compare(self.routes, result.routes)
         index = RouteIndex(result.routes)
         dispatcher.swap(index)  # one assignment: every event sees the old or the new table
+        dispatcher.generation += 1
         self.routes = result.routes
+        if self.parts is not None:
+            self.parts.routes = result.routes
+            self.parts.reloads["ok"] += 1
         await subscriber.set_patterns(self._globs(index))
         log.info(
             "reloaded: %d routes (+%d -%d ~%d)",
