@@ -219,8 +219,8 @@ class Daemon:
             self._embedded = True
             state = self.settings.state_dir or embedded.default_state_dir()
             sub, self.server = embedded.ensure_server(state)
-            where = "started" if self.server else "found running"
-            log.info("no Redis configured: embedded server %s at %s", where, sub)
+            if self.server is None:  # a server it starts says so itself, URL included
+                log.info("no Redis configured: using the embedded server running at %s", sub)
             pub = pub or sub
         return sub, pub or sub
 
@@ -262,11 +262,10 @@ class Daemon:
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
         log.info(
-            "started: %d routes, %d events folder(s), subscribing at %s, publishing at %s",
+            "started: %d routes, %d events folder(s), %s",
             len(self.routes),
             len(self.settings.events_dirs),
-            bus.redact(sub_url),
-            bus.redact(pub_url),
+            self._where(sub_url, pub_url),
         )
         for folder in self.settings.events_dirs:
             if not folder.is_dir():  # it may appear later (a module installed): warn only
@@ -288,6 +287,14 @@ class Daemon:
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
         return 0
+
+    def _where(self, sub_url: str, pub_url: str) -> str:
+        """Return where the router subscribes and publishes, each URL said once."""
+        if self._embedded and sub_url == pub_url:
+            return "on the embedded server"
+        if sub_url == pub_url:
+            return f"subscribing and publishing at {bus.redact(sub_url)}"
+        return f"subscribing at {bus.redact(sub_url)}, publishing at {bus.redact(pub_url)}"
 
     async def _ready_when(self, subscribed: asyncio.Event, subscriber: bus.Subscriber) -> None:
         """Tell systemd READY=1 once Redis confirmed every subscription, not before."""
