@@ -168,6 +168,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="CHANNEL",
         help="where `eventrouter retry` requests arrive (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 "
+        "(needs the 'metrics' extra: prometheus-client; default: off)",
+    )
 
 
 def _add_journal_key(parser: argparse.ArgumentParser) -> None:

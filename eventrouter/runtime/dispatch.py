@@ -431,6 +431,8 @@ class Dispatcher:
             attempts=failed.attempts,
         )
         failure_id = await self.journal.record(failure)
+        if failure_id:
+            self.counters["journaled"] += 1
         if failure_id and not quiet:
             log.info(
                 "route %s: failure recorded as %s (eventrouter retry %s)",

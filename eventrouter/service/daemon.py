@@ -22,7 +22,7 @@ from eventrouter.runtime import control
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.steps import StepRunner
-from eventrouter.service import observe, sdnotify
+from eventrouter.service import metrics, observe, sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +99,16 @@ class Daemon:
     """Load routes, subscribe, dispatch, reload on SIGHUP, stop on SIGTERM/SIGINT."""
 
     def __init__(
-        self, settings: Settings, routes: LoadResult, cache: FileCache | None = None
+        self,
+        settings: Settings,
+        routes: LoadResult,
+        cache: FileCache | None = None,
+        *,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        #: Where to serve Prometheus metrics (host, port); None: not served.
+        self.metrics = metrics
         self.routes = routes.routes
         #: The route files as last built: a reload re-parses only the files that changed.
         self.cache: FileCache = cache if cache is not None else {}
@@ -227,6 +234,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
         _watch_children_with_pidfd()
+        server = await self._serve_metrics()  # first: a port taken stops it before anything
         sub_url, pub_url = self._urls()
         index = RouteIndex(self.routes)
         runner = StepRunner(
@@ -284,9 +292,19 @@ class Daemon:
                     await self.reload(dispatcher, subscriber)
         finally:
             ready.cancel()
+            if server is not None:
+                await server.close()
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
         return 0
+
+    async def _serve_metrics(self) -> metrics.MetricsServer | None:
+        """Serve Prometheus metrics when asked to; raise OSError when the port is taken."""
+        if self.metrics is None:
+            return None
+        server = metrics.MetricsServer(*self.metrics, lambda: self.parts)
+        await server.start()
+        return server
 
     def _where(self, sub_url: str, pub_url: str) -> str:
         """Return where the router subscribes and publishes, each URL said once."""
