@@ -7,6 +7,7 @@ happen by real events, real steps and the real scheduler.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -191,3 +192,22 @@ def test_control_requests_are_untrusted(
     assert "nested deeper than 4" in lines[3]
     assert "route ok: event 'a/event/ok'" not in router.log  # the forged reply ran nothing
     assert _cli(redis_url, "status", "--instance", "r")["instance"] == "r"
+
+
+def test_history_shows_a_retry_and_its_run(
+    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+) -> None:
+    folder = _routes(tmp_path / "routes")
+    router = router_factory("--routes", str(folder), "--instance", "r")
+    redis.Redis.from_url(redis_url).publish("a/event/fail", "{}")
+    log = router.wait_log(r"failure recorded as \S+")
+    failure_id = re.findall(r"failure recorded as (\S+)", log)[0]
+    write_step(folder / "h-fail" / "10fail", "exit 0")  # fixed meanwhile
+    asked = run_cli("retry", "--redis", redis_url, failure_id)
+    assert asked.returncode == 0, asked.stderr
+    router.wait_log(r"route fails: event 'a/event/fail': run ok")
+    newest = _cli(redis_url, "history", "--instance", "r", "--limit", "1")[0]
+    assert newest["channel"] == "a/event/fail"
+    assert newest["routes"][0]["outcome"] == "ran"
+    assert newest["routes"][0]["route"] == "fails"
+    assert newest["routes"][0]["detail"] == f"retry {failure_id}"

@@ -348,7 +348,7 @@ class Dispatcher:
         self.run_seconds[name].observe(seconds)
         status = "ok" if failed is None else failed.status
         if job.trace is not None:
-            job.trace.set(outcome, "" if failed is None else failed.reason)
+            job.trace.set(outcome, job.trace.detail if failed is None else failed.reason)
             job.trace.duration, job.trace.steps, job.trace.status = seconds, steps, status
         log.info(
             "route %s: event %r: run %s in %.3fs, %d step(s) run%s",
@@ -559,7 +559,11 @@ class Dispatcher:
 
 
 def _not_fired_outcome(item: RouteDecision) -> tuple[str, str]:
-    """Return the history outcome of a matching route that does not fire, and its detail."""
+    """Return the history outcome of a matching route that does not fire, and its detail.
+
+    A route kept from running on this node (``runs_on``) is ``outcomes.SKIPPED_HERE``, with
+    the decision's reason, once the decision carries it.
+    """
     condition = item.condition
     plain = item.schema_error is None and item.key_error is None
     if plain and condition is not None and condition.error is None:

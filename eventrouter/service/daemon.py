@@ -19,6 +19,7 @@ from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
 from eventrouter.runtime import control
+from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.steps import StepRunner
@@ -193,7 +194,10 @@ class Daemon:
             route.line,
             decision.event.channel,
         )
-        return bool(dispatcher.submit(found, decision.event))
+        event = decision.event
+        trace = dispatcher.history.start(event.channel, event.raw, dispatcher.generation, ())
+        step = trace.add(route.name, outcomes.QUEUED, f"retry {failure_id}")
+        return bool(dispatcher.submit(found, event, step))
 
     async def answer(self, data: bytes) -> bool:
         """Answer a `status` or `history` request on its reply channel, if it names us."""
