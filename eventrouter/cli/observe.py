@@ -156,7 +156,8 @@ def status_lines(item: dict[str, Any]) -> list[str]:
         f"{pub['refused']} refused",
         f"  routes: {routes['count']}, generation {routes['generation']}, "
         f"digest {routes['digest']}",
-        f"  queues: {item['queues']['pending']} waiting {_join(item['queues']['lanes'])}; "
+        f"  queues: {item['queues']['pending']} waiting"
+        f"{' (' + _join(item['queues']['lanes']) + ')' if item['queues']['lanes'] else ''}; "
         f"running steps: {item['running_steps']}",
         f"  events {counters['events']}; runs: {_join(counters['runs'])}; "
         f"drops: {_join(counters['drops'])}; derived {counters['derived']}; "
