@@ -354,7 +354,7 @@ def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path
     router = Router(["run", "--routes", str(tmp_path)], tmp_path / "log", env)
     try:
         router.ready()
-        assert "embedded server started" in router.log
+        assert "embedded Redis server " in router.log and " started (pid " in router.log
 
         def publish(*args: str) -> subprocess.CompletedProcess[str]:
             return run_cli("publish", *args, env=env)

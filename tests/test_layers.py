@@ -32,6 +32,8 @@ LIBRARIES = {
     # Templates are compiled in config; the deep check reads their syntax trees.
     "jinja2": {"config", "analysis"},
     "yaml": {"config"},
+    # The metrics endpoint, an optional extra, served by the daemon.
+    "prometheus_client": {"service"},
 }
 
 

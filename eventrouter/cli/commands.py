@@ -354,7 +354,20 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
     from eventrouter.analysis.validate import validate
+    from eventrouter.service import metrics
     from eventrouter.service.daemon import Daemon, log_diagnostics
+
+    address = None
+    if args.metrics:
+        problem = metrics.missing()
+        if problem is not None:
+            print(f"eventrouter run: {problem}", file=sys.stderr)
+            return EXIT_INVALID
+        try:
+            address = metrics.parse_address(args.metrics)
+        except ValueError as exc:
+            print(f"eventrouter run: --metrics: {exc}", file=sys.stderr)
+            return EXIT_INVALID
 
     cache: FileCache = {}
     result, folders = _load(args, cache)
@@ -400,12 +413,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     set_timeout(settings.template_timeout)
     try:
-        status = asyncio.run(Daemon(settings, result, cache).run())
+        status = asyncio.run(Daemon(settings, result, cache, metrics=address).run())
         # Stopped in order: a repeated SIGTERM/SIGINT must not turn the exit into a kill.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         return status
-    except (FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # OSError: e.g. --metrics port taken
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import logs
+from eventrouter.cli import logs, observe
 from eventrouter.cli.commands import (
     cmd_check,
     cmd_explain,
@@ -199,6 +199,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         metavar="CHANNEL",
         help="where `eventrouter retry` requests arrive (default: %(default)s)",
     )
+    parser.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics at http://ADDR:PORT/metrics, e.g. 127.0.0.1:9464 "
+        "(needs the 'metrics' extra: prometheus-client; default: off)",
+    )
 
 
 def _add_journal_key(parser: argparse.ArgumentParser) -> None:
@@ -328,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(handler=cmd_publish)
     _add_journal_commands(commands)
     _add_reload(commands)
+    observe.add_commands(commands)
+    for name in ("status", "history"):  # they reach Redis as `publish` does
+        _add_password_file(commands.choices[name])
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument(
             "--log-level",

@@ -117,6 +117,9 @@ class Subscriber:
         self.settle = settle
         self.resync = resync
         self.duplicates = 0
+        #: Outages ended (reconnections), and the last outage: its start and end (None: going).
+        self.reconnects = 0
+        self.last_outage: tuple[float, float | None] | None = None
         self._pubsub: Any = None
         self._client: aioredis.Redis | None = None
         self._subscribed: set[str] = set()  # sent on the current connection
@@ -242,6 +245,7 @@ class Subscriber:
                 self.connected.clear()  # hold the outbox from now on
                 if down_since is None:
                     down_since, warned = time.time(), time.monotonic()
+                    self.last_outage = (down_since, None)
                     what = "lost the connection to" if was_up else "cannot reach"
                     log.error(
                         "%s Redis at %s: %s; retrying with backoff",
@@ -278,6 +282,8 @@ class Subscriber:
 
     def _log_restored(self, down_since: float) -> None:
         now = time.time()
+        self.reconnects += 1
+        self.last_outage = (down_since, now)
         log.warning(
             "Redis at %s reachable again: outage from %s to %s (%.1fs); events published "
             "in that window may have been missed; resubscribed to %d pattern(s)",

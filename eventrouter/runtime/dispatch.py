@@ -31,9 +31,12 @@ from eventrouter.engine.decide import (
     render_emit,
     render_env,
 )
-from eventrouter.model import EmitAction, Event, RunAction, Settings
+from eventrouter.model import ChainLink, EmitAction, Event, RunAction, Settings
+from eventrouter.runtime import history as outcomes
+from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.journal import Failure, instance_name, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.stats import Histograms
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
 log = logging.getLogger(__name__)
@@ -150,12 +153,19 @@ class _EmitReceipt:
     def sent(self, receivers: int) -> None:
         """Log the emit once it went out."""
         self.dispatcher.counters["emitted"] += 1
+        self.dispatcher.derived[self.job.route.name] += 1
         log.info(
-            "route %s emitted %r (caused by %r)",
+            "route %s emitted %r (caused by %r): %d receiver(s)",
             self.job.route.name,
             self.channel,
             self.job.event.channel,
+            receivers,
         )
+        trace = self.job.trace.owner if self.job.trace is not None else None
+        for item in trace.derived if trace is not None else ():
+            if item["channel"] == self.channel and "receivers" not in item:
+                item["receivers"] = receivers
+                break
 
     def refused(self, reason: str) -> None:
         """Fail this emit alone: error with route and event, and the failure journal."""
@@ -195,6 +205,15 @@ class Dispatcher:
             on_drop=self._dropped,
         )
         self.chains = ChainTracker()
+        #: The last events and what each route did with them (`eventrouter history`).
+        self.history = History()
+        #: The route table's generation: 1 at start, one more per reload that took effect.
+        self.generation = 1
+        #: Runs by (route, outcome), derived events by route, durations by route.
+        self.runs: Counter[tuple[str, str]] = Counter()
+        self.derived: Counter[str] = Counter()
+        self.run_seconds = Histograms()
+        self.step_seconds = Histograms()
 
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
@@ -209,12 +228,17 @@ class Dispatcher:
         """Handle one message from Redis: decide, then queue what fires."""
         self.counters["events"] += 1
         chain = self.chains.adopt(channel, data)
+        trace = self._trace(channel, data, chain)
         decision = decide_message(self.index, channel, data, self.context, chain)
         if decision.refused is not None:
             self.counters["dropped_oversize"] += 1
+            trace.refused = decision.refused
             log.error("dropped event on %r: %s", channel, decision.refused)
             return
-        self.execute_decision(decision)
+        self.execute_decision(decision, trace)
+
+    def _trace(self, channel: str, data: bytes, chain: tuple[ChainLink, ...]) -> EventTrace:
+        return self.history.start(channel, data, self.generation, [link.route for link in chain])
 
     def recover(self, queued: Mapping[tuple[str, bytes], int]) -> int:
         """Handle here, once, the derived events published but never seen back; return how many.
@@ -238,10 +262,10 @@ class Dispatcher:
                 channel,
                 chain_text(chain),
             )
-            self.execute_decision(decision)
+            self.execute_decision(decision, self._trace(channel, data, chain))
         return recovered
 
-    def execute_decision(self, decision: Decision) -> int:
+    def execute_decision(self, decision: Decision, trace: EventTrace | None = None) -> int:
         """Queue a run of every route and events folder that fires; log the others."""
         event = decision.event
         if decision.name_refused is not None:
@@ -254,12 +278,16 @@ class Dispatcher:
             )
         queued = 0
         for item in decision.routes:
+            name = item.route.name
             if item.fires:
-                queued += self.submit(item, event)
+                step = trace.add(name, outcomes.QUEUED) if trace is not None else None
+                queued += self.submit(item, event, step)
             else:
                 self._not_fired(item, event)
+                if trace is not None:
+                    trace.add(name, *_not_fired_outcome(item))
         if not queued:
-            log.debug("no route for event %r", event.channel)
+            log.debug("event %r: nothing runs: %s", event.channel, _why_nothing(decision))
         return queued
 
     def _not_fired(self, item: RouteDecision, event: Event) -> None:
@@ -270,8 +298,7 @@ class Dispatcher:
             and item.key_error is None
             and (item.condition is None or item.condition.error is None)
         ):
-            log.debug("route %s: event %r: %s", route.name, event.channel, item.reason)
-            return
+            return  # told once per event, in execute_decision's line
         if item.schema_error is not None:
             self.counters["schema_rejected"] += 1
             log.error(
@@ -297,22 +324,29 @@ class Dispatcher:
         )
         self._journal_soon(Job(route, event, item.captures), where, reason)
 
-    def submit(self, item: RouteDecision, event: Event) -> int:
+    def submit(self, item: RouteDecision, event: Event, trace: RouteTrace | None = None) -> int:
         """Hand a run to the scheduler under its key; return 1 when admitted, else 0."""
-        return int(self.scheduler.submit(Job(item.route, event, item.captures, item.key)))
+        job = Job(item.route, event, item.captures, item.key, trace)
+        admitted = self.scheduler.submit(job)
+        if not admitted:
+            self.runs[(item.route.name, "dropped")] += 1
+        return int(admitted)
 
     async def execute(self, job: Job) -> bool:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
-        started = time.time()
+        started, clock = time.time(), time.monotonic()
         context = action_context(route, event, job.captures)
+        steps = 0
         for position, action in enumerate(route.actions, 1):
             if isinstance(action, RunAction):
-                failed = await self._run(job, action, context)
+                failed, ran = await self._run(job, action, context)
+                steps += ran
             else:
                 failed = await self._emit(job, action, context, position)
             if failed is not None:
                 self.counters["runs_failed"] += 1
+                self._ended(job, failed, time.monotonic() - clock, steps)
                 left = len(route.actions) - position
                 if left:
                     log.error(
@@ -325,7 +359,30 @@ class Dispatcher:
                 await self._journal(job, position, action.describe(), failed, started)
                 return False
         self.counters["runs_ok"] += 1
+        self._ended(job, None, time.monotonic() - clock, steps)
         return True
+
+    def _ended(self, job: Job, failed: Failed | None, seconds: float, steps: int) -> None:
+        """Count, time, trace and log (one INFO line) a run that ended."""
+        name = job.route.name
+        outcome = outcomes.RAN if failed is None else outcomes.FAILED
+        if failed is not None and failed.status == "loop guard":
+            outcome = outcomes.LOOP_GUARD
+        self.runs[(name, outcome)] += 1
+        self.run_seconds[name].observe(seconds)
+        status = "ok" if failed is None else failed.status
+        if job.trace is not None:
+            job.trace.set(outcome, job.trace.detail if failed is None else failed.reason)
+            job.trace.duration, job.trace.steps, job.trace.status = seconds, steps, status
+        log.info(
+            "route %s: event %r: run %s in %.3fs, %d step(s) run%s",
+            name,
+            job.event.channel,
+            "ok" if failed is None else "failed",
+            seconds,
+            steps,
+            "" if failed is None else f" ({failed.status})",
+        )
 
     def emit_refused(self, receipt: _EmitReceipt, reason: str) -> None:
         """Record a derived event Redis refused to publish: that emit alone failed."""
@@ -426,6 +483,8 @@ class Dispatcher:
         if self.journal is None:
             return
         failure_id = await self.journal.record(failure)
+        if failure_id:
+            self.counters["journaled"] += 1
         if failure_id and not quiet:
             log.info(
                 "route %s: failure recorded as %s (eventrouter retry %s)",
@@ -434,15 +493,19 @@ class Dispatcher:
                 failure_id,
             )
 
-    async def _run(self, job: Job, action: RunAction, context: dict[str, Any]) -> Failed | None:
+    async def _run(
+        self, job: Job, action: RunAction, context: dict[str, Any]
+    ) -> tuple[Failed | None, int]:
+        """Run a handler folder (with retries); return why it failed and the steps run."""
         route, event = job.route, job.event
         try:
             env = render_env(action, context)
         except ActionRefused as exc:
             log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
-            return Failed(exc.status, exc.reason)
+            return Failed(exc.status, exc.reason), 0
         tag = f"{route.name} [{event.channel}]"
         attempts = route.retry.attempts if route.retry is not None else 1
+        ran = 0
         for attempt in range(1, attempts + 1):
             result = await self.runner.run_handler(
                 action.path,
@@ -454,8 +517,12 @@ class Dispatcher:
                 tag=tag,
                 group=route.name,
             )
+            for step in result.steps:
+                if step.status is not None:
+                    ran += 1
+                    self.step_seconds[route.name].observe(step.duration)
             if result.ok:
-                return None
+                return None, ran
             if attempt < attempts and route.retry is not None:
                 # Jitter spreads the retries of many routes failing together over time.
                 delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
@@ -471,7 +538,7 @@ class Dispatcher:
                 await asyncio.sleep(delay)
         if attempts > 1:
             log.error("%s all %d attempts failed; giving up", tag, attempts)
-        return _handler_failed(result, attempts)
+        return _handler_failed(result, attempts), ran
 
     async def _emit(
         self, job: Job, action: EmitAction, context: dict[str, Any], position: int = 1
@@ -501,6 +568,8 @@ class Dispatcher:
                 )
             return Failed(exc.status, exc.reason)
         message = (emit.channel, emit.data)
+        if job.trace is not None and job.trace.owner is not None:
+            self.history.emitting(job.trace.owner, route.name, emit.channel, emit.data)
         await self.publisher.publish(
             emit.channel, emit.data, _EmitReceipt(self, job, position, action, message)
         )
@@ -569,3 +638,26 @@ class Dispatcher:
         failed = Failed("not started", "the router stopped before this run could start")
         for job in jobs:
             await self._journal(job, 0, "not started", failed, time.time(), quiet=True)
+
+
+def _not_fired_outcome(item: RouteDecision) -> tuple[str, str]:
+    """Return the history outcome of a matching route that does not fire, and its detail.
+
+    A route kept from running on this node (``runs_on``) is ``outcomes.SKIPPED_HERE``, with
+    the decision's reason, once the decision carries it.
+    """
+    condition = item.condition
+    plain = item.schema_error is None and item.key_error is None
+    if plain and condition is not None and condition.error is None:
+        return outcomes.CONDITION_FALSE, item.reason or ""
+    return outcomes.REJECTED, item.reason or ""
+
+
+def _why_nothing(decision: Decision) -> str:
+    """Return the one reason given at DEBUG for an event that runs nothing."""
+    if not decision.routes:
+        return "no route or events folder matches it"
+    return "; ".join(
+        f"route {item.route.name}: {item.reason or 'dropped (logged above)'}"
+        for item in decision.routes
+    )

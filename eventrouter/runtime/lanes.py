@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from eventrouter.model import Event, Route
+from eventrouter.runtime.history import COALESCED, DROPPED, RouteTrace
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,13 @@ class Job:
     event: Event
     captures: dict[str, str]
     key: str = ""
+    #: Where `eventrouter history` learns what became of this run.
+    trace: RouteTrace | None = field(default=None, compare=False)
+
+    def mark(self, outcome: str, detail: str = "") -> None:
+        """Record what became of this run in its history trace, if it has one."""
+        if self.trace is not None:
+            self.trace.set(outcome, detail)
 
 
 @dataclass
@@ -134,6 +142,9 @@ class Scheduler:
             if self.pending >= self.max_pending:
                 return self._overflow(lane, job, "in all queues (--max-pending)")
             self.pending += 1
+        else:
+            how = "debounce" if lane.route.debounce is not None else "throttle"
+            lane.held.mark(COALESCED, f"by {how}: a later event runs instead")
         self.pending_bytes += len(job.event.raw) - held
         lane.held, lane.held_count = job, lane.held_count + 1
         if restart_timer:
@@ -186,6 +197,7 @@ class Scheduler:
                 job.event.channel,
                 self.counters["dropped_single"],
             )
+            job.mark(DROPPED, "a run is going (mode: single)")
             return False
         if mode == "restart" and lane.running:
             self.counters["restarted"] += 1
@@ -196,6 +208,8 @@ class Scheduler:
             )
             self.pending -= len(lane.queue)
             self.pending_bytes -= sum(len(queued.event.raw) for queued in lane.queue)
+            for waiting in lane.queue:
+                waiting.mark(DROPPED, "replaced by a later event (mode: restart)")
             lane.queue.clear()
             for task in lane.running:
                 task.cancel()  # the new job starts once the stopped run is gone
@@ -220,6 +234,7 @@ class Scheduler:
         )
         if self._on_drop is not None:
             self._on_drop(job, f"queue full {where}")
+        job.mark(DROPPED, f"queue full {where}")
         return False
 
     def _pump(self, lane: Lane) -> None:
@@ -253,6 +268,7 @@ class Scheduler:
                 log.info("route %s: run for %r stopped", lane.name, job.event.channel)
                 if self.closing:
                     self.killed.append(job)
+                job.mark(DROPPED, "stopped while running (mode: restart, or the router stopped)")
                 raise
             except Exception:  # a bug in one run must not stop the lane
                 log.exception(
@@ -292,4 +308,6 @@ class Scheduler:
                 lane.timer.cancel()
                 lane.timer = None
         self.pending = self.pending_bytes = 0
+        for job in dropped:
+            job.mark(DROPPED, "not started: the router stopped")
         return dropped

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import stat
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -72,6 +73,8 @@ class StepResult:
     status: int | None
     timed_out: bool = False
     skipped: str | None = None
+    #: Seconds from the start of the process to the end of its output (0: not started).
+    duration: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -438,6 +441,7 @@ class StepRunner:
                 why = "the router is stopping"
                 error = f"step {step.name} of handler {job.directory} not started: {why}"
                 return _Outcome(StepResult(step.name, None), error)
+            started = time.monotonic()
             try:
                 transport = await self._spawn(job, step, protocol)
             except (OSError, ValueError) as exc:
@@ -458,7 +462,9 @@ class StepRunner:
         finally:
             transport.close()
         status = transport.get_returncode()
-        result = StepResult(step.name, status, timed_out=timed_out)
+        result = StepResult(
+            step.name, status, timed_out=timed_out, duration=time.monotonic() - started
+        )
         if status == 0 and not timed_out:
             logger.debug("%s step %s of handler %s done", job.tag, step.name, job.directory)
             return _Outcome(result)

@@ -18,12 +18,13 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
-from eventrouter.runtime import statedir
+from eventrouter.runtime import control, statedir
+from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
-from eventrouter.service import sdnotify
+from eventrouter.service import metrics, observe, sdnotify
 from eventrouter.service.statefiles import StateFiles
 
 log = logging.getLogger(__name__)
@@ -109,9 +110,16 @@ class Daemon:
     """Load routes, subscribe, dispatch, reload on SIGHUP, stop on SIGTERM/SIGINT."""
 
     def __init__(
-        self, settings: Settings, routes: LoadResult, cache: FileCache | None = None
+        self,
+        settings: Settings,
+        routes: LoadResult,
+        cache: FileCache | None = None,
+        *,
+        metrics: tuple[str, int] | None = None,
     ) -> None:
         self.settings = settings
+        #: Where to serve Prometheus metrics (host, port); None: not served.
+        self.metrics = metrics
         self.routes = routes.routes
         #: The route files as last built: a reload re-parses only the files that changed.
         self.cache: FileCache = cache if cache is not None else {}
@@ -123,9 +131,12 @@ class Daemon:
         self._lock: statedir.RouterLock | None = None
         #: The pid file and reload results, for `eventrouter reload`.
         self.files = StateFiles(settings.state_dir or embedded.default_state_dir())
+        #: What `status`, `history` and the metrics read; set once running.
+        self.parts: observe.Parts | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {glob_escape(self.settings.control_channel)}
+        globs.add(glob_escape(control.QUERY_CHANNEL))
         if self.settings.events_dirs:
             globs.add(CONVENTION_GLOB)
         return globs
@@ -134,8 +145,11 @@ class Daemon:
         """Return the intake handler: control messages apart, events to the dispatcher."""
 
         def handle(channel: str, data: bytes) -> None:
-            if channel == self.settings.control_channel:
-                task = asyncio.create_task(self.retry(dispatcher, data))
+            if channel in (self.settings.control_channel, control.QUERY_CHANNEL):
+                asking = channel == control.QUERY_CHANNEL
+                task = asyncio.create_task(
+                    self.answer(data) if asking else self.retry(dispatcher, data)
+                )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
@@ -201,7 +215,33 @@ class Daemon:
             route.line,
             decision.event.channel,
         )
-        return bool(dispatcher.submit(found, decision.event))
+        event = decision.event
+        trace = dispatcher.history.start(event.channel, event.raw, dispatcher.generation, ())
+        step = trace.add(route.name, outcomes.QUEUED, f"retry {failure_id}")
+        return bool(dispatcher.submit(found, event, step))
+
+    async def answer(self, data: bytes) -> bool:
+        """Answer a `status` or `history` request on its reply channel, if it names us."""
+        try:
+            query = control.parse_query(data)
+        except ValueError as exc:  # untrusted: one bounded line, nothing of the data echoed
+            log.warning(
+                "ignored a control request on %s (%d bytes): %s",
+                control.QUERY_CHANNEL,
+                len(data),
+                exc,
+            )
+            return False
+        parts = self.parts
+        if parts is None or not query.wants(parts.dispatcher.instance):
+            return False
+        if query.op == "status":
+            body = await observe.status(parts)
+        else:
+            body = observe.history(parts, query)
+        answer = control.answer(parts.dispatcher.instance, query.op, body)
+        await parts.publisher.publish(query.reply, answer)
+        return True
 
     def _urls(self) -> tuple[str, str]:
         env = os.environ
@@ -215,8 +255,8 @@ class Daemon:
             self._lock.acquire()
             embedded.stop_leftover(state)
             sub, self.server = embedded.ensure_server(state)
-            where = "started" if self.server else "found running"
-            log.info("no Redis configured: embedded server %s at %s", where, sub)
+            if self.server is None:  # a server it starts says so itself, URL included
+                log.info("no Redis configured: using the embedded server running at %s", sub)
             pub = pub or sub
         return sub, pub or sub
 
@@ -236,6 +276,7 @@ class Daemon:
 
     async def _run(self) -> int:
         _watch_children_with_pidfd()
+        server = await self._serve_metrics()  # first: a port taken stops it before anything
         sub_url, pub_url = self._urls()
         index = RouteIndex(self.routes)
         runner = StepRunner(
@@ -266,16 +307,16 @@ class Daemon:
             settle=publisher.settle,
             resync=lambda: self._recover(dispatcher, publisher),
         )
+        self.parts = observe.Parts(dispatcher, subscriber, publisher, self.routes)
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         self._install_signals()
         self.files.hold_pid()  # after the handlers: an early SIGHUP must not end the router
         log.info(
-            "started: %d routes, %d events folder(s), subscribing at %s, publishing at %s",
+            "started: %d routes, %d events folder(s), %s",
             len(self.routes),
             len(self.settings.events_dirs),
-            bus.redact(sub_url),
-            bus.redact(pub_url),
+            self._where(sub_url, pub_url),
         )
         for folder in self.settings.events_dirs:
             if not folder.is_dir():  # it may appear later (a module installed): warn only
@@ -283,7 +324,8 @@ class Daemon:
                     "events folder %s does not exist; events will run nothing there until it does",
                     folder,
                 )
-        sdnotify.notify("READY=1", f"STATUS=routing with {len(self.routes)} routes")
+        sdnotify.notify(f"STATUS=waiting for Redis at {bus.redact(sub_url)}")
+        ready = asyncio.create_task(self._ready_when(subscribed, subscriber), name="ready")
         try:
             while self.intents.stop is None:
                 await self.intents.wake.wait()
@@ -292,10 +334,38 @@ class Daemon:
                     self.intents.reload = False
                     await self.reload(dispatcher, subscriber)
         finally:
+            ready.cancel()
+            if server is not None:
+                await server.close()
             await self._shutdown(intake, dispatcher, publisher)
             await journal.close()
             self.files.release()
         return 0
+
+    async def _serve_metrics(self) -> metrics.MetricsServer | None:
+        """Serve Prometheus metrics when asked to; raise OSError when the port is taken."""
+        if self.metrics is None:
+            return None
+        server = metrics.MetricsServer(*self.metrics, lambda: self.parts)
+        await server.start()
+        return server
+
+    def _where(self, sub_url: str, pub_url: str) -> str:
+        """Return where the router subscribes and publishes, each URL said once."""
+        if self._embedded and sub_url == pub_url:
+            return "on the embedded server"
+        if sub_url == pub_url:
+            return f"subscribing and publishing at {bus.redact(sub_url)}"
+        return f"subscribing at {bus.redact(sub_url)}, publishing at {bus.redact(pub_url)}"
+
+    async def _ready_when(self, subscribed: asyncio.Event, subscriber: bus.Subscriber) -> None:
+        """Tell systemd READY=1 once Redis confirmed every subscription, not before."""
+        await subscribed.wait()
+        sdnotify.notify(
+            "READY=1",
+            f"STATUS=subscribed to {len(subscriber.patterns)} patterns; "
+            f"routing with {len(self.routes)} routes",
+        )
 
     @staticmethod
     def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:
@@ -339,11 +409,17 @@ class Daemon:
             log.error("%s", summary)
             self.files.record(False, summary, findings)
             sdnotify.notify("READY=1", "STATUS=reload failed; old routes kept")
+            if self.parts is not None:
+                self.parts.reloads["failed"] += 1
             return False
         changes = compare(self.routes, result.routes)
         index = RouteIndex(result.routes)
         dispatcher.swap(index)  # one assignment: every event sees the old or the new table
+        dispatcher.generation += 1
         self.routes = result.routes
+        if self.parts is not None:
+            self.parts.routes = result.routes
+            self.parts.reloads["ok"] += 1
         await subscriber.set_patterns(self._globs(index))
         summary = (
             f"reloaded: {len(result.routes)} routes (+{len(changes.added)} "

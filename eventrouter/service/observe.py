@@ -1,0 +1,127 @@
+"""What a running router tells about itself: the `status` and `history` answers.
+
+Built from the daemon's parts when a request arrives on the control channel
+(``runtime/control.py``); the metrics endpoint reads the same parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventrouter import __version__
+from eventrouter.model import Route
+from eventrouter.redis import ask, bus
+from eventrouter.runtime.control import Query
+from eventrouter.runtime.dispatch import Dispatcher
+
+#: The drop counters of the dispatcher and scheduler, by reason.
+DROPS = {
+    "oversize": "dropped_oversize",
+    "queue full": "dropped_queue_full",
+    "single": "dropped_single",
+    "schema": "schema_rejected",
+    "refused name": "refused_names",
+    "not started": "not_started",
+}
+
+
+def table_digest(routes: Sequence[Route]) -> str:
+    """Return one digest of the whole route table: nodes whose routes differ stand out."""
+    whole = hashlib.sha256()
+    for digest in sorted(f"{route.name}:{route.digest}" for route in routes):
+        whole.update(digest.encode())
+    return whole.hexdigest()[:16]
+
+
+@dataclass
+class Parts:
+    """The daemon's running parts, as a request finds them."""
+
+    dispatcher: Dispatcher
+    subscriber: bus.Subscriber
+    publisher: bus.RedisPublisher
+    routes: Sequence[Route]
+    started: float = field(default_factory=time.time)
+    #: Reloads by result: ok, failed.
+    reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+
+
+def _outage(subscriber: bus.Subscriber) -> dict[str, Any] | None:
+    if subscriber.last_outage is None:
+        return None
+    start, end = subscriber.last_outage
+    return {"start": start, "end": end, "seconds": (end or time.time()) - start}
+
+
+def lane_depths(dispatcher: Dispatcher) -> dict[str, int]:
+    """Return the runs waiting per route lane (queued or held by debounce/throttle)."""
+    return {
+        name: len(lane.queue) + (lane.held is not None)
+        for name, lane in dispatcher.scheduler.lanes.items()
+        if lane.queue or lane.held is not None
+    }
+
+
+async def status(parts: Parts) -> dict[str, Any]:
+    """Return the `status` answer."""
+    dispatcher, subscriber, publisher = parts.dispatcher, parts.subscriber, parts.publisher
+    counters = dispatcher.counters
+    runs: dict[str, int] = {}
+    for (_, outcome), count in dispatcher.runs.items():
+        runs[outcome] = runs.get(outcome, 0) + count
+    return {
+        "node": os.environ.get("NODE_ID"),
+        "agent": os.environ.get("AGENT_ID"),
+        "pid": os.getpid(),
+        "uptime": round(time.time() - parts.started, 3),
+        "version": __version__,
+        "redis": {
+            "subscribe": {
+                "url": bus.redact(subscriber.url),
+                "connected": subscriber.connected.is_set(),
+                "patterns": sorted(subscriber.patterns),
+                "role": await ask.role(subscriber.url),
+                "reconnects": subscriber.reconnects,
+                "last_outage": _outage(subscriber),
+            },
+            "publish": {
+                "url": bus.redact(publisher.url),
+                "outbox": publisher.pending,
+                "sent": publisher.sent,
+                "refused": publisher.refused,
+            },
+        },
+        "routes": {
+            "count": len(parts.routes),
+            "generation": dispatcher.generation,
+            "digest": table_digest(parts.routes),
+        },
+        "queues": {"pending": dispatcher.scheduler.pending, "lanes": lane_depths(dispatcher)},
+        "running_steps": dispatcher.runner.running,
+        "counters": {
+            "events": counters["events"],
+            "runs": runs,
+            "drops": {reason: counters[key] for reason, key in DROPS.items() if counters[key]},
+            "derived": counters["emitted"],
+            "loops_cut": counters["loops_cut"],
+            "reloads": dict(parts.reloads),
+        },
+    }
+
+
+def history(parts: Parts, query: Query) -> dict[str, Any]:
+    """Return the `history` answer."""
+    table = [route.name for route in parts.routes]
+    events = parts.dispatcher.history.query(
+        route=query.route,
+        event=query.event,
+        limit=query.limit,
+        verbose=query.verbose,
+        table=table,
+    )
+    return {"generation": parts.dispatcher.generation, "events": events}
