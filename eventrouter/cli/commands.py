@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.errors import Diagnostic, PayloadError
-from eventrouter.model import EmitAction, Route, Settings
+from eventrouter.model import Route, RouterInfo, Settings
 from eventrouter.redis import embedded
 from eventrouter.redis.connections import address_url
 
@@ -91,10 +91,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _describe(route: Route) -> str:
     parts = []
     for action in route.actions:
-        if isinstance(action, EmitAction):
-            parts.append(f"emit {action.channel.source}")
-        else:
-            parts.append(f"run {action.path}")
+        parts.append(action.describe())
     return "; ".join(parts)
 
 
@@ -264,6 +261,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _router(args: argparse.Namespace) -> RouterInfo:
+    """Return where explain and test decide from: --node, --agent, --leader/--no-leader."""
+    from eventrouter.runtime.identity import router_identity
+    from eventrouter.runtime.journal import instance_name
+
+    return router_identity(
+        args.node, args.agent, os.environ, instance=instance_name(""), leader=args.leader
+    )
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain what an event would trigger, without Redis."""
     from eventrouter.analysis.explain import Explainer, format_text
@@ -272,7 +279,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_INVALID
     explainer = Explainer(
-        loaded[0].routes, events_dirs(args.events_dir, os.environ), args.max_depth
+        loaded[0].routes,
+        events_dirs(args.events_dir, os.environ),
+        args.max_depth,
+        router=_router(args),
     )
     plan = explainer.explain(args.channel, _payload(args.payload))
     if args.json:
@@ -291,7 +301,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_INVALID
     result, folders = loaded
-    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    explainer = Explainer(
+        result.routes,
+        events_dirs(args.events_dir, os.environ),
+        args.max_depth,
+        router=_router(args),
+    )
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
     return routetest.run(files, explainer, sys.stdout)
 
@@ -330,6 +345,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         control_channel=args.control_channel,
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
+        node=args.node,
+        agent=args.agent,
+        role_interval=args.role_interval,
     )
     try:
         status = asyncio.run(Daemon(settings, result, cache).run())

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eventrouter.analysis.validate import validate
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
@@ -18,7 +18,10 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
+from eventrouter.redis.role import RoleWatch
+from eventrouter.redis.tasks import TaskClient
 from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.service import sdnotify
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: The subscription convention folders need (as the NS8 agent's).
 CONVENTION_GLOB = "*/event/*"
+#: Published when a node becomes the leader: the role is read again at once.
+LEADER_CHANGED = "cluster/event/leader-changed"
 
 
 @dataclass(frozen=True)
@@ -111,15 +116,22 @@ class Daemon:
         self.journal: Journal | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
-        globs = index.globs() | {glob_escape(self.settings.control_channel)}
+        globs = index.globs() | {
+            glob_escape(self.settings.control_channel),
+            glob_escape(LEADER_CHANGED),
+        }
         if self.settings.events_dirs:
             globs.add(CONVENTION_GLOB)
         return globs
 
-    def _on_message(self, dispatcher: Dispatcher) -> Callable[[str, bytes], None]:
+    def _on_message(
+        self, dispatcher: Dispatcher, role: RoleWatch | None = None
+    ) -> Callable[[str, bytes], None]:
         """Return the intake handler: control messages apart, events to the dispatcher."""
 
         def handle(channel: str, data: bytes) -> None:
+            if channel == LEADER_CHANGED and role is not None:
+                role.ask()  # the leader moved: read this router's role now, not at the timer
             if channel == self.settings.control_channel:
                 task = asyncio.create_task(self.retry(dispatcher, data))
                 self._tasks.add(task)
@@ -216,19 +228,24 @@ class Daemon:
             state,
         )
         self.journal = journal
-        dispatcher = Dispatcher(self.settings, runner, publisher, index, journal=journal)
+        tasks = TaskClient(pub_url)  # tasks go to the leader's Redis, like derived events
+        dispatcher = Dispatcher(
+            self.settings, runner, publisher, index, journal=journal, tasks=tasks
+        )
+        role = await self._watch_role(dispatcher, sub_url)
         log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
         subscriber = bus.Subscriber(
             sub_url,
-            self._on_message(dispatcher),
+            self._on_message(dispatcher, role),
             connected=subscribed,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             settle=publisher.settle,
-            resync=lambda: self._recover(dispatcher, publisher),
+            resync=lambda: self._resync(dispatcher, publisher, role),
         )
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
+        role_task = asyncio.create_task(role.run(), name="role")
         self._install_signals()
         log.info(
             "started: %d routes, %d events folder(s), subscribing at %s, publishing at %s",
@@ -252,9 +269,43 @@ class Daemon:
                     self.intents.reload = False
                     await self.reload(dispatcher, subscriber)
         finally:
+            role_task.cancel()
+            await asyncio.gather(role_task, return_exceptions=True)
             await self._shutdown(intake, dispatcher, publisher)
-            await journal.close()
+            await asyncio.gather(role.close(), tasks.close(), journal.close())
         return 0
+
+    async def _watch_role(self, dispatcher: Dispatcher, sub_url: str) -> RoleWatch:
+        """Name the router's node and agent, and read whether it is the leader's before events.
+
+        Until the role can be read (Redis down at start), the router counts as the leader
+        only when it runs on the embedded server, which is always a master.
+        """
+        found = router_identity(
+            self.settings.node, self.settings.agent, os.environ, instance=dispatcher.instance
+        )
+        dispatcher.context = replace(
+            dispatcher.context, router=replace(found, leader=self._embedded)
+        )
+        role = RoleWatch(
+            sub_url, every=self.settings.role_interval, on_change=dispatcher.set_leader
+        )
+        await role.refresh()
+        log.info(
+            "this router: node %s, agent %s, instance %r, %s",
+            found.node if found.node is not None else "(unknown)",
+            found.agent or "(none)",
+            dispatcher.instance,
+            "leader" if dispatcher.router.leader else "not the leader",
+        )
+        return role
+
+    def _resync(
+        self, dispatcher: Dispatcher, publisher: bus.RedisPublisher, role: RoleWatch
+    ) -> None:
+        """After a subscription break: read the role again, recover what never came back."""
+        role.ask()
+        self._recover(dispatcher, publisher)
 
     @staticmethod
     def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:
