@@ -66,7 +66,7 @@ _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
 
 
 _FIELD = re.compile(
-    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
+    r"\b(payload|match|router)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
     r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?(?:un)?defined\b))"
 )
 
