@@ -191,7 +191,8 @@ def test_a_leader_route_runs_once_on_the_master_and_follows_a_leader_switch(
     topology: Topology, routers: NodeRouters
 ) -> None:
     for node in topology.nodes:
-        routers.start(node, MARK_ON_LEADER)
+        # The timer alone would take 30 s: the switch is seen through leader-changed.
+        routers.start(node, MARK_ON_LEADER, "--role-interval", "30s")
     first, second, third = topology.nodes
     for module in ("a1", "a2"):
         publish_added(first, module)
