@@ -24,6 +24,7 @@ from eventrouter.engine.decide import (
 from eventrouter.engine.events import parse_event
 from eventrouter.model import RouterInfo, TaskAction
 from eventrouter.runtime.identity import router_identity
+from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step
 
 ROUTES = """
 routes:
@@ -246,3 +247,33 @@ tests:
     assert "FAIL a wrong expectation fails" in out
     assert "task 1: expected reload-certificate on module/mail2" in out
     assert out.rstrip().endswith("3 passed, 1 failed")
+
+
+def test_with_no_cluster_settings_the_embedded_router_is_the_leader(
+    short_tmp: Path, tmp_path: Path
+) -> None:
+    routes = """
+        routes:
+          - name: leader-only
+            on: cluster/event/module-added
+            runs_on: leader
+            do:
+              - run: ../handlers/mark
+                env: {MARK: "{{ payload.module }} leader={{ router.leader }}"}
+    """
+    write_routes(tmp_path / "routes.d", "10.yml", routes)
+    write_step(tmp_path / "handlers" / "mark" / "10mark", f'echo "$MARK" >> {tmp_path}/marks')
+    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp))
+    router = Router(
+        ["run", "--routes", str(tmp_path / "routes.d")], tmp_path / "router.log", env
+    ).ready()
+    try:
+        router.wait_log("this router is the leader")
+        published = run_cli(
+            "publish", "cluster/event/module-added", '{"module": "mail1", "node": 1}', env=env
+        )
+        assert published.returncode == 0, published.stderr
+        wait_for(lambda: lines(tmp_path / "marks"), what="the leader route ran")
+    finally:
+        router.stop()
+    assert lines(tmp_path / "marks") == ["mail1 leader=True"]
