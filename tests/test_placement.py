@@ -86,7 +86,9 @@ def test_runs_on_and_router_node_decide_where_a_route_acts(tmp_path: Path) -> No
 def test_with_no_cluster_settings_a_router_is_the_leader_of_one_node(tmp_path: Path) -> None:
     reasons = fired(table(tmp_path), RouterContext().router)
     assert reasons["on-leader"] is None
-    assert reasons["on-named-node"] == "runs_on: node '2', and this router is node null"
+    assert reasons["on-named-node"] == (
+        "runs_on: node '2', and this router's node is unknown (--node, NODE_ID)"
+    )
 
 
 def test_a_runs_on_template_error_is_an_error_not_a_skip(tmp_path: Path) -> None:

@@ -174,7 +174,9 @@ def placement(route: Route, context: dict[str, Any], router: RouterInfo) -> str 
     node = route.runs_on.render(context).strip()
     if router.node is not None and node == str(router.node):
         return None
-    return f"node {node!r}, and this router is node {_shown(router.node)}"
+    if router.node is None:
+        return f"node {node!r}, and this router's node is unknown (--node, NODE_ID)"
+    return f"node {node!r}, and this router is node {router.node}"
 
 
 def decide_route(
