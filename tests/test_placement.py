@@ -279,3 +279,20 @@ def test_with_no_cluster_settings_the_embedded_router_is_the_leader(
     finally:
         router.stop()
     assert lines(tmp_path / "marks") == ["mail1 leader=True"]
+
+
+def test_check_reads_the_templates_of_tasks_and_runs_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    routes = tmp_path / "routes.d"
+    routes.mkdir()
+    (routes / "r.yml").write_text(
+        "routes:\n  - name: r\n    on: cluster/event/module-added\n"
+        '    runs_on: "{{ payload.nod }}"\n'
+        "    do:\n      - task:\n          agent: module/mail1\n          action: configure\n"
+        '          data: {m: "{{ payload.modul }}"}\n'
+    )
+    main(["check", "--routes", str(routes)])
+    out = capsys.readouterr().out
+    assert "'runs_on' uses payload.nod, which module-added does not carry" in out
+    assert "'task data.m' uses payload.modul, which module-added does not carry" in out
