@@ -11,7 +11,7 @@ COVERAGE_FLOOR ?= 90
 # the event's node with NODE_ID (examples/ns8-cluster/README.md). `NODE_ID=2 make run` plays 2.
 NODE_ID ?= 1
 
-.PHONY: run test lint bench clean
+.PHONY: run cluster test lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
 
+# Three servers on loopback (a master, two replicas), a stand-in NS8 agent and one router per
+# node on the shipped examples (examples/ns8-cluster/README.md); Ctrl-C stops everything.
+cluster: $(BIN)/.installed
+	$(BIN)/python examples/cluster/run.py
+
 lint: $(BIN)/.installed
-	$(BIN)/ruff check eventrouter tests bench
-	$(BIN)/ruff format --check eventrouter tests bench
+	$(BIN)/ruff check eventrouter tests bench examples
+	$(BIN)/ruff format --check eventrouter tests bench examples
 	$(BIN)/mypy eventrouter
 
 test: lint

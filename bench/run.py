@@ -19,6 +19,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 
+from cluster import bench_cluster
 from harness import FULL, QUICK, BenchError, Context, Row, print_table, started
 from modes import bench_modes
 from scale import bench_scale
@@ -30,6 +31,7 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "emit": bench_emit,
     "modes": bench_modes,
     "scale": bench_scale,
+    "cluster": bench_cluster,
 }
 
 

@@ -27,3 +27,7 @@ class TemplateRenderError(Exception):
 
 class PayloadError(ValueError):
     """An event payload is refused (not JSON, not an object, missing fields)."""
+
+
+class TaskError(Exception):
+    """An NS8 task could not be submitted or followed (not a non-zero exit code)."""

@@ -14,6 +14,10 @@ from typing import Any, Literal, Protocol, get_args
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 #: Route names (README "Routes").
 ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+#: NS8 agent ids a ``task:`` may name: ``cluster``, ``node/<id>``, ``module/<id>``.
+AGENT_ID = re.compile(r"cluster|node/[0-9]+|module/[a-z][a-z0-9_-]*")
+#: NS8 action names (the folders of an agent's ``actions/``).
+TASK_ACTION = re.compile(r"[a-z0-9-]+")
 
 EVENT_MARK = "/event/"
 
@@ -140,7 +144,70 @@ class EmitAction:
         return f"emit {self.channel.source}"
 
 
-Action = RunAction | EmitAction
+@dataclass(frozen=True)
+class TaskAction:
+    """Submit an NS8 task to an agent and, unless ``wait`` is false, wait for its exit code."""
+
+    agent: TextTemplate
+    action: str
+    data: ValueTemplate
+    line: int
+    extra: ValueTemplate | None = None
+    timeout: float = 3600.0
+    wait: bool = True
+
+    def describe(self) -> str:
+        """Return a short human description."""
+        return f"task {self.action} on {self.agent.source}"
+
+
+Action = RunAction | EmitAction | TaskAction
+
+
+@dataclass(frozen=True)
+class RouterInfo:
+    """Where a router runs: templates see it as ``router`` (README "Cluster")."""
+
+    #: The node id: a number when it is one (as in NS8 payloads), else text; None: unknown.
+    node: int | str | None = None
+    agent: str | None = None
+    instance: str = ""
+    #: Whether the Redis this router subscribes to is the master.
+    leader: bool = True
+
+    def template_value(self) -> dict[str, Any]:
+        """Return the ``router`` object of the template context."""
+        return {
+            "node": self.node,
+            "agent": self.agent,
+            "instance": self.instance,
+            "leader": self.leader,
+        }
+
+
+#: Where a router runs when nothing says otherwise: the leader of a one-node cluster.
+ONE_NODE = RouterInfo()
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """How a task ended: its id, exit code, output and error text (None: not waited for)."""
+
+    task_id: str
+    exit_code: int | None
+    output: str = ""
+    error: str = ""
+
+    def describe(self) -> str:
+        """Return the exit code with NS8's meaning of it, for the log."""
+        if self.exit_code is None:
+            return "submitted"
+        meaning = TASK_EXIT_MEANINGS.get(self.exit_code)
+        return f"exit code {self.exit_code}" + (f" ({meaning})" if meaning else "")
+
+
+#: Exit codes with a meaning of their own in NS8.
+TASK_EXIT_MEANINGS = {8: "no such action", 10: "validation failed", 11: "agent busy"}
 
 
 @dataclass(frozen=True)
@@ -178,6 +245,8 @@ class Route:
     retry: RetryPolicy | None = None
     schema: SchemaCheck = "off"
     convention: bool = False
+    #: Where the route acts: ``all`` (None), ``leader``, or a template naming a node.
+    runs_on: TextTemplate | None = None
     #: ``schema: strict``: returns why an event does not fit its schema, or None.
     payload_check: Callable[[Event], str | None] | None = field(default=None, compare=False)
 
@@ -188,18 +257,13 @@ class Route:
         Leaves out the name, the place and the spelling (key order, flow style), and what
         does not change behaviour (description, enabled); computed on first use, not at load.
         """
-        actions = tuple(
-            ("run", str(a.path), a.timeout, tuple((k, t.source) for k, t in a.env))
-            if isinstance(a, RunAction)
-            else ("emit", a.channel.source, a.payload.fingerprint())
-            for a in self.actions
-        )
+        actions = tuple(_action_fingerprint(a) for a in self.actions)
         return (
             tuple(pattern.text for pattern in self.patterns),
             self.when.source if self.when is not None else None,
             self.key.source if self.key is not None else None,
             self.mode, self.max_runs, self.debounce, self.throttle, self.retry, self.schema,
-            actions,
+            actions, self.runs_on.source if self.runs_on is not None else None,
         )  # fmt: skip
 
     @property
@@ -215,6 +279,19 @@ class Route:
             if captures is not None:
                 return captures
         return None
+
+
+def _action_fingerprint(action: Action) -> tuple[Any, ...]:
+    if isinstance(action, RunAction):
+        env = tuple((key, template.source) for key, template in action.env)
+        return ("run", str(action.path), action.timeout, env)
+    if isinstance(action, EmitAction):
+        return ("emit", action.channel.source, action.payload.fingerprint())
+    extra = action.extra.fingerprint() if action.extra is not None else None
+    return (
+        "task", action.agent.source, action.action, action.data.fingerprint(), extra,
+        action.timeout, action.wait,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -249,3 +326,8 @@ class Settings:
     template_timeout: float = 1.0
     #: Payload bytes of the runs waiting in all the queues together (--max-queued-bytes).
     max_queued_bytes: int = 64 * 1024 * 1024
+    #: This router's node and agent (README "Cluster"): --node / --agent, else environment.
+    node: str | None = None
+    agent: str | None = None
+    #: How often the role of the subscribe server is read (leader or not).
+    role_interval: float = 2.0

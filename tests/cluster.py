@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,37 @@ from pathlib import Path
 import redis
 
 from tests.conftest import free_port
-from tests.routerproc import wait_for
+from tests.routerproc import REPO, clean_env, wait_for
+
+#: The stand-in NS8 agent, shipped with the cluster example (one copy for both).
+NS8AGENT = REPO / "examples" / "cluster" / "ns8agent.py"
+
+
+def start_agent(url: str, agent_id: str, actions: Path) -> subprocess.Popen[bytes]:
+    """Start a stand-in NS8 agent serving ``actions``; return once it is in CLIENT LIST."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(NS8AGENT),
+            "--redis",
+            url,
+            "--agent",
+            agent_id,
+            "--actions",
+            str(actions),
+        ],
+        cwd=REPO,
+        env=clean_env(),
+    )
+    connection = redis.Redis.from_url(url)
+    try:
+        wait_for(
+            lambda: any(c.get("name") == agent_id for c in connection.client_list()),
+            what=f"agent {agent_id} connected",
+        )
+    finally:
+        connection.close()
+    return proc
 
 
 @dataclass

@@ -29,6 +29,10 @@ routes:
     on: a/event/ok
     when: payload.go is defined
     do: [{run: h-ok}]
+  - name: elsewhere
+    on: a/event/ok
+    runs_on: "99"
+    do: [{run: h-ok}]
   - name: sink
     on: a/event/derived
     do: [{run: h-ok}]
@@ -80,7 +84,7 @@ def test_status_of_one_router_and_of_all(
     assert one["redis"]["subscribe"]["connected"] is True
     assert one["redis"]["subscribe"]["role"] == "master"
     assert "a/event/ok" in one["redis"]["subscribe"]["patterns"]
-    assert one["routes"]["count"] == 7
+    assert one["routes"]["count"] == 8
     assert one["routes"]["generation"] == 1
     assert one["routes"]["digest"] == every[1]["routes"]["digest"]
     assert one["counters"]["events"] >= 1
@@ -89,7 +93,7 @@ def test_status_of_one_router_and_of_all(
     text = run_cli("status", "--redis", redis_url, "--instance", "node-b")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("node-b: pid ")
-    assert "routes: 7, generation 1, digest " in text.stdout
+    assert "routes: 8, generation 1, digest " in text.stdout
 
 
 def test_status_exits_1_when_no_router_answers(redis_url: str) -> None:
@@ -139,6 +143,8 @@ def test_history_gives_every_outcome(
     assert outcomes["ok"]["status"] == "ok"
     assert outcomes["guarded"]["outcome"] == "condition false"
     assert "payload.go is defined is false (false)" in outcomes["guarded"]["detail"]
+    assert outcomes["elsewhere"]["outcome"] == "skipped here"
+    assert "runs_on" in outcomes["elsewhere"]["detail"]
     assert ok["derived"] == [{"route": "ok", "channel": "a/event/derived", "receivers": 1}]
     derived = next(event for event in events if event["channel"] == "a/event/derived")
     assert derived["caused_by"] == ok["seq"]
@@ -156,6 +162,10 @@ def test_history_gives_every_outcome(
     loops = [trace["outcome"] for trace in _by_route(events, "a/event/loop")]
     assert "cut by the loop guard" in loops
 
+    _check_filters(redis_url)
+
+
+def _check_filters(redis_url: str) -> None:
     filtered = _cli(redis_url, "history", "--instance", "r", "--route", "fails", "--limit", "50")
     by_channel = {event["channel"]: event["routes"] for event in filtered}
     assert by_channel["a/event/ok"] == [{"route": "fails", "outcome": "did not match"}]

@@ -72,7 +72,7 @@ def test_ready_only_once_subscribed_to_a_late_redis(
         server.start()
         seen = _wait_message(notify_socket, "READY=1")
         # The route's pattern and the two control channels (retry, status/history).
-        assert "STATUS=subscribed to 3 patterns; routing with 1 routes" in seen[-1], seen
+        assert "STATUS=subscribed to 4 patterns; routing with 1 routes" in seen[-1], seen
         assert router.stop() == 0
     finally:
         router.kill()

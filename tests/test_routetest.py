@@ -411,7 +411,7 @@ def test_shipped_example_tests_pass_through_the_cli() -> None:
     last = result.stdout.splitlines()[-1]
     found = re.fullmatch(r"(\d+) passed, 0 failed", last)
     assert found, result.stdout
-    assert int(found.group(1)) >= 2 * 7  # at least two cases for each route and events folder
+    assert int(found.group(1)) >= 2 * 8  # at least two cases for each route and events folder
 
 
 def test_shipped_example_tests_cover_every_route_both_ways() -> None:
@@ -427,7 +427,7 @@ def test_shipped_example_tests_cover_every_route_both_ways() -> None:
         for test in tests:
             fires.update(test.expect.fire or test.expect.fire_only or ())
             not_fires.update(test.expect.not_fire)
-    assert len(names) == 7
+    assert len(names) == 8  # six routes, two events folders
     assert fires == names
     assert not_fires == names
 

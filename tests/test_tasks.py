@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 import redis
 
 from eventrouter.redis.tasks import TaskClient, TaskError
-from tests.routerproc import REPO, clean_env, wait_for, write_step
+from tests.cluster import start_agent
+from tests.routerproc import write_step
 
 Agent = Callable[[str], subprocess.Popen[bytes]]
 
@@ -33,27 +33,8 @@ def agent(redis_url: str, actions: Path) -> Iterator[Agent]:
     started: list[subprocess.Popen[bytes]] = []
 
     def start(agent_id: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.ns8agent",
-                "--redis",
-                redis_url,
-                "--agent",
-                agent_id,
-                "--actions",
-                str(actions),
-            ],
-            cwd=REPO,
-            env=clean_env(),
-        )
+        proc = start_agent(redis_url, agent_id, actions)
         started.append(proc)
-        connection = redis.Redis.from_url(redis_url)
-        wait_for(
-            lambda: any(c.get("name") == agent_id for c in connection.client_list()),
-            what=f"agent {agent_id} connected",
-        )
         return proc
 
     yield start

@@ -326,6 +326,8 @@ def test_context_of_a_json_event() -> None:
         "raw": '{"names": ["a.example"]}',
         "match": {"m": "traefik1"},
         "route": "certs",
+        # No router given: a one-node cluster's leader, node unknown.
+        "router": {"node": None, "agent": None, "instance": "", "leader": True},
     }
 
 

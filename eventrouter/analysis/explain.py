@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.decide import RouterContext
 from eventrouter.engine.plan import ActionPlan, EventPlan, Planner, RoutePlan, StepPlan
-from eventrouter.model import Route
+from eventrouter.model import ONE_NODE, Route, RouterInfo
 from eventrouter.runtime.dispatch import folder_exists
 from eventrouter.runtime.steps import list_steps
 
@@ -39,15 +40,21 @@ class Explainer:
         events_dirs: Sequence[Path] = (),
         max_depth: int = 8,
         max_payload: int = 1024 * 1024,
+        router: RouterInfo = ONE_NODE,
     ) -> None:
         self.routes = tuple(routes)
         self.events_dirs = tuple(events_dirs)
-        context = RouterContext(self.events_dirs, max_depth, max_payload, folder_exists)
-        self.planner = Planner(RouteIndex(self.routes), context, list_step_plans)
+        self.context = RouterContext(
+            self.events_dirs, max_depth, max_payload, folder_exists, router
+        )
+        self.planner = Planner(RouteIndex(self.routes), self.context, list_step_plans)
 
-    def explain(self, channel: str, data: bytes) -> EventPlan:
-        """Return the plan of an incoming event and its cascade."""
-        return self.planner.plan(channel, data)
+    def explain(self, channel: str, data: bytes, router: RouterInfo | None = None) -> EventPlan:
+        """Return the plan of an incoming event and its cascade, as ``router`` would see it."""
+        if router is None:
+            return self.planner.plan(channel, data)
+        context = replace(self.context, router=router)
+        return Planner(self.planner.index, context, list_step_plans).plan(channel, data)
 
 
 def _short(value: Any, limit: int = 200) -> str:
@@ -74,6 +81,8 @@ def _route_lines(route: RoutePlan) -> list[str]:
     if not route.fires:
         if route.schema_error:
             reason = f"schema: strict -> rejected: {route.schema_error}"
+        elif route.elsewhere:
+            reason = f"runs_on: {route.elsewhere}  (not on this router)"
         elif route.when_error:
             reason = f"when: {route.when} -> error: {route.when_error}"
         elif route.key_error:
@@ -87,6 +96,8 @@ def _route_lines(route: RoutePlan) -> list[str]:
         ]
     label = "events folder" if route.convention else "route"
     out = [f"+ {label} {route.name} fires  ({where})", f"    matched {route.pattern}{captures}"]
+    if route.runs_on is not None:
+        out.append(f"    runs_on: {route.runs_on} -> this router")
     if route.when is not None:
         out.append(f"    when: {route.when} -> {json.dumps(route.when_value)}")
     if route.key is not None:
@@ -115,6 +126,8 @@ def _action_lines(number: int, action: ActionPlan) -> list[str]:
         if not any(step.runs for step in action.steps):
             out.append(f"{pad}(no runnable step)")
         return out
+    if action.kind == "task":
+        return _task_lines(number, action, pad)
     if action.error:
         return [f"    {number}. emit {action.target}", f"{pad}error: {action.error}"]
     out = [f"    {number}. emit {action.channel} {_short(action.payload)}"]
@@ -123,6 +136,19 @@ def _action_lines(number: int, action: ActionPlan) -> list[str]:
     if action.cascade is not None:
         out += [pad + line for line in format_text(action.cascade, verbose=False)]
     return out
+
+
+def _task_lines(number: int, action: ActionPlan, pad: str) -> list[str]:
+    if action.error or action.task is None:
+        return [f"    {number}. task {action.target}", f"{pad}error: {action.error}"]
+    task = action.task
+    wait = f"wait up to {task['timeout']:g}s" if task["wait"] else "submit, do not wait"
+    return [
+        f"    {number}. task {task['action']} on {task['agent']}  ({wait})",
+        f"{pad}LPUSH {task['agent']}/tasks",
+        f"{pad}data {_short(task['data'])}",
+        f"{pad}extra {_short(task['extra'])}",
+    ]
 
 
 def format_text(plan: EventPlan, verbose: bool = False) -> list[str]:

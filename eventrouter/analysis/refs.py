@@ -28,7 +28,7 @@ from eventrouter.analysis.loops import (
 from eventrouter.config.schemas import EventSpec
 from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
 from eventrouter.errors import Diagnostic
-from eventrouter.model import EVENT_MARK, EmitAction, Route
+from eventrouter.model import EVENT_MARK, EmitAction, Route, RouterInfo, RunAction
 
 #: Parses only (lint never renders): a plain environment knows the same syntax.
 _ENV = jinja2.Environment(keep_trailing_newline=True)
@@ -38,7 +38,7 @@ _MARKERS = ("{{", "{%", "{#")
 
 
 #: Names a template sees (README "Routes"), and those Jinja2 itself provides.
-CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route")
+CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router")
 
 
 _BUILTIN = frozenset(DEFAULT_NAMESPACE) | {"loop", "caller", "self", "varargs", "kwargs"}
@@ -55,6 +55,7 @@ _KEYWORDS = _CONSTANTS | {
 }  # fmt: skip
 
 
+_ROUTER_FIELDS = tuple(RouterInfo().template_value())
 _KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests)
 
 
@@ -65,7 +66,7 @@ _STRING = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", re.DOTALL)
 
 
 _FIELD = re.compile(
-    r"\b(payload|match)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
+    r"\b(payload|match|router)\s*(?:\.\s*([A-Za-z_]\w*+)|\[\s*(['\"])([^'\"]*)\3\s*\])"
     r"(?!\s*(?:\(|\|\s*d(?:efault)?\b|is\s+(?:not\s+)?(?:un)?defined\b))"
 )
 
@@ -278,14 +279,21 @@ def _templates(route: Route) -> Iterator[Template]:
     """Yield every template of a route."""
     if route.when is not None:
         yield "when", route.line, route.when.source, True
+    if route.runs_on is not None:
+        yield "runs_on", route.line, route.runs_on.source, False
     for action in route.actions:
         if isinstance(action, EmitAction):
             yield "emit channel", action.line, action.channel.source, False
             if isinstance(action.payload, Value):
                 yield from _value_templates("emit payload", action.line, action.payload)
-        else:
+        elif isinstance(action, RunAction):
             for name, template in action.env:
                 yield f"env {name}", action.line, template.source, False
+        else:
+            yield "task agent", action.line, action.agent.source, False
+            for label, value in (("task data", action.data), ("task extra", action.extra)):
+                if isinstance(value, Value):
+                    yield from _value_templates(label, action.line, value)
 
 
 def _value_templates(label: str, line: int, value: Value) -> Iterator[Template]:
@@ -350,6 +358,9 @@ def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[st
     """Yield why a reference fails for some event the route can receive."""
     if key[0] not in CONTEXT:
         yield f"{key[0]}, which is not defined (templates see: {', '.join(CONTEXT)})"
+    elif key[0] == "router" and len(key) == 2 and key[1] not in _ROUTER_FIELDS:
+        fields = ", ".join(_ROUTER_FIELDS)
+        yield f"router.{key[1]}, which the router does not have (fields: {fields})"
     elif key[0] == "match" and len(key) == 2:
         for pattern in route.patterns:
             captures = getattr(pattern, "captures", ())

@@ -6,6 +6,8 @@ only the files directly in the folder, so it never sees them). A test file::
 
     tests:
       - name: module-added announces the module     # required, unique in the file
+        router: {node: 2, leader: false}             # optional: decide as this router
+                                                     # (node, agent, instance, leader)
         event:
           channel: cluster/event/module-added        # required
           payload: {module: traefik1, node: 1}       # a mapping, list, number, boolean or
@@ -16,6 +18,9 @@ only the files directly in the folder, so it never sees them). A test file::
           fire_only: [module-added]   # these fire and no other (instead of ``fire``)
           not_fire: [module-removed]  # none of these fires on the event
           nothing: true               # no route nor events folder fires (false: something does)
+          tasks:                      # every task submitted across the cascade, in plan order
+            - {agent: module/mail1, action: configure-module, data: {hostname: x}}
+                                      # data optional, matched as a subset like payload
           emits:                      # every derived event of the cascade, in plan order
             - channel: cluster/event/module-domain-changed
               payload: {modules: [traefik1]}  # optional; a subset: mappings need only the
@@ -42,13 +47,15 @@ from __future__ import annotations
 import json
 import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 from eventrouter.analysis.explain import EventPlan, Explainer, RoutePlan
 from eventrouter.config.loader import route_files
 from eventrouter.config.testfile import ANY, Expect, RouteTest, load_tests
+from eventrouter.model import RouterInfo
+from eventrouter.runtime.identity import node_value
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Outcome:
 
     fired: list[str]
     emits: list[tuple[str, Any]] = field(default_factory=list)
+    tasks: list[tuple[str, str, Any]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     cuts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -85,6 +93,9 @@ def _walk(plan: EventPlan, result: Outcome) -> None:
             elif action.kind == "run":
                 folder = Path(action.target).name
                 result.steps += [f"{folder}/{step.name}" for step in action.steps if step.runs]
+            elif action.kind == "task" and action.task is not None:
+                task = action.task
+                result.tasks.append((task["agent"], task["action"], task["data"]))
             elif action.cut:
                 result.cuts.append(action.cut)
             else:
@@ -154,10 +165,32 @@ def _emits_problem(
     return "\n".join(lines + ([f"  first difference: {first}"] if first else []))
 
 
+def _tasks_problem(
+    expected: Sequence[tuple[str, str, Any]], actual: list[tuple[str, str, Any]]
+) -> str | None:
+    first = None
+    for number, (want, got) in enumerate(zip(expected, actual, strict=False), 1):
+        if want[:2] != got[:2]:
+            first = f"task {number}: expected {want[1]} on {want[0]}, got {got[1]} on {got[0]}"
+        elif want[2] is not ANY:
+            first = _mismatch(want[2], got[2], f"task {number}: data")
+        if first:
+            break
+    if first is None and len(expected) == len(actual):
+        return None
+    lines = [f"expected {len(expected)} task(s):"]
+    lines += [f"    {action} on {agent}" for agent, action, _ in expected]
+    lines += [f"  submitted {len(actual)}:"]
+    lines += [f"    {action} on {agent} {_dump(data)}" for agent, action, data in actual]
+    return "\n".join(lines + ([f"  first difference: {first}"] if first else []))
+
+
 def _check_cascade(expect: Expect, out: Outcome) -> list[str]:
     problems = []
     if expect.emits is not None:
         problems.append(_emits_problem(expect.emits, out.emits) or "")
+    if expect.tasks is not None:
+        problems.append(_tasks_problem(expect.tasks, out.tasks) or "")
     if expect.steps is not None and list(expect.steps) != out.steps:
         problems.append(f"expected steps: {_names(expect.steps)}\n  would run: {_names(out.steps)}")
     if expect.cut is not None and expect.cut != bool(out.cuts):
@@ -175,9 +208,19 @@ def _check_cascade(expect: Expect, out: Outcome) -> list[str]:
     return [problem for problem in problems if problem]
 
 
+def _router(test: RouteTest, explainer: Explainer) -> RouterInfo | None:
+    """Return where the test decides from: its ``router:`` over the command line's."""
+    if not test.router:
+        return None
+    given = dict(test.router)
+    if "node" in given:
+        given["node"] = node_value(given["node"])
+    return replace(explainer.context.router, **given)
+
+
 def check(test: RouteTest, explainer: Explainer) -> list[str]:
     """Return what differs between a test's expectations and the plan of its event."""
-    result = outcome(explainer.explain(test.channel, test.data))
+    result = outcome(explainer.explain(test.channel, test.data, _router(test, explainer)))
     return _check_routes(test.expect, result) + _check_cascade(test.expect, result)
 
 

@@ -21,7 +21,7 @@ from eventrouter.cli.logs import escape
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
-from eventrouter.model import EmitAction, Route, Settings
+from eventrouter.model import Route, RouterInfo, Settings
 from eventrouter.redis import embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 
@@ -129,10 +129,7 @@ def _count(number: int, noun: str) -> str:
 def _describe(route: Route) -> str:
     parts = []
     for action in route.actions:
-        if isinstance(action, EmitAction):
-            parts.append(f"emit {action.channel.source}")
-        else:
-            parts.append(f"run {action.path}")
+        parts.append(action.describe())
     return "; ".join(parts)
 
 
@@ -314,6 +311,16 @@ def cmd_retry(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _router(args: argparse.Namespace) -> RouterInfo:
+    """Return where explain and test decide from: --node, --agent, --leader/--no-leader."""
+    from eventrouter.runtime.identity import router_identity
+    from eventrouter.runtime.journal import instance_name
+
+    return router_identity(
+        args.node, args.agent, os.environ, instance=instance_name(""), leader=args.leader
+    )
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain what an event would trigger, without Redis."""
     from eventrouter.analysis.explain import Explainer, format_text
@@ -322,7 +329,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_INVALID
     events = events_dirs(args.events_dir, os.environ)
-    explainer = Explainer(loaded[0].routes, events, args.max_depth)
+    explainer = Explainer(loaded[0].routes, events, args.max_depth, router=_router(args))
     plan = explainer.explain(args.channel, _payload(args.payload))
     empty = _nothing(loaded[0].routes, loaded[1], events)
     if args.json:
@@ -345,7 +352,12 @@ def cmd_test(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_INVALID
     result, folders = loaded
-    explainer = Explainer(result.routes, events_dirs(args.events_dir, os.environ), args.max_depth)
+    explainer = Explainer(
+        result.routes,
+        events_dirs(args.events_dir, os.environ),
+        args.max_depth,
+        router=_router(args),
+    )
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
     searched = [folder / "tests" for folder in folders]
     return routetest.run(files, explainer, sys.stdout, searched)
@@ -410,6 +422,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         ping_interval=args.ping_interval,
         ping_timeout=args.ping_timeout,
         template_timeout=args.template_timeout,
+        node=args.node,
+        agent=args.agent,
+        role_interval=args.role_interval,
     )
     set_timeout(settings.template_timeout)
     try:

@@ -76,6 +76,26 @@ def _add_password_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_router_options(parser: argparse.ArgumentParser, leader: bool = True) -> None:
+    """Add --node and --agent (and, for explain and test, --leader/--no-leader)."""
+    parser.add_argument(
+        "--node",
+        metavar="ID",
+        help="this router's node (router.node, runs_on); default: $NODE_ID, else NODE_ID "
+        "in $AGENT_STATE_DIR/environment",
+    )
+    parser.add_argument(
+        "--agent", metavar="ID", help="this router's agent (router.agent); default: $AGENT_ID"
+    )
+    if leader:
+        parser.add_argument(
+            "--leader",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="decide as the leader's router, or not (default: --leader, as a single node)",
+        )
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
@@ -239,6 +259,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_route_options(run)
     _add_run_options(run)
+    _add_router_options(run, leader=False)
+    run.add_argument(
+        "--role-interval",
+        type=_duration,
+        default=DEFAULTS.role_interval,
+        metavar="DURATION",
+        help="read whether this router's Redis is the master this often, and on reconnect "
+        "and leader-changed (default: %(default)gs)",
+    )
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser(
@@ -267,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         "would run. No Redis, no side effects.",
     )
     _add_route_options(explain)
+    _add_router_options(explain)
     explain.add_argument("--json", action="store_true", help="one JSON document")
     explain.add_argument(
         "--verbose", "-v", action="store_true", help="also list the routes that do not match"
@@ -295,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         "routes folder) with the engine of `explain`; exit 1 on any mismatch.",
     )
     _add_route_options(test)
+    _add_router_options(test)
     test.add_argument("files", metavar="FILE", nargs="*", help="route test files")
     test.add_argument(
         "--max-depth",

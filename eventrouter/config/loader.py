@@ -47,16 +47,19 @@ from eventrouter.config.validation import (
 from eventrouter.config.yamlload import YamlError, line_of, loads, read_text
 from eventrouter.errors import Diagnostic
 from eventrouter.model import (
+    AGENT_ID,
     MODES,
     ROUTE_NAME,
     SAFE_NAME,
     SCHEMA_CHECKS,
     SOURCES,
+    TASK_ACTION,
     EmitAction,
     Event,
     RetryPolicy,
     Route,
     RunAction,
+    TaskAction,
 )
 
 __all__ = [
@@ -82,11 +85,20 @@ ROUTE_KEYS = (
     "throttle",
     "retry",
     "schema",
+    "runs_on",
 )
 #: Runs at once per key in ``parallel`` mode when ``max`` is not given.
 DEFAULT_PARALLEL_MAX = 10
 SCHEMA_KEYS = ("source", "fields", "description")
-ACTION_KEYS = {"run": ("run", "timeout", "env"), "emit": ("emit",), "emit.": ("channel", "payload")}
+ACTION_KEYS = {
+    "run": ("run", "timeout", "env"),
+    "emit": ("emit",),
+    "emit.": ("channel", "payload"),
+    "task": ("task",),
+    "task.": ("agent", "action", "data", "extra", "timeout", "wait"),
+}
+#: ``task:`` waits this long for the exit code when it sets no ``timeout``.
+DEFAULT_TASK_TIMEOUT = 3600.0
 NOT_A_ROUTE_FILE = (
     "not a route file: a mapping with {count} key(s) but neither 'routes' nor 'schemas' "
     "(its keys are not shown)"
@@ -153,6 +165,36 @@ def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
     return key, _text_template(value)
 
 
+def _runs_on(value: Any) -> Text:
+    """``leader``, ``all``, a node id, or a template naming a node."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected leader, all or a node, got {kind(value)}")
+    source = str(value).strip()
+    if source in ("leader", "all") or source.isdigit() or any(m in source for m in "{}"):
+        return _text_template(source)
+    raise ValueError(
+        f"runs_on {source!r} is not 'leader', 'all', a node number or a template naming a "
+        'node (runs_on: "{{ payload.node }}")'
+    )
+
+
+def _agent_id(value: Any) -> Text:
+    template = _text_template(value)
+    if template.static and not AGENT_ID.fullmatch(template.source):
+        raise ValueError(
+            f"agent {template.source!r} is not an NS8 agent id: cluster, node/<number> or "
+            "module/<id> (module/traefik1)"
+        )
+    return template
+
+
+def _task_action(value: Any) -> str:
+    name = text(value)
+    if not TASK_ACTION.fullmatch(name):
+        raise ValueError(f"action name {name!r} must match [a-z0-9-]+")
+    return name
+
+
 RETRY_SCHEMA = vol.Schema(
     {
         vol.Required("attempts"): wrap(count),
@@ -177,8 +219,23 @@ EMIT_SCHEMA = vol.Schema(
         )
     }
 )
+TASK_SCHEMA = vol.Schema(
+    {
+        vol.Required("task"): vol.Schema(
+            {
+                vol.Required("agent"): wrap(_agent_id),
+                vol.Required("action"): wrap(_task_action),
+                vol.Optional("data"): wrap(_value_template),
+                vol.Optional("extra"): wrap(_value_template),
+                vol.Optional("timeout"): wrap(parse_duration),
+                vol.Optional("wait"): wrap(boolean),
+            }
+        )
+    }
+)
 ROUTE_SCHEMA = vol.Schema(
     {
+        vol.Optional("runs_on"): wrap(_runs_on),
         vol.Required("name"): wrap(_route_name),
         vol.Optional("description"): wrap(text),
         vol.Required("on"): wrap(_patterns),
@@ -235,15 +292,20 @@ EVENT_SCHEMA = vol.Schema(
 def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     """Validate one item of ``do``; return a RunAction/EmitAction or None after reporting."""
     line = line_of(ctx.data, where, 1)
-    if not isinstance(raw, dict) or ("run" in raw) == ("emit" in raw):
-        ctx.error(where, f"{key_path(where)}: an action is a mapping with either 'run' or 'emit'")
+    kinds = [name for name in ("run", "emit", "task") if isinstance(raw, dict) and name in raw]
+    if len(kinds) != 1:
+        ctx.error(
+            where, f"{key_path(where)}: an action is a mapping with one of 'run', 'emit', 'task'"
+        )
         return None
-    schema = RUN_SCHEMA if "run" in raw else EMIT_SCHEMA
+    schema = {"run": RUN_SCHEMA, "emit": EMIT_SCHEMA, "task": TASK_SCHEMA}[kinds[0]]
     try:
         valid = schema(raw)
     except vol.MultipleInvalid as exc:
         report(ctx, where, exc, ACTION_KEYS)
         return None
+    if "task" in valid:
+        return _task(valid["task"], line)
     if "emit" in valid:
         emit = valid["emit"]
         return EmitAction(emit["channel"], emit.get("payload") or Value({}), line)
@@ -263,6 +325,18 @@ def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     if len(env) < len(valid.get("env", {})):
         return None
     return RunAction(path, line, valid.get("timeout"), tuple(env))
+
+
+def _task(valid: dict[str, Any], line: int) -> TaskAction:
+    return TaskAction(
+        agent=valid["agent"],
+        action=valid["action"],
+        data=valid.get("data") or Value({}),
+        line=line,
+        extra=valid.get("extra"),
+        timeout=valid.get("timeout", DEFAULT_TASK_TIMEOUT),
+        wait=valid.get("wait", True),
+    )
 
 
 def _retry(raw: dict[str, Any] | None) -> RetryPolicy | None:
@@ -328,6 +402,7 @@ def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
         throttle=valid.get("throttle"),
         retry=_retry(valid.get("retry")),
         schema=valid.get("schema", "off"),
+        runs_on=valid.get("runs_on"),
     )
 
 

@@ -385,11 +385,20 @@ def _plain(data: Any) -> Any:
     return data
 
 
+#: ``router`` when the caller says nothing about where it runs: a one-node cluster's leader.
+_NO_ROUTER: dict[str, Any] = {"node": None, "agent": None, "instance": "", "leader": True}
+
+
 def event_context(
-    event: Event, *, match: Mapping[str, str] | None = None, route: str = ""
+    event: Event,
+    *,
+    match: Mapping[str, str] | None = None,
+    route: str = "",
+    router: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Return the template context (README "Routes") for ``event``."""
+    """Return the template context (README "Routes") for ``event``; ``router`` where it runs."""
     return {
+        "router": dict(router) if router is not None else dict(_NO_ROUTER),
         "channel": event.channel,
         "source": event.source,
         "name": event.name,

@@ -28,10 +28,22 @@ from eventrouter.errors import Diagnostic
 ANY = object()  # an expected derived event that gives no payload matches any payload
 KEYS = {  # allowed keys, by key path without list indexes
     "": ("tests",),
-    "tests": ("name", "event", "expect"),
+    "tests": ("name", "router", "event", "expect"),
+    "tests.router": ("node", "agent", "instance", "leader"),
     "tests.event": ("channel", "payload"),
-    "tests.expect": ("fire", "fire_only", "not_fire", "nothing", "emits", "steps", "cut", "errors"),
+    "tests.expect": (
+        "fire",
+        "fire_only",
+        "not_fire",
+        "nothing",
+        "emits",
+        "tasks",
+        "steps",
+        "cut",
+        "errors",
+    ),
     "tests.expect.emits": ("channel", "payload"),
+    "tests.expect.tasks": ("agent", "action", "data"),
 }
 
 
@@ -53,9 +65,33 @@ def _strings(value: Any) -> tuple[str, ...]:
 
 
 EMIT = vol.Schema({vol.Required("channel"): wrap(text), vol.Optional("payload"): wrap(_json)})
+TASK = vol.Schema(
+    {
+        vol.Required("agent"): wrap(text),
+        vol.Required("action"): wrap(text),
+        vol.Optional("data"): wrap(_json),
+    }
+)
+
+
+def _node(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a node id, got {kind(value)}")
+    return str(value)
+
+
+ROUTER = vol.Schema(
+    {
+        vol.Optional("node"): wrap(_node),
+        vol.Optional("agent"): wrap(text),
+        vol.Optional("instance"): wrap(text),
+        vol.Optional("leader"): wrap(boolean),
+    }
+)
 TEST_SCHEMA = vol.Schema(
     {
         vol.Required("name"): wrap(text),
+        vol.Optional("router"): ROUTER,
         vol.Required("event"): {
             vol.Required("channel"): wrap(text),
             vol.Optional("payload", default=""): wrap(_event_data),
@@ -65,6 +101,7 @@ TEST_SCHEMA = vol.Schema(
                 **{vol.Optional(k): wrap(_strings) for k in ("fire", "fire_only", "not_fire")},
                 vol.Optional("steps"): wrap(_strings),
                 vol.Optional("emits"): [EMIT],
+                vol.Optional("tasks"): [TASK],
                 **{vol.Optional(k): wrap(boolean) for k in ("nothing", "cut", "errors")},
             },
             vol.Length(min=1, msg="give at least one of " + ", ".join(KEYS["tests.expect"])),
@@ -85,6 +122,7 @@ class Expect:
     not_fire: tuple[str, ...] = ()
     nothing: bool | None = None
     emits: tuple[tuple[str, Any], ...] | None = None  # (channel, payload or ANY)
+    tasks: tuple[tuple[str, str, Any], ...] | None = None  # (agent, action, data or ANY)
     steps: tuple[str, ...] | None = None
     cut: bool | None = None
     errors: bool = False
@@ -100,6 +138,9 @@ class RouteTest:
     channel: str
     data: bytes
     expect: Expect
+    #: Where the test decides from (``node``, ``agent``, ``instance``, ``leader``), over the
+    #: command line's ``--node``, ``--agent``, ``--leader``.
+    router: tuple[tuple[str, Any], ...] = ()
 
 
 def _report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
@@ -152,9 +193,20 @@ def _build(ctx: FileContext, index: int, known: set[str], seen: set[str]) -> Rou
     expect = dict(valid["expect"])
     if "emits" in expect:
         expect["emits"] = tuple((e["channel"], e.get("payload", ANY)) for e in expect["emits"])
+    if "tasks" in expect:
+        expect["tasks"] = tuple(
+            (t["agent"], t["action"], t.get("data", ANY)) for t in expect["tasks"]
+        )
     line, event = line_of(ctx.data, where, 1), valid["event"]
+    router = tuple(sorted(valid.get("router", {}).items()))
     return RouteTest(
-        str(ctx.path), line, valid["name"], event["channel"], event["payload"], Expect(**expect)
+        str(ctx.path),
+        line,
+        valid["name"],
+        event["channel"],
+        event["payload"],
+        Expect(**expect),
+        router,
     )
 
 

@@ -28,7 +28,17 @@ from eventrouter.engine.events import (
     parse_event,
 )
 from eventrouter.errors import TemplateRenderError
-from eventrouter.model import ChainLink, EmitAction, Event, Route, RunAction
+from eventrouter.model import (
+    AGENT_ID,
+    ONE_NODE,
+    ChainLink,
+    EmitAction,
+    Event,
+    Route,
+    RouterInfo,
+    RunAction,
+    TaskAction,
+)
 
 
 def _no_folder(_: Path) -> bool:
@@ -44,6 +54,8 @@ class RouterContext:
     max_payload: int = 1024 * 1024
     #: Whether an events folder exists (I/O, so the caller provides it).
     folder_exists: FolderExists = _no_folder
+    #: Where the router runs: ``router`` in templates, and what ``runs_on`` is checked against.
+    router: RouterInfo = ONE_NODE
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,10 @@ class RouteDecision:
     condition: Condition | None = None
     key: str = ""
     key_error: str | None = None
+    #: Why ``runs_on`` keeps the route from acting on this router, or None.
+    elsewhere: str | None = None
+    #: The ``runs_on`` template failed.
+    runs_on_error: str | None = None
 
     @property
     def fires(self) -> bool:
@@ -78,6 +94,10 @@ class RouteDecision:
         """Return why the route does not fire, or None when it does."""
         if self.schema_error is not None:
             return f"schema: strict rejects the event: {self.schema_error}"
+        if self.runs_on_error is not None:
+            return f"runs_on: {self.runs_on_error}"
+        if self.elsewhere is not None:
+            return f"runs_on: {self.elsewhere}"
         if self.condition is not None and not self.condition.holds:
             if self.condition.error is not None:
                 return f"when: {self.condition.error}"
@@ -142,14 +162,41 @@ def _pattern(route: Route, channel: str, captures: dict[str, str]) -> str | None
     return next((p.text for p in route.patterns if p.match(channel) == captures), None)
 
 
-def decide_route(route: Route, event: Event, captures: dict[str, str]) -> RouteDecision:
-    """Return whether a matching route fires for ``event``: schema, condition, key."""
+def placement(route: Route, context: dict[str, Any], router: RouterInfo) -> str | None:
+    """Return why ``runs_on`` keeps the route off this router, or None when it acts here.
+
+    Raise TemplateRenderError when the node template fails.
+    """
+    if route.runs_on is None or route.runs_on.source == "all":
+        return None
+    if route.runs_on.source == "leader":
+        return None if router.leader else "leader, and this router's Redis is a replica"
+    node = route.runs_on.render(context).strip()
+    if router.node is not None and node == str(router.node):
+        return None
+    if router.node is None:
+        return f"node {node!r}, and this router's node is unknown (--node, NODE_ID)"
+    return f"node {node!r}, and this router is node {router.node}"
+
+
+def decide_route(
+    route: Route, event: Event, captures: dict[str, str], router: RouterInfo = ONE_NODE
+) -> RouteDecision:
+    """Return whether a matching route fires for ``event``: schema, runs_on, condition, key."""
     pattern = _pattern(route, event.channel, captures)
     if route.payload_check is not None:
         problem = route.payload_check(event)
         if problem is not None:
             return RouteDecision(route, captures, pattern, schema_error=problem)
-    context = event_context(event, match=captures, route=route.name)
+    context = event_context(event, match=captures, route=route.name, router=router.template_value())
+    # Where before whether: a route that acts on another node is not evaluated here, so its
+    # condition errors are logged and journaled once, by the router that acts.
+    try:
+        elsewhere = placement(route, context, router)
+    except TemplateRenderError as exc:
+        return RouteDecision(route, captures, pattern, runs_on_error=str(exc))
+    if elsewhere is not None:
+        return RouteDecision(route, captures, pattern, elsewhere=elsewhere)
     condition = evaluate_when(route, context)
     decided = RouteDecision(route, captures, pattern, condition=condition)
     if not decided.fires:
@@ -165,7 +212,8 @@ def decide_route(route: Route, event: Event, captures: dict[str, str]) -> RouteD
 def decide(index: RouteIndex, event: Event, context: RouterContext) -> Decision:
     """Return what ``event`` triggers: matching routes, then events folders."""
     routes = [
-        decide_route(route, event, captures) for route, captures in index.match(event.channel)
+        decide_route(route, event, captures, context.router)
+        for route, captures in index.match(event.channel)
     ]
     folders = convention_folders(context.events_dirs, event.name, context.folder_exists)
     name_refused = name_problem(event.name or "") if folders is None else None
@@ -231,9 +279,11 @@ class ActionRefused(Exception):
         self.emit = emit
 
 
-def action_context(route: Route, event: Event, captures: dict[str, str]) -> dict[str, Any]:
+def action_context(
+    route: Route, event: Event, captures: dict[str, str], router: RouterInfo = ONE_NODE
+) -> dict[str, Any]:
     """Return the template context of a route's actions for ``event``."""
-    return event_context(event, match=captures, route=route.name)
+    return event_context(event, match=captures, route=route.name, router=router.template_value())
 
 
 def render_env(action: RunAction, context: dict[str, Any]) -> dict[str, str]:
@@ -284,3 +334,47 @@ def render_emit(
             emit,
         )
     return emit
+
+
+@dataclass(frozen=True)
+class Task:
+    """A rendered ``task:`` action: what is submitted to the agent, and how long to wait."""
+
+    agent: str
+    action: str
+    data: Any
+    extra: dict[str, Any]
+    parent: str
+    timeout: float
+    wait: bool
+
+
+def _default_extra(route: Route, event: Event) -> dict[str, Any]:
+    """Return ``extra`` when the route gives none: a title for NS8's UI, no notification."""
+    return {
+        "title": f"eventrouter route {route.name}",
+        "description": f"on {event.channel}",
+        "isNotificationHidden": True,
+    }
+
+
+def render_task(route: Route, action: TaskAction, event: Event, context: dict[str, Any]) -> Task:
+    """Return the task a ``task:`` action submits; raise ActionRefused."""
+    try:
+        agent = action.agent.render(context).strip()
+        data = action.data.render(context)
+        extra = action.extra.render(context) if action.extra is not None else None
+    except TemplateRenderError as exc:
+        raise ActionRefused("template error", f"{action.describe()}: {exc}") from exc
+    if not AGENT_ID.fullmatch(agent):
+        raise ActionRefused(
+            "bad agent id",
+            f"{action.describe()}: agent {agent!r} is not an NS8 agent id "
+            "(cluster, node/<number> or module/<id>)",
+        )
+    if extra is None:
+        extra = _default_extra(route, event)
+    elif not isinstance(extra, dict):
+        raise ActionRefused("template error", f"{action.describe()}: extra is not a mapping")
+    # A router is not itself a task: the task has no parent, as when NS8's API submits one.
+    return Task(agent, action.action, data, extra, "", action.timeout, action.wait)

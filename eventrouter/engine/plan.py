@@ -24,8 +24,9 @@ from eventrouter.engine.decide import (
     decide_message,
     render_emit,
     render_env,
+    render_task,
 )
-from eventrouter.model import EmitAction, Event, RunAction
+from eventrouter.model import EmitAction, Event, RunAction, TaskAction
 
 
 @dataclass
@@ -45,9 +46,9 @@ StepLister = Callable[[Path], list[StepPlan]]
 class ActionPlan:
     """What one action would do."""
 
-    kind: str  # "run" or "emit"
+    kind: str  # "run", "emit" or "task"
     line: int
-    target: str  # handler folder, or emit channel template
+    target: str  # handler folder, emit channel template, or task agent template
     error: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     steps: list[StepPlan] = field(default_factory=list)
@@ -55,6 +56,8 @@ class ActionPlan:
     payload: Any = None
     cut: str | None = None  # why the loop guard would cut this emit
     cascade: EventPlan | None = None
+    #: The rendered task: agent, action, data, extra, parent, timeout, wait.
+    task: dict[str, Any] | None = None
     #: An earlier action of the route failed: this one would not run.
     skipped: bool = False
 
@@ -77,6 +80,9 @@ class RoutePlan:
     schema_error: str | None = None
     key: str | None = None
     key_error: str | None = None
+    runs_on: str | None = None
+    #: Why runs_on keeps the route off this router (or its template's error).
+    elsewhere: str | None = None
     fires: bool = False
     reason: str | None = None
     actions: list[ActionPlan] = field(default_factory=list)
@@ -160,6 +166,8 @@ class Planner:
         plan = RoutePlan(route.name, route.file, route.line, route.convention, route.enabled)
         plan.matched, plan.pattern, plan.captures = True, item.pattern, item.captures
         plan.schema_error, plan.key_error = item.schema_error, item.key_error
+        plan.runs_on = route.runs_on.source if route.runs_on is not None else None
+        plan.elsewhere = item.runs_on_error or item.elsewhere
         plan.fires, plan.reason = item.fires, item.reason
         if item.condition is not None:
             plan.when = item.condition.source
@@ -173,7 +181,7 @@ class Planner:
 
     def _actions(self, item: RouteDecision, event: Event) -> list[ActionPlan]:
         route = item.route
-        context = action_context(route, event, item.captures)
+        context = action_context(route, event, item.captures, self.context.router)
         plans: list[ActionPlan] = []
         failed = False
         for action in route.actions:
@@ -181,6 +189,10 @@ class Planner:
                 plan = ActionPlan("run", action.line, str(action.path), skipped=failed)
                 if not failed:
                     self._run(plan, action, context)
+            elif isinstance(action, TaskAction):
+                plan = ActionPlan("task", action.line, action.agent.source, skipped=failed)
+                if not failed:
+                    self._task(plan, item, action, event, context)
             else:
                 plan = ActionPlan("emit", action.line, action.channel.source, skipped=failed)
                 if not failed:
@@ -199,6 +211,21 @@ class Planner:
             plan.steps = self.lister(action.path)
         except OSError as exc:
             plan.error = f"handler folder {action.path}: {exc.strerror or exc}"
+
+    @staticmethod
+    def _task(
+        plan: ActionPlan,
+        item: RouteDecision,
+        action: TaskAction,
+        event: Event,
+        context: dict[str, Any],
+    ) -> None:
+        try:
+            task = render_task(item.route, action, event, context)
+        except ActionRefused as exc:
+            plan.error = exc.reason
+            return
+        plan.task = asdict(task)
 
     def _emit(
         self,

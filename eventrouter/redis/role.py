@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -33,8 +34,15 @@ async def is_master(connection: aioredis.Redis) -> bool:
 class RoleWatch:
     """Keep ``leader`` up to date with the role of the server at ``url``."""
 
-    def __init__(self, url: str, every: float = ROLE_EVERY) -> None:
+    def __init__(
+        self,
+        url: str,
+        every: float = ROLE_EVERY,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
         self.url, self.every = url, every
+        #: Told the new answer whenever it differs from the last one.
+        self.on_change = on_change
         #: None until the role was read once.
         self.leader: bool | None = None
         self._asked = asyncio.Event()
@@ -52,12 +60,13 @@ class RoleWatch:
             log.debug("cannot read the role of Redis at %s: %s", redact(self.url), exc)
             return self.leader
         if leader != self.leader:
-            log.info(
-                "Redis at %s is %s: this router is %s",
-                redact(self.url),
-                "the master" if leader else "a replica",
+            log.info(  # the URL is in the "subscribed ... at" line already
+                "this router is %s: the Redis it subscribes to is %s",
                 "the leader" if leader else "not the leader",
+                "the master" if leader else "a replica",
             )
+            if self.on_change is not None:
+                self.on_change(leader)
         self.leader = leader
         return leader
 

@@ -20,11 +20,15 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from eventrouter.errors import TaskError
+from eventrouter.model import TaskResult
+
+__all__ = ["TaskClient", "TaskError", "TaskResult", "agent_is_live", "task_message"]
 
 log = logging.getLogger(__name__)
 
@@ -33,29 +37,6 @@ LIVE_IDLE = 8
 #: How often ``exit_code`` is read while waiting, in case the final progress was missed.
 POLL_EVERY = 1.0
 FINAL_STATUSES = frozenset({"completed", "aborted", "validation-failed"})
-#: Exit codes with a meaning of their own in NS8.
-EXIT_MEANINGS = {8: "no such action", 10: "validation failed", 11: "agent busy"}
-
-
-class TaskError(Exception):
-    """The task could not be submitted or followed (not a non-zero exit code)."""
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    """How a task ended: its id, exit code, output and error text (None: not waited for)."""
-
-    task_id: str
-    exit_code: int | None
-    output: str = ""
-    error: str = ""
-
-    def describe(self) -> str:
-        """Return the exit code with NS8's meaning of it, for the log."""
-        if self.exit_code is None:
-            return "submitted"
-        meaning = EXIT_MEANINGS.get(self.exit_code)
-        return f"exit code {self.exit_code}" + (f" ({meaning})" if meaning else "")
 
 
 def task_message(task_id: str, action: str, data: Any, extra: dict[str, Any], parent: str) -> bytes:

@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,12 +26,25 @@ from eventrouter.engine.decide import (
     Decision,
     RouteDecision,
     RouterContext,
+    Task,
     action_context,
     decide_message,
     render_emit,
     render_env,
+    render_task,
 )
-from eventrouter.model import ChainLink, EmitAction, Event, RunAction, Settings
+from eventrouter.errors import TaskError
+from eventrouter.model import (
+    ONE_NODE,
+    ChainLink,
+    EmitAction,
+    Event,
+    RouterInfo,
+    RunAction,
+    Settings,
+    TaskAction,
+    TaskResult,
+)
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.journal import Failure, instance_name, journal_payload
@@ -71,6 +84,28 @@ class Publisher(Protocol):
         ...
 
 
+class TaskSubmitter(Protocol):
+    """Where ``task:`` actions go: NS8 agents' queues on the leader's Redis."""
+
+    async def run(
+        self,
+        agent: str,
+        action: str,
+        data: Any,
+        *,
+        limit: float,
+        wait: bool = True,
+        extra: dict[str, Any] | None = None,
+        parent: str = "",
+    ) -> TaskResult:
+        """Submit a task; unless ``wait`` is false, wait for its exit code; raise TaskError."""
+        ...
+
+
+#: Lines of a failed task's ``error`` text that reach the log.
+TASK_ERROR_LINES = 5
+
+
 def folder_exists(folder: Path) -> bool:
     """Return True when ``folder`` is a directory; a name the OS refuses is not one."""
     try:
@@ -79,13 +114,14 @@ def folder_exists(folder: Path) -> bool:
         return False
 
 
-def router_context(settings: Settings) -> RouterContext:
+def router_context(settings: Settings, router: RouterInfo = ONE_NODE) -> RouterContext:
     """Return what the engine needs of the settings to decide."""
     return RouterContext(
         events_dirs=tuple(settings.events_dirs),
         max_depth=settings.max_depth,
         max_payload=settings.max_payload,
         folder_exists=folder_exists,
+        router=router,
     )
 
 
@@ -184,17 +220,22 @@ class Dispatcher:
         *,
         journal: FailureJournal | None = None,
         instance: str | None = None,
+        router: RouterInfo | None = None,
+        tasks: TaskSubmitter | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.publisher = publisher
         self.index = index
-        self.context = router_context(settings)
+        #: Where ``task:`` actions are submitted; None fails them with a clear reason.
+        self.tasks = tasks
         self.counters: Counter[str] = Counter()
         #: Where failed runs are recorded; None records nothing (tests, tools).
         self.journal = journal
         #: This router's name in the journal: retries name it.
         self.instance = instance if instance is not None else instance_name(settings.instance)
+        where = router if router is not None else RouterInfo(instance=self.instance)
+        self.context = router_context(settings, where)
         self._recording: set[asyncio.Task[None]] = set()
         self.scheduler = Scheduler(
             self.execute,
@@ -214,6 +255,16 @@ class Dispatcher:
         self.derived: Counter[str] = Counter()
         self.run_seconds = Histograms()
         self.step_seconds = Histograms()
+
+    @property
+    def router(self) -> RouterInfo:
+        """Return where this router runs, as the engine decides with it."""
+        return self.context.router
+
+    def set_leader(self, leader: bool) -> None:
+        """Decide the events from now on as the leader's router, or not (the role changed)."""
+        if leader != self.context.router.leader:
+            self.context = replace(self.context, router=replace(self.context.router, leader=leader))
 
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
@@ -293,9 +344,13 @@ class Dispatcher:
     def _not_fired(self, item: RouteDecision, event: Event) -> None:
         """Log (and count, and journal when it is an error) why a matching route does not run."""
         route = item.route
+        if item.elsewhere is not None:
+            log.debug("route %s: event %r: not run: %s", route.name, event.channel, item.reason)
+            return
         if (
             item.schema_error is None
             and item.key_error is None
+            and item.runs_on_error is None
             and (item.condition is None or item.condition.error is None)
         ):
             return  # told once per event, in execute_decision's line
@@ -311,7 +366,14 @@ class Dispatcher:
             )
             return
         where, counter = ("key", "key_errors") if item.key_error else ("when", "condition_errors")
-        reason = item.key_error or (item.condition.error if item.condition else None) or ""
+        if item.runs_on_error is not None:
+            where, counter = "runs_on", "condition_errors"
+        reason = (
+            item.key_error
+            or item.runs_on_error
+            or (item.condition.error if item.condition else None)
+            or ""
+        )
         self.counters[counter] += 1
         log.error(
             "route %s (%s:%d): event %r: %s: %s",
@@ -336,12 +398,14 @@ class Dispatcher:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
         started, clock = time.time(), time.monotonic()
-        context = action_context(route, event, job.captures)
+        context = action_context(route, event, job.captures, self.context.router)
         steps = 0
         for position, action in enumerate(route.actions, 1):
             if isinstance(action, RunAction):
                 failed, ran = await self._run(job, action, context)
                 steps += ran
+            elif isinstance(action, TaskAction):
+                failed = await self._task(job, action, context)
             else:
                 failed = await self._emit(job, action, context, position)
             if failed is not None:
@@ -540,6 +604,73 @@ class Dispatcher:
             log.error("%s all %d attempts failed; giving up", tag, attempts)
         return _handler_failed(result, attempts), ran
 
+    async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
+        route, event = job.route, job.event
+        try:
+            task = render_task(route, action, event, context)
+        except ActionRefused as exc:
+            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+            return Failed(exc.status, exc.reason)
+        tag = f"{route.name} [{event.channel}]: task {task.action} on {task.agent}"
+        attempts = route.retry.attempts if route.retry is not None else 1
+        failed = Failed("task failed", "no attempt")
+        for attempt in range(1, attempts + 1):
+            failed_now = await self._task_once(tag, task)
+            if failed_now is None:
+                return None
+            failed = failed_now
+            if attempt < attempts and route.retry is not None:
+                delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
+                self.counters["retries"] += 1
+                log.warning(
+                    "%s: attempt %d/%d failed (%s); retrying in %.2fs",
+                    tag,
+                    attempt,
+                    attempts,
+                    failed.reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        if attempts > 1:
+            log.error("%s: all %d attempts failed; giving up", tag, attempts)
+            status = f"retries exhausted ({attempts} attempts): {failed.status}"
+            return Failed(status, failed.reason, failed.step, failed.tail, attempts)
+        return failed
+
+    async def _task_once(self, tag: str, task: Task) -> Failed | None:
+        """Submit a task once; return why it failed, or None."""
+        if self.tasks is None:
+            log.error("%s: this router cannot submit tasks", tag)
+            return Failed("task failed", "no task connection")
+        self.counters["tasks"] += 1
+        try:
+            result = await self.tasks.run(
+                task.agent,
+                task.action,
+                task.data,
+                limit=task.timeout,
+                wait=task.wait,
+                extra=task.extra,
+                parent=task.parent,
+            )
+        except TaskError as exc:
+            log.error("%s: %s", tag, exc)
+            return Failed("task failed", str(exc))
+        if not result.exit_code:
+            log.info("%s: task %s %s", tag, result.task_id, result.describe())
+            return None
+        lines = tuple(result.error.splitlines()[:TASK_ERROR_LINES])
+        log.error(
+            "%s: task %s failed with %s: %s",
+            tag,
+            result.task_id,
+            result.describe(),
+            " | ".join(lines) or "(no error text)",
+        )
+        return Failed(
+            f"task {result.describe()}", f"task {result.task_id}: {result.describe()}", None, lines
+        )
+
     async def _emit(
         self, job: Job, action: EmitAction, context: dict[str, Any], position: int = 1
     ) -> Failed | None:
@@ -643,9 +774,10 @@ class Dispatcher:
 def _not_fired_outcome(item: RouteDecision) -> tuple[str, str]:
     """Return the history outcome of a matching route that does not fire, and its detail.
 
-    A route kept from running on this node (``runs_on``) is ``outcomes.SKIPPED_HERE``, with
-    the decision's reason, once the decision carries it.
+    A route kept from running on this router (``runs_on``) is ``outcomes.SKIPPED_HERE``.
     """
+    if item.elsewhere is not None:
+        return outcomes.SKIPPED_HERE, item.reason or ""
     condition = item.condition
     plain = item.schema_error is None and item.key_error is None
     if plain and condition is not None and condition.error is None:

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from eventrouter.analysis.validate import validate
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
@@ -18,9 +18,12 @@ from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.journal import open_journal
+from eventrouter.redis.role import RoleWatch
+from eventrouter.redis.tasks import TaskClient
 from eventrouter.runtime import control, statedir
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 CONVENTION_GLOB = "*/event/*"
 #: On reload, a route file modified less than this many seconds ago is read once quiet.
 RELOAD_SETTLE = 0.25
+#: Published when a node becomes the leader: the role is read again at once.
+LEADER_CHANGED = "cluster/event/leader-changed"
 
 
 @dataclass(frozen=True)
@@ -135,16 +140,23 @@ class Daemon:
         self.parts: observe.Parts | None = None
 
     def _globs(self, index: RouteIndex) -> set[str]:
-        globs = index.globs() | {glob_escape(self.settings.control_channel)}
-        globs.add(glob_escape(control.QUERY_CHANNEL))
+        globs = index.globs() | {
+            glob_escape(self.settings.control_channel),
+            glob_escape(control.QUERY_CHANNEL),
+            glob_escape(LEADER_CHANGED),
+        }
         if self.settings.events_dirs:
             globs.add(CONVENTION_GLOB)
         return globs
 
-    def _on_message(self, dispatcher: Dispatcher) -> Callable[[str, bytes], None]:
+    def _on_message(
+        self, dispatcher: Dispatcher, role: RoleWatch | None = None
+    ) -> Callable[[str, bytes], None]:
         """Return the intake handler: control messages apart, events to the dispatcher."""
 
         def handle(channel: str, data: bytes) -> None:
+            if channel == LEADER_CHANGED and role is not None:
+                role.ask()  # the leader moved: read this router's role now, not at the timer
             if channel in (self.settings.control_channel, control.QUERY_CHANNEL):
                 asking = channel == control.QUERY_CHANNEL
                 task = asyncio.create_task(
@@ -296,20 +308,25 @@ class Daemon:
             state,
         )
         self.journal = journal
-        dispatcher = Dispatcher(self.settings, runner, publisher, index, journal=journal)
+        tasks = TaskClient(pub_url)  # tasks go to the leader's Redis, like derived events
+        dispatcher = Dispatcher(
+            self.settings, runner, publisher, index, journal=journal, tasks=tasks
+        )
+        role = await self._watch_role(dispatcher, sub_url)
         log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
         subscriber = bus.Subscriber(
             sub_url,
-            self._on_message(dispatcher),
+            self._on_message(dispatcher, role),
             connected=subscribed,
             ping_interval=self.settings.ping_interval,
             ping_timeout=self.settings.ping_timeout,
             settle=publisher.settle,
-            resync=lambda: self._recover(dispatcher, publisher),
+            resync=lambda: self._resync(dispatcher, publisher, role),
         )
         self.parts = observe.Parts(dispatcher, subscriber, publisher, self.routes)
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
+        role_task = asyncio.create_task(role.run(), name="role")
         self._install_signals()
         self.files.hold_pid()  # after the handlers: an early SIGHUP must not end the router
         log.info(
@@ -335,10 +352,12 @@ class Daemon:
                     await self.reload(dispatcher, subscriber)
         finally:
             ready.cancel()
+            role_task.cancel()
+            await asyncio.gather(role_task, return_exceptions=True)
             if server is not None:
                 await server.close()
             await self._shutdown(intake, dispatcher, publisher)
-            await journal.close()
+            await asyncio.gather(role.close(), tasks.close(), journal.close())
             self.files.release()
         return 0
 
@@ -366,6 +385,38 @@ class Daemon:
             f"STATUS=subscribed to {len(subscriber.patterns)} patterns; "
             f"routing with {len(self.routes)} routes",
         )
+
+    async def _watch_role(self, dispatcher: Dispatcher, sub_url: str) -> RoleWatch:
+        """Name the router's node and agent, and read whether it is the leader's before events.
+
+        Until the role can be read (Redis down at start), the router counts as the leader
+        only when it runs on the embedded server, which is always a master.
+        """
+        found = router_identity(
+            self.settings.node, self.settings.agent, os.environ, instance=dispatcher.instance
+        )
+        dispatcher.context = replace(
+            dispatcher.context, router=replace(found, leader=self._embedded)
+        )
+        role = RoleWatch(
+            sub_url, every=self.settings.role_interval, on_change=dispatcher.set_leader
+        )
+        await role.refresh()
+        log.info(
+            "this router: node %s, agent %s, instance %r, %s",
+            found.node if found.node is not None else "(unknown)",
+            found.agent or "(none)",
+            dispatcher.instance,
+            "leader" if dispatcher.router.leader else "not the leader",
+        )
+        return role
+
+    def _resync(
+        self, dispatcher: Dispatcher, publisher: bus.RedisPublisher, role: RoleWatch
+    ) -> None:
+        """After a subscription break: read the role again, recover what never came back."""
+        role.ask()
+        self._recover(dispatcher, publisher)
 
     @staticmethod
     def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:

@@ -1,6 +1,6 @@
-"""A test agent that speaks NS8's task protocol, run as a real process by the cluster tests.
+"""A stand-in NS8 agent that speaks NS8's task protocol: for `make cluster` and the tests.
 
-    python -m tests.ns8agent --redis URL --agent module/mail1 --actions DIR
+    python examples/cluster/ns8agent.py --redis URL --agent module/mail1 --actions DIR
 
 It names its connection after the agent, BRPOPs ``<agent>/tasks`` (1 s timeout: the
 heartbeat that keeps it live in CLIENT LIST), runs ``DIR/<action>/`` step by step with the
