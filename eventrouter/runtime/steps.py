@@ -18,7 +18,7 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventrouter.config.trust import distrust, effective_uid, is_ignored
@@ -73,8 +73,9 @@ class StepResult:
     status: int | None
     timed_out: bool = False
     skipped: str | None = None
-    #: Seconds from the start of the process to the end of its output (0: not started).
-    duration: float = 0.0
+    #: Seconds from the start of the process to the end of its output (0: not started);
+    #: a measurement, not part of what the step did, so results compare without it.
+    duration: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
