@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -93,11 +95,18 @@ class Router:
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log
         self.handle = log.open("wb")
+        env = dict(env if env is not None else clean_env())
+        self.state: Path | None = None
+        if "--state-dir" not in args and "EVENTROUTER_STATE_DIR" not in env:
+            # A state folder of its own (short: it may hold the embedded server's socket), so
+            # that routers of tests running side by side never share a lock or journal file.
+            self.state = Path(tempfile.mkdtemp(prefix="er-st-", dir="/tmp"))
+            env["EVENTROUTER_STATE_DIR"] = str(self.state)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "eventrouter", *args],
             stdout=self.handle,
             stderr=subprocess.STDOUT,
-            env=env if env is not None else clean_env(),
+            env=env,
             cwd=REPO,
         )
 
@@ -137,6 +146,7 @@ class Router:
             return self.proc.wait(timeout)
         finally:
             self.handle.close()
+            self._forget_state()
 
     def close(self, grace: float = 5.0) -> None:
         """Stop the router with SIGTERM; SIGKILL it if it has not exited after ``grace``."""
@@ -148,6 +158,7 @@ class Router:
                 self.proc.kill()
                 self.proc.wait(5)
         self.handle.close()
+        self._forget_state()
 
     def kill(self) -> None:
         """Kill the router if it still runs."""
@@ -155,3 +166,10 @@ class Router:
             self.proc.kill()
             self.proc.wait(5)
         self.handle.close()
+        self._forget_state()
+
+    def _forget_state(self) -> None:
+        """Remove the state folder this object made, once the router has exited."""
+        if self.state is not None and self.proc.poll() is not None:
+            shutil.rmtree(self.state, ignore_errors=True)
+            self.state = None

@@ -142,3 +142,19 @@ def test_a_symlink_planted_as_the_pid_or_reload_file_is_not_followed(tmp_path: P
     files.release()
     assert secret.read_text() == "keep\n"
     assert not (tmp_path / RESULT_FILE).exists()
+
+
+def test_a_second_router_refuses_the_same_state_folder_with_an_external_redis(
+    tmp_path: Path, short_tmp: Path, redis_url: str
+) -> None:
+    state = short_tmp / "state"
+    args = ["run", "--redis", redis_url, "--state-dir", str(state)]
+    first = Router(args, tmp_path / "log", clean_env())
+    try:
+        first.ready()
+        second = run_cli(*args, timeout=20)
+        assert second.returncode == 1
+        assert f"another eventrouter (pid {first.proc.pid}) is running" in second.stderr
+        assert first.stop() == 0
+    finally:
+        first.kill()

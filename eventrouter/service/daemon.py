@@ -262,9 +262,6 @@ class Daemon:
         if sub is None:
             self._embedded = True
             state = self.settings.state_dir or embedded.default_state_dir()
-            # One router per embedded server: two would each run every event.
-            self._lock = statedir.RouterLock(state)
-            self._lock.acquire()
             embedded.stop_leftover(state)
             sub, self.server = embedded.ensure_server(state)
             if self.server is None:  # a server it starts says so itself, URL included
@@ -274,7 +271,11 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
-        statedir.prepare(self.settings.state_dir or embedded.default_state_dir())
+        state = statedir.prepare(self.settings.state_dir or embedded.default_state_dir())
+        # One router per state folder: two would share the journal file, and on an embedded
+        # server each would run every event.
+        self._lock = statedir.RouterLock(state)
+        self._lock.acquire()
         # Before any child: the warden stops them all should this process be killed.
         WARDEN.start(self.settings.kill_grace)
         try:
