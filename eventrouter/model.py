@@ -326,6 +326,8 @@ class Settings:
     template_timeout: float = 1.0
     #: Payload bytes of the runs waiting in all the queues together (--max-queued-bytes).
     max_queued_bytes: int = 64 * 1024 * 1024
+    #: Payload bytes a failure journal entry keeps (--journal-payload); the rest is cut.
+    journal_payload: int = 64 * 1024
     #: This router's node and agent (README "Cluster"): --node / --agent, else environment.
     node: str | None = None
     agent: str | None = None

@@ -144,3 +144,26 @@ def test_a_failure_whose_payload_was_cut_is_not_retried(
         assert router.stop() == 0
     finally:
         router.kill()
+
+
+def test_the_journal_keeps_the_configured_payload_bytes(
+    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+) -> None:
+    write_step(tmp_path / "h" / "10", "exit 3")
+    (tmp_path / "routes").mkdir()
+    (tmp_path / "routes" / "r.yml").write_text(
+        "routes:\n  - name: fails\n    on: a/event/b\n    do: [{run: ../h}]\n"
+    )
+    args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
+    router = Router([*args, "--journal-payload", "100"], tmp_path / "log")
+    try:
+        router.ready()
+        big = json.dumps({"pad": "z" * 1000})
+        assert redis_cli("PUBLISH", "a/event/b", big).stdout.strip() != "0"
+        router.wait_log(r"failure recorded as")
+    finally:
+        router.close()
+    listed = run_cli("failures", "--redis", redis_url, "--json")
+    assert listed.returncode == 0, listed.stderr
+    entry = json.loads(listed.stdout)[0]
+    assert (entry["payload_cut"], entry["payload"]) == (len(big), big[:100])

@@ -414,6 +414,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         queue_limit=args.queue_limit,
         max_pending=args.max_pending,
         max_queued_bytes=args.max_queued_bytes,
+        journal_payload=args.journal_payload,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         journal_key=args.journal_key,
         journal_size=args.journal_size,

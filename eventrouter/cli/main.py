@@ -192,6 +192,14 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "dropped with an error (default: 67108864, 64 MiB)",
     )
     parser.add_argument(
+        "--journal-payload",
+        type=_positive,
+        default=DEFAULTS.journal_payload,
+        metavar="BYTES",
+        help="payload bytes a failure journal entry keeps; a longer payload is cut and the "
+        "entry says so, and `retry` refuses it (default: %(default)s)",
+    )
+    parser.add_argument(
         "--state-dir",
         metavar="DIR",
         help="state folder (journal file, pid file, embedded Redis); default: "

@@ -19,6 +19,7 @@ from eventrouter.redis import bus
 from eventrouter.runtime.journal import (
     FILE_NAME,
     ID_PATTERN,
+    MAX_PAYLOAD,
     Failure,
     FileJournal,
     Journal,
@@ -36,8 +37,15 @@ _PAGE = 200
 class StreamJournal:
     """The journal in a capped Redis stream, one entry per failure with a ``data`` field."""
 
-    def __init__(self, url: str, key: str, size: int, local: FileJournal | None = None) -> None:
-        self.key, self.size = key, size
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        size: int,
+        local: FileJournal | None = None,
+        payload_limit: int = MAX_PAYLOAD,
+    ) -> None:
+        self.key, self.size, self.payload_limit = key, size, payload_limit
         self.where = f"Redis stream {key} at {bus.redact(url)}"
         #: Where failures go while Redis cannot be written, and what reading merges in.
         self.local = local
@@ -51,7 +59,8 @@ class StreamJournal:
 
     async def record(self, failure: Failure) -> str:
         """Append ``failure`` to the stream, else the local file; return its id, "" if lost."""
-        data = json.dumps(bounded(failure, "").to_json(), ensure_ascii=False).encode()
+        entry = bounded(failure, "", self.payload_limit)
+        data = json.dumps(entry.to_json(), ensure_ascii=False).encode()
         try:
             entry_id = await bus.stream_add(self._client, self.key, {"data": data}, self.size)
         except bus.StoreError as exc:
@@ -138,16 +147,18 @@ def _id_order(failure: Failure) -> tuple[int, int]:
     return (int(found[1]), int(found[2])) if found else (0, 0)
 
 
-async def open_journal(url: str | None, key: str, size: int, state_dir: Path) -> Journal:
+async def open_journal(
+    url: str | None, key: str, size: int, state_dir: Path, payload_limit: int = MAX_PAYLOAD
+) -> Journal:
     """Open the stream at ``url`` when this user may write it, else the local file (say why).
 
     A Redis that cannot be reached now may be later: the stream is used then, with the local
     file meanwhile. A refusal (NOPERM, a read-only replica) keeps the journal in the file.
     """
-    local = FileJournal(state_dir / FILE_NAME, size)
+    local = FileJournal(state_dir / FILE_NAME, size, payload_limit)
     if url is None:
         return local
-    stream = StreamJournal(url, key, size, local)
+    stream = StreamJournal(url, key, size, local, payload_limit)
     try:
         await stream.probe()
     except bus.StoreError as exc:

@@ -521,7 +521,7 @@ class Dispatcher:
     def _failure(
         self, job: Job, position: int, action: str, failed: Failed, started: float
     ) -> Failure:
-        payload, payload_b64, cut = journal_payload(job.event.raw)
+        payload, payload_b64, cut = journal_payload(job.event.raw, self.settings.journal_payload)
         return Failure(
             id="",
             time=time.time(),

@@ -141,14 +141,14 @@ def parse_retry_message(data: bytes) -> tuple[str, str] | None:
     return None
 
 
-def bounded(failure: Failure, failure_id: str) -> Failure:
-    """Return ``failure`` under ``failure_id`` with its tail and payload cut to their bounds."""
+def bounded(failure: Failure, failure_id: str, limit: int = MAX_PAYLOAD) -> Failure:
+    """Return ``failure`` under ``failure_id``, its tail and payload (``limit``) cut to bounds."""
     tail = tuple(line[:MAX_LINE] for line in failure.tail[-TAIL_LINES:])
     failure = dataclasses.replace(failure, id=failure_id, tail=tail)
     raw = failure.raw()
-    if len(raw) <= MAX_PAYLOAD:
+    if len(raw) <= limit:
         return failure
-    payload, payload_b64, cut = journal_payload(raw)
+    payload, payload_b64, cut = journal_payload(raw, limit)
     return dataclasses.replace(
         failure, payload=payload, payload_b64=payload_b64, payload_cut=failure.payload_cut or cut
     )
@@ -193,8 +193,8 @@ class Journal(Protocol):
 class FileJournal:
     """The journal in a local file of JSON lines: past ``2 * size`` lines, the newest ``size``."""
 
-    def __init__(self, path: Path, size: int) -> None:
-        self.path, self.size = path, size
+    def __init__(self, path: Path, size: int, payload_limit: int = MAX_PAYLOAD) -> None:
+        self.path, self.size, self.payload_limit = path, size, payload_limit
         self.where = f"local file {path}"
         self._lock = asyncio.Lock()
         self._last: tuple[int, int] | None = None  # newest id, once the file was read
@@ -260,7 +260,8 @@ class FileJournal:
         last_ms, last_seq = self._last
         self._last = (stamp, 0) if stamp > last_ms else (last_ms, last_seq + 1)
         failure_id = "{}-{}".format(*self._last)
-        line = json.dumps(bounded(failure, failure_id).to_json(), ensure_ascii=False)
+        entry = bounded(failure, failure_id, self.payload_limit)
+        line = json.dumps(entry.to_json(), ensure_ascii=False)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Never through a symlink: someone who planted one would choose what we append to.
         fd = open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)

@@ -307,6 +307,7 @@ class Daemon:
             self.settings.journal_key,
             self.settings.journal_size,
             state,
+            self.settings.journal_payload,
         )
         self.journal = journal
         tasks = TaskClient(pub_url)  # tasks go to the leader's Redis, like derived events
