@@ -74,4 +74,4 @@ def test_the_units_behave_as_a_notify_service_that_reloads(scope: str) -> None:
     assert settings["Type"] == "notify"
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["Restart"] == "on-failure"
-    assert settings["KillMode"] == "control-group"
+    assert settings["KillMode"] == "mixed"
