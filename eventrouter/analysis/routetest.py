@@ -54,6 +54,7 @@ from typing import Any, TextIO
 from eventrouter.analysis.explain import EventPlan, Explainer, RoutePlan
 from eventrouter.config.loader import route_files
 from eventrouter.config.testfile import ANY, Expect, RouteTest, load_tests
+from eventrouter.engine.events import convention_label
 from eventrouter.model import RouterInfo
 from eventrouter.runtime.identity import node_value
 
@@ -71,7 +72,7 @@ class Outcome:
 
 
 def _label(route: RoutePlan) -> str:
-    return f"events:{Path(route.file).name}" if route.convention else route.name
+    return convention_label(Path(route.file)) if route.convention else route.name
 
 
 def outcome(plan: EventPlan) -> Outcome:
@@ -235,7 +236,7 @@ def known_names(explainer: Explainer) -> set[str]:
     names = {route.name for route in explainer.routes}
     for base in explainer.events_dirs:
         if base.is_dir():
-            names |= {f"events:{entry.name}" for entry in base.iterdir() if entry.is_dir()}
+            names |= {convention_label(entry) for entry in base.iterdir() if entry.is_dir()}
     return names
 
 

@@ -145,12 +145,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
             f"{route.name}{state}\t{', '.join(p.text for p in route.patterns)}\t"
             f"{_describe(route)}\t{route.file}:{route.line}"
         )
+    from eventrouter.engine.events import convention_label
+
     for base in events_dirs(args.events_dir, os.environ):
         folders = (
             sorted(entry for entry in base.iterdir() if entry.is_dir()) if base.is_dir() else []
         )
         for folder in folders:  # the names `test` and `explain` give them
-            print(f"events:{folder.name}\t*/event/{folder.name}\trun {folder}\t{base}")
+            show(f"{convention_label(folder)}\t*/event/{folder.name}\trun {folder}\t{base}")
     return EXIT_OK
 
 
