@@ -6,22 +6,12 @@ Exit status: 0 success, 1 invalid input or configuration, 2 usage error (argpars
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
 from eventrouter.cli import logs
-from eventrouter.cli.commands import (
-    cmd_check,
-    cmd_explain,
-    cmd_failures,
-    cmd_publish,
-    cmd_retry,
-    cmd_routes,
-    cmd_run,
-    cmd_test,
-)
-from eventrouter.config.loader import parse_duration
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -30,6 +20,9 @@ DEFAULTS = Settings()
 
 
 def _duration(text: str) -> float:
+    # Imported here: the route loader (PyYAML, voluptuous, Jinja2) is not what --help needs.
+    from eventrouter.config.loader import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -229,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_route_options(run)
     _add_run_options(run)
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler="cmd_run")
 
     check = commands.add_parser(
         "check",
@@ -238,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every finding; exit 1 on any error.",
     )
     _add_route_options(check)
-    check.set_defaults(handler=cmd_check)
+    check.set_defaults(handler="cmd_check")
 
     routes = commands.add_parser(
         "routes",
@@ -246,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="List name, patterns, actions, file and line.",
     )
     _add_route_options(routes, events=False)
-    routes.set_defaults(handler=cmd_routes)
+    routes.set_defaults(handler="cmd_routes")
 
     explain = commands.add_parser(
         "explain",
@@ -275,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the payload; '-' reads standard input (default: stdin when it "
         "is not a terminal, else empty)",
     )
-    explain.set_defaults(handler=cmd_explain)
+    explain.set_defaults(handler="cmd_explain")
 
     test = commands.add_parser(
         "test",
@@ -292,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
-    test.set_defaults(handler=cmd_test)
+    test.set_defaults(handler="cmd_test")
 
     publish = commands.add_parser(
         "publish",
@@ -319,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="the payload; '-' or none reads standard input",
     )
-    publish.set_defaults(handler=cmd_publish)
+    publish.set_defaults(handler="cmd_publish")
     _add_journal_commands(commands)
     for sub in commands.choices.values():  # also accepted after the command
         sub.add_argument(
@@ -357,7 +350,7 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     failures.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
     failures.add_argument("--json", action="store_true", help="a JSON list")
-    failures.set_defaults(handler=cmd_failures)
+    failures.set_defaults(handler="cmd_failures")
 
     retry = commands.add_parser(
         "retry",
@@ -373,7 +366,7 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="where the routers listen (default: %(default)s)",
     )
     retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
-    retry.set_defaults(handler=cmd_retry)
+    retry.set_defaults(handler="cmd_retry")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,7 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    # Imported once the command is known: each command imports what it needs itself, so
+    # `--help` and `check` never load the runtime (asyncio, redis-py, the step spawner).
+    commands = importlib.import_module("eventrouter.cli.commands")
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, args.handler)
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
@@ -32,6 +31,7 @@ from eventrouter.engine.decide import (
     render_env,
 )
 from eventrouter.model import EmitAction, Event, RunAction, Settings
+from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.journal import Failure, instance_name, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
@@ -66,14 +66,6 @@ class Publisher(Protocol):
     async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
         """Hand ``data`` over for publication on ``channel``, in order."""
         ...
-
-
-def folder_exists(folder: Path) -> bool:
-    """Return True when ``folder`` is a directory; a name the OS refuses is not one."""
-    try:
-        return folder.is_dir()
-    except OSError:  # e.g. a name too long for the filesystem: refused, not a traceback
-        return False
 
 
 def router_context(settings: Settings) -> RouterContext:

@@ -14,17 +14,25 @@ import logging
 import os
 import re
 import signal
-import stat
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from eventrouter.config.trust import distrust, effective_uid, is_ignored
+from eventrouter.config.trust import distrust, effective_uid
+from eventrouter.runtime.folders import (
+    SkippedEntry,
+    StepEntry,
+    list_steps,
+    reason_of,
+    unrunnable_reason,
+)
 from eventrouter.runtime.limiter import FairLimiter
 from eventrouter.runtime.spawn import Child
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["SkippedEntry", "StepEntry", "StepRunner", "list_steps", "unrunnable_reason"]
 
 #: How many output lines of a failing step are kept for the failure report.
 TAIL_LINES = 20
@@ -49,22 +57,6 @@ _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
-class StepEntry:
-    """One runnable step."""
-
-    name: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class SkippedEntry:
-    """An entry of a handler directory that will not run, and why."""
-
-    name: str
-    reason: str
-
-
-@dataclass(frozen=True)
 class StepResult:
     """How one step ended; ``status`` < 0 means killed by signal -status, None not started."""
 
@@ -85,39 +77,6 @@ class HandlerResult:
     tail: tuple[str, ...] = ()
 
 
-def unrunnable_reason(path: Path) -> str | None:
-    """Return why ``path`` cannot run as a step now, or None when it can."""
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return "dangling symlink" if os.path.islink(path) else "vanished"
-    except OSError as exc:
-        return _reason(exc)
-    if stat.S_ISDIR(info.st_mode):
-        return "is a directory"
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if not os.access(path, os.X_OK):
-        return "not executable"
-    return None
-
-
-def list_steps(directory: Path) -> tuple[list[StepEntry], list[SkippedEntry]]:
-    """List runnable steps in byte-wise name order, and the entries skipped with a warning."""
-    with os.scandir(directory) as entries:
-        names = sorted((e.name for e in entries if not is_ignored(e.name)), key=os.fsencode)
-    steps: list[StepEntry] = []
-    skipped: list[SkippedEntry] = []
-    for name in names:
-        path = directory / name
-        reason = unrunnable_reason(path)
-        if reason is None:
-            steps.append(StepEntry(name, path))
-        else:
-            skipped.append(SkippedEntry(name, reason))
-    return steps, skipped
-
-
 def read_environment_file(path: Path) -> dict[str, str]:
     """Return the ``KEY=VALUE`` lines of ``path``; an absent file gives an empty mapping."""
     try:
@@ -125,7 +84,7 @@ def read_environment_file(path: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        logger.warning("cannot read environment file %s: %s; ignoring it", path, _reason(exc))
+        logger.warning("cannot read environment file %s: %s; ignoring it", path, reason_of(exc))
         return {}
     result: dict[str, str] = {}
     # surrogateescape keeps undecodable bytes intact on their way back into the environment.
@@ -152,10 +111,6 @@ def sanitize(data: bytes) -> str:
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
 
 
 def _utf8_cut(buf: bytearray, limit: int) -> int:
@@ -352,7 +307,7 @@ class StepRunner:
         try:
             steps, skipped = list_steps(directory)
         except OSError as exc:
-            error = f"handler directory {directory}: {_reason(exc)}"
+            error = f"handler directory {directory}: {reason_of(exc)}"
             logger.error("%s %s", tag, error)
             return HandlerResult(directory, (), ok=False, error=error)
         for entry in skipped:
