@@ -47,16 +47,24 @@ _STARTERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="step-start")
 _WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="step-wait")
 _CHUNK = 256 * 1024
 
+#: How long the warden naps between two reads of its pipe. A write that wakes a reader blocked
+#: in read() costs the router a context switch per step start and end on a busy core; what
+#: is written while the warden naps waits in the pipe (64 KiB: thousands of lines) and is
+#: read at once. It also bounds how late the warden notices that the router is gone.
+WARDEN_NAP = 0.05
+
 # The warden's program: read "+PGID"/"-PGID" lines; at end of file, stop what is left.
 _WARDEN = """
 import os, signal, sys, time
 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
     signal.signal(sig, signal.SIG_IGN)
-fd, grace, groups, buf = int(sys.argv[1]), float(sys.argv[2]), set(), b""
+fd, grace, nap = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+groups, buf = set(), b""
 while data := os.read(fd, 65536):
     *lines, buf = (buf + data).split(b"\\n")
     for line in lines:
         (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
+    time.sleep(nap)
 def signal_all(sig):
     alive = set()
     for pgid in groups:
@@ -96,7 +104,16 @@ class Warden:
         try:
             # Its own session: a terminal's Ctrl-C to our group must not end it first.
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WARDEN, str(read_end), str(grace)],
+                [
+                    sys.executable,
+                    "-I",
+                    "-S",
+                    "-c",
+                    _WARDEN,
+                    str(read_end),
+                    str(grace),
+                    str(WARDEN_NAP),
+                ],
                 stdin=subprocess.DEVNULL,
                 pass_fds=(read_end,),
                 start_new_session=True,
