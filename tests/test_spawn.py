@@ -100,3 +100,16 @@ def test_registering_steps_does_not_wake_the_warden_each_time() -> None:
     finally:
         warden.stop()
     assert woken < 20
+
+
+async def test_steps_get_the_environment_the_runner_started_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Copied once: the daemon's environment does not change, and copying os.environ for
+    # every step cost a decode per variable.
+    monkeypatch.setenv("ER_BEFORE", "1")
+    runner = StepRunner()
+    monkeypatch.setenv("ER_AFTER", "1")
+    script(tmp_path / "h", "10env", 'echo "${ER_BEFORE:-unset} ${ER_AFTER:-unset}"')
+    assert (await run(runner, tmp_path / "h")).ok
+    assert [text_of(r, "10env") for r in step_messages(caplog, "10env")] == ["1 unset"]

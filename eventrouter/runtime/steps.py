@@ -272,7 +272,9 @@ class StepRunner:
         self._limiter = FairLimiter(max_concurrency)
         self._kill_grace = kill_grace
         self._max_line = max_line
-        self._base_env = dict(base_env) if base_env is not None else None
+        # The router's environment as it started, copied once: decoding os.environ for every
+        # step cost about 40 lookups per start.
+        self._base_env = dict(base_env if base_env is not None else os.environ)
         # Process group id (= pid of the step) -> the future set when that step exits.
         self._running: dict[int, asyncio.Future[None]] = {}
         self._stopping = False
@@ -436,7 +438,7 @@ class StepRunner:
 
     def _step_environment(self, job: _Job) -> tuple[str, dict[str, str]]:
         """Return the working directory and the environment for the next step."""
-        base = dict(os.environ) if self._base_env is None else dict(self._base_env)
+        base = self._base_env
         # The environment file lives in the working directory, so it cannot choose it.
         state_dir = job.env.get("AGENT_STATE_DIR", base.get("AGENT_STATE_DIR"))
         cwd = os.getcwd()
@@ -506,6 +508,8 @@ class StepRunner:
 
     async def _drain(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> None:
         """Read the rest of the output, but not forever: a background child may hold it open."""
+        if protocol.output_closed.done():  # the usual case: no timer, no waiter to set up
+            return
         await asyncio.wait([protocol.output_closed], timeout=PIPE_GRACE)
         if not protocol.output_closed.done():
             logger.warning(
