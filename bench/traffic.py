@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -322,6 +323,7 @@ class Burst:
     received: int
     distinct: int
     seconds: float
+    cpu: float = 0.0  # the router's CPU seconds per derived event, when a router relayed it
 
 
 async def subscribed(pubsub: Any) -> None:
@@ -389,8 +391,11 @@ async def awaited_publishes(url: str, count: int) -> float:
 def routed_burst(ctx: Context, routes: Path, level: str) -> Burst:
     """Run a burst through a router started with ``level`` logging."""
     name = f"emit-{level.lower()}"
-    with running_router(ctx, name, ["--routes", str(routes)], level=level) as _router:
-        return asyncio.run(burst(ctx.redis_url, "bench/event/in", ctx.sizes.emit_events, 5.0))
+    with running_router(ctx, name, ["--routes", str(routes)], level=level) as router:
+        cpu = proc_cpu(router.proc.pid)
+        got = asyncio.run(burst(ctx.redis_url, "bench/event/in", ctx.sizes.emit_events, 5.0))
+        used = proc_cpu(router.proc.pid) - cpu
+    return dataclasses.replace(got, cpu=used / max(got.received, 1))
 
 
 def relay_burst(ctx: Context, count: int) -> Burst:
@@ -437,6 +442,8 @@ def bench_emit(ctx: Context) -> list[Row]:
         Row("emit", f"derived/s, {what}, log WARNING (base: bare relay)", f"{rate:.0f}/s",
             ">= 0.50x base", f"{relay_rate:.0f}/s", f"{rate / relay_rate:.2f}x",
             verdict(rate >= 0.5 * relay_rate)),
+        Row("emit", "router CPU (user+sys) per derived event, log WARNING; INFO",
+            f"{ours.cpu * 1000:.3f} ms; {noisy.cpu * 1000:.3f} ms", "-"),
         Row("emit", "lost (N - distinct received), log WARNING", str(lost), "0", "0",
             verdict=verdict(lost == 0 and ours.received == count)),
         Row("emit", f"derived/s, {what}, log INFO; lost", f"{noisy_rate:.0f}/s; "
