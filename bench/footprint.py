@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from harness import (
     clean_env,
     daemon_cmd,
     eventrouter_cmd,
+    proc_cpu,
     rss_mib,
     verdict,
     wait_patterns,
@@ -57,32 +59,43 @@ while True:
 """
 
 
-def wall(cmd: Sequence[str], runs: int = STARTS) -> float:
-    """Return the median wall time (s) of ``cmd`` run to completion ``runs`` times."""
-    times = []
+def children_cpu() -> float:
+    """Return the user + system CPU seconds of this process's reaped children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(cmd: Sequence[str], runs: int = STARTS) -> tuple[float, float]:
+    """Return the median wall time and CPU time (s) of ``cmd`` run ``runs`` times."""
+    times, cpus = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        cpu, start = children_cpu(), time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, env=clean_env(), cwd=REPO, check=False)
         times.append(time.perf_counter() - start)
+        cpus.append(children_cpu() - cpu)
         if done.returncode != 0:
             raise BenchError(f"{' '.join(cmd)} exited {done.returncode}: {done.stderr[-300:]!r}")
-    return statistics.median(times)
+    return statistics.median(times), statistics.median(cpus)
 
 
 def start_rows(ctx: Context) -> list[Row]:
     """`eventrouter --help` and `check` on the examples, against a bare interpreter start."""
-    base = wall([sys.executable, "-c", "pass"])
+    base, base_cpu = wall([sys.executable, "-c", "pass"])
     check = ["check", "--routes", str(EXAMPLES / "routes.d"), "--events-dir"]
     rows = []
     for label, args in (
         ("`eventrouter --help`", ["--help"]),
         ("`eventrouter check`, shipped examples", [*check, str(EXAMPLES / "events")]),
     ):
-        took = wall(eventrouter_cmd(ctx, "start", args))
+        took, cpu = wall(eventrouter_cmd(ctx, "start", args))
         rows.append(
             Row("footprint", f"{label} wall time, median of {STARTS} (base: python -c pass)",
                 f"{took * 1000:.0f} ms", "< 150 ms", f"{base * 1000:.0f} ms",
                 f"+{(took - base) * 1000:.0f} ms", verdict(took < 0.150))
+        )  # fmt: skip
+        rows.append(
+            Row("footprint", f"{label} CPU time (user+sys), median", f"{cpu * 1000:.0f} ms",
+                "-", f"{base_cpu * 1000:.0f} ms", f"+{(cpu - base_cpu) * 1000:.0f} ms")
         )  # fmt: skip
     return rows
 
@@ -106,8 +119,9 @@ def import_rows() -> list[Row]:
     return rows
 
 
-def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float]:
-    """Start ``cmd``; return (seconds until it has subscribed, VmRSS after ``settle`` s)."""
+def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float, float]:
+    """Start ``cmd``; return seconds until it has subscribed, its CPU seconds by then, and
+    its VmRSS ``settle`` seconds later."""
     wait_patterns(url, lambda n: n == 0, 5.0)
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -117,10 +131,11 @@ def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float]:
     try:
         wait_patterns(url, lambda n: n > 0, 30.0)
         ready = time.perf_counter() - start
+        cpu = proc_cpu(proc.pid)
         time.sleep(settle)
         if proc.poll() is not None:
             raise BenchError(f"{cmd[0]} exited ({proc.returncode}) once subscribed")
-        return ready, rss_mib(proc.pid)
+        return ready, cpu, rss_mib(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -146,19 +161,23 @@ def launch_rows(ctx: Context) -> list[Row]:
     for n in range(LAUNCHES):  # interleaved, so that the machine's load weighs on both
         bare.append(launch(subscriber, ctx.redis_url, 0.0 if n else 0.5))
         ours.append(launch(router_cmd(ctx), ctx.redis_url, 0.0 if n else 1.0))
-    ready = statistics.median(r for r, _ in ours)
-    base = statistics.median(r for r, _ in bare)
-    rss, base_rss = ours[0][1], bare[0][1]
+    ready = statistics.median(r for r, _, _ in ours)
+    base = statistics.median(r for r, _, _ in bare)
+    cpu = statistics.median(c for _, c, _ in ours)
+    base_cpu = statistics.median(c for _, c, _ in bare)
+    rss, base_rss = ours[0][2], bare[0][2]
     ctx.notes.append(
         "footprint: launch = Popen -> PUBSUB NUMPAT > 0 with the server already running, "
-        f"router runs {', '.join(f'{r * 1000:.0f}' for r, _ in ours)} ms, bare redis-py "
-        f"subscriber {', '.join(f'{r * 1000:.0f}' for r, _ in bare)} ms; RSS 1 s after "
+        f"router runs {', '.join(f'{r * 1000:.0f}' for r, _, _ in ours)} ms, bare redis-py "
+        f"subscriber {', '.join(f'{r * 1000:.0f}' for r, _, _ in bare)} ms; RSS 1 s after "
         "the first launch"
     )
     return [
         Row("footprint", f"launch until subscribed, examples, median of {LAUNCHES} "
             "(base: bare redis-py subscriber)", f"{ready * 1000:.0f} ms", "< 100 ms",
             f"{base * 1000:.0f} ms", f"{ready / base:.2f}x", verdict(ready < 0.100)),
+        Row("footprint", "CPU time (user+sys) until subscribed, median", f"{cpu * 1000:.0f} ms",
+            "-", f"{base_cpu * 1000:.0f} ms", f"{cpu / base_cpu:.2f}x"),
         Row("footprint", "idle VmRSS, shipped examples (base: bare redis-py subscriber)",
             f"{rss:.1f} MiB", "<= 30 MiB", f"{base_rss:.1f} MiB", f"{rss / base_rss:.2f}x",
             verdict(rss <= 30.0)),
