@@ -164,10 +164,12 @@ def eventrouter_cmd(ctx: Context, name: str, args: Sequence[str]) -> list[str]:
 
 
 def daemon_cmd(ctx: Context, events: Path, routes: Path | None) -> list[str]:
-    """Return ``--daemon``'s command line with {redis}, {events}, {routes} and {python} filled."""
+    """Return ``--daemon``'s command line with its fields filled (bench/README.md)."""
     assert ctx.daemon is not None
     fields = {
         "redis": ctx.redis_url,
+        # host:port, as REDIS_ADDRESS holds it (NS8's agent); the socket path without --port.
+        "address": ctx.redis_url.removeprefix("redis://").removeprefix("unix://"),
         "events": str(events),
         "routes": str(routes or ""),
         "python": sys.executable,
@@ -348,12 +350,12 @@ def cache_bytecode(prefix: Path) -> None:
 
 @contextlib.contextmanager
 def started(
-    sizes: Sizes, profile: bool, keep: bool, daemon: str | None = None
+    sizes: Sizes, profile: bool, keep: bool, daemon: str | None = None, port: int | None = None
 ) -> Iterator[Context]:
     """Start a Redis server on a Unix socket in a temp folder; clean everything up after."""
     tmp = Path(tempfile.mkdtemp(prefix="erb-", dir="/tmp"))  # short: a socket path <= 107 bytes
     cache_bytecode(tmp / "pycache")
-    server = EmbeddedServer(tmp / "redis")
+    server = EmbeddedServer(tmp / "redis", port=port)
     try:
         server.start()
         yield Context(tmp, server.url, sizes, profile, daemon=daemon)

@@ -65,8 +65,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--daemon",
         metavar="CMD",
         help="run this daemon instead of `eventrouter run` where the benchmark's handlers are "
-        "an events folder (footprint, spawn, latency): {redis}, {events}, {routes} and "
-        "{python} are filled in (bench/README.md)",
+        "an events folder (footprint, spawn, latency): {redis}, {events}, {routes}, "
+        "{address}, {python} are filled in (bench/README.md)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="serve Redis on 127.0.0.1:PORT too, for a --daemon that cannot use a Unix socket",
     )
     return parser.parse_args(argv)
 
@@ -87,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     rows: list[Row] = []
     try:
-        with started(sizes, args.profile, args.keep, args.daemon) as ctx:
+        with started(sizes, args.profile, args.keep, args.daemon, args.port) as ctx:
             for name in names:
                 rows += run_one(ctx, name)
     except Exception:
