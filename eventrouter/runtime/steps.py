@@ -77,10 +77,11 @@ class HandlerResult:
     tail: tuple[str, ...] = ()
 
 
-def read_environment_file(path: Path) -> dict[str, str]:
+def read_environment_file(path: str | Path) -> dict[str, str]:
     """Return the ``KEY=VALUE`` lines of ``path``; an absent file gives an empty mapping."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -453,7 +454,7 @@ class StepRunner:
                     cwd,
                 )
         # Re-read for every step: a step may change it for the next ones.
-        env = base | read_environment_file(Path(cwd, "environment")) | dict(job.env)
+        env = base | read_environment_file(os.path.join(cwd, "environment")) | dict(job.env)
         env["AGENT_EVENT_NAME"] = job.event_name
         env["AGENT_EVENT_SOURCE"] = job.event_source
         env["AGENT_COMFD"] = "2"
@@ -471,7 +472,10 @@ class StepRunner:
         self._running[pgid] = protocol.exited
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(protocol.exited), job.timeout)
+                if job.timeout is None:  # the usual case: no timer to set up
+                    await asyncio.shield(protocol.exited)
+                else:
+                    await asyncio.wait_for(asyncio.shield(protocol.exited), job.timeout)
             except TimeoutError:
                 logger.error(
                     "%s step %s of handler %s timed out after %gs; stopping it",
