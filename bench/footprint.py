@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from harness import (
     REPO,
@@ -119,9 +120,15 @@ def import_rows() -> list[Row]:
     return rows
 
 
-def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float, float]:
+def children_rss(pid: int) -> float:
+    """Return the VmRSS of the children of ``pid`` (the router's warden, when idle), in MiB."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sum(rss_mib(int(child)) for child in children)
+
+
+def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float, float, float]:
     """Start ``cmd``; return seconds until it has subscribed, its CPU seconds by then, and
-    its VmRSS ``settle`` seconds later."""
+    its VmRSS and its children's ``settle`` seconds later."""
     wait_patterns(url, lambda n: n == 0, 5.0)
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -135,7 +142,7 @@ def launch(cmd: Sequence[str], url: str, settle: float) -> tuple[float, float, f
         time.sleep(settle)
         if proc.poll() is not None:
             raise BenchError(f"{cmd[0]} exited ({proc.returncode}) once subscribed")
-        return ready, cpu, rss_mib(proc.pid)
+        return ready, cpu, rss_mib(proc.pid), children_rss(proc.pid)
     finally:
         proc.terminate()
         try:
@@ -161,15 +168,15 @@ def launch_rows(ctx: Context) -> list[Row]:
     for n in range(LAUNCHES):  # interleaved, so that the machine's load weighs on both
         bare.append(launch(subscriber, ctx.redis_url, 0.0 if n else 0.5))
         ours.append(launch(router_cmd(ctx), ctx.redis_url, 0.0 if n else 1.0))
-    ready = statistics.median(r for r, _, _ in ours)
-    base = statistics.median(r for r, _, _ in bare)
-    cpu = statistics.median(c for _, c, _ in ours)
-    base_cpu = statistics.median(c for _, c, _ in bare)
-    rss, base_rss = ours[0][2], bare[0][2]
+    ready = statistics.median(run[0] for run in ours)
+    base = statistics.median(run[0] for run in bare)
+    cpu = statistics.median(run[1] for run in ours)
+    base_cpu = statistics.median(run[1] for run in bare)
+    rss, base_rss, children = ours[0][2], bare[0][2], ours[0][3]
     ctx.notes.append(
         "footprint: launch = Popen -> PUBSUB NUMPAT > 0 with the server already running, "
-        f"router runs {', '.join(f'{r * 1000:.0f}' for r, _, _ in ours)} ms, bare redis-py "
-        f"subscriber {', '.join(f'{r * 1000:.0f}' for r, _, _ in bare)} ms; RSS 1 s after "
+        f"router runs {', '.join(f'{run[0] * 1000:.0f}' for run in ours)} ms, bare redis-py "
+        f"subscriber {', '.join(f'{run[0] * 1000:.0f}' for run in bare)} ms; RSS 1 s after "
         "the first launch"
     )
     return [
@@ -181,6 +188,8 @@ def launch_rows(ctx: Context) -> list[Row]:
         Row("footprint", "idle VmRSS, shipped examples (base: bare redis-py subscriber)",
             f"{rss:.1f} MiB", "<= 30 MiB", f"{base_rss:.1f} MiB", f"{rss / base_rss:.2f}x",
             verdict(rss <= 30.0)),
+        Row("footprint", "idle VmRSS of the router's children (its step warden)",
+            f"{children:.1f} MiB", "-"),
     ]  # fmt: skip
 
 
