@@ -314,6 +314,7 @@ routes:
             n: "{{ payload.n }}"
 """
 OUT_CHANNEL = "bench/event/out"
+EMIT_ROUNDS = 2  # relay and router bursts, alternated
 
 
 @dataclass(frozen=True)
@@ -405,10 +406,20 @@ def relay_burst(ctx: Context, count: int) -> Burst:
     proc = subprocess.Popen([*cmd, OUT_CHANNEL], env=clean_env(), stdin=subprocess.DEVNULL)
     try:
         wait_patterns(ctx.redis_url, lambda n: n > 0, 30.0)
-        return asyncio.run(burst(ctx.redis_url, "bench/event/in", count, 5.0))
+        cpu = proc_cpu(proc.pid)
+        got = asyncio.run(burst(ctx.redis_url, "bench/event/in", count, 5.0))
+        used = proc_cpu(proc.pid) - cpu
     finally:
         proc.terminate()
         proc.wait(5)
+    if got.distinct != count:
+        raise BenchError(f"the bare relay itself lost {count - got.distinct} messages")
+    return dataclasses.replace(got, cpu=used / max(got.received, 1))
+
+
+def rate(got: Burst) -> float:
+    """Return the derived events per second of a burst."""
+    return got.received / got.seconds
 
 
 def bench_emit(ctx: Context) -> list[Row]:
@@ -420,15 +431,22 @@ def bench_emit(ctx: Context) -> list[Row]:
     base_rate = base.received / base.seconds
     if base.distinct != count:
         raise BenchError(f"the bare subscriber itself lost {count - base.distinct} messages")
-    relayed = relay_burst(ctx, count)
-    relay_rate = relayed.received / relayed.seconds
-    if relayed.distinct != count:
-        raise BenchError(f"the bare relay itself lost {count - relayed.distinct} messages")
+    # Alternated, best of each: the machine's load moves a single burst by half.
+    relays: list[Burst] = []
+    routed: list[Burst] = []
+    for _ in range(EMIT_ROUNDS):
+        relays.append(relay_burst(ctx, count))
+        routed.append(routed_burst(ctx, routes, "WARNING"))
+    relayed, ours = max(relays, key=rate), max(routed, key=rate)
+    relay_rate, rate_ = rate(relayed), rate(ours)
     serial = asyncio.run(awaited_publishes(ctx.redis_url, max(count // 4, 1)))
-    ours = routed_burst(ctx, routes, "WARNING")
-    rate = ours.received / ours.seconds
     noisy = routed_burst(ctx, routes, "INFO")
-    noisy_rate = noisy.received / noisy.seconds
+    noisy_rate = rate(noisy)
+    each = "; ".join(
+        f"{name} {', '.join(f'{rate(b):.0f}/s {b.cpu * 1000:.3f} ms' for b in bursts)}"
+        for name, bursts in (("relay", relays), ("router", routed))
+    )
+    ctx.notes.append(f"emit: per round (derived/s, CPU per derived event): {each}")
     lost = count - ours.distinct
     ctx.notes.append(
         "emit: target rows with the router at --log-level WARNING (INFO logs one line per "
@@ -439,11 +457,13 @@ def bench_emit(ctx: Context) -> list[Row]:
     )
     what = f"{count} events"
     return [
-        Row("emit", f"derived/s, {what}, log WARNING (base: bare relay)", f"{rate:.0f}/s",
-            ">= 0.50x base", f"{relay_rate:.0f}/s", f"{rate / relay_rate:.2f}x",
-            verdict(rate >= 0.5 * relay_rate)),
-        Row("emit", "router CPU (user+sys) per derived event, log WARNING; INFO",
-            f"{ours.cpu * 1000:.3f} ms; {noisy.cpu * 1000:.3f} ms", "-"),
+        Row("emit", f"derived/s, {what}, log WARNING (base: bare relay)", f"{rate_:.0f}/s",
+            ">= 0.50x base", f"{relay_rate:.0f}/s", f"{rate_ / relay_rate:.2f}x",
+            verdict(rate_ >= 0.5 * relay_rate)),
+        Row("emit", "CPU (user+sys) per derived event, log WARNING (base: the relay's)",
+            f"{ours.cpu * 1000:.3f} ms", "-", f"{relayed.cpu * 1000:.3f} ms",
+            f"{ours.cpu / relayed.cpu:.2f}x"),
+        Row("emit", "router CPU per derived event, log INFO", f"{noisy.cpu * 1000:.3f} ms", "-"),
         Row("emit", "lost (N - distinct received), log WARNING", str(lost), "0", "0",
             verdict=verdict(lost == 0 and ours.received == count)),
         Row("emit", f"derived/s, {what}, log INFO; lost", f"{noisy_rate:.0f}/s; "
