@@ -70,12 +70,12 @@ async def test_a_step_gets_three_descriptors_and_default_signals(
 async def test_a_step_is_the_leader_of_its_own_session(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    script(tmp_path / "h", "10sid", "ps -o pid=,pgid=,sid= -p $$")
+    script(tmp_path / "h", "10sid", "echo $$; cat /proc/$$/stat")
     result = await run(StepRunner(base_env=runner_env()), tmp_path / "h")
     assert result.ok
-    (line,) = [text_of(r, "10sid") for r in step_messages(caplog, "10sid")]
-    pid, pgid, sid = line.split()
-    assert pid == pgid == sid
+    pid, stat = (text_of(r, "10sid") for r in step_messages(caplog, "10sid"))
+    fields = stat.rpartition(")")[2].split()  # after the command name: state, ppid, pgrp, sid
+    assert fields[2] == fields[3] == pid
 
 
 def _rss_kib(pid: int) -> int:
