@@ -10,6 +10,7 @@ import math
 import os
 import pstats
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -41,8 +42,9 @@ class BenchError(Exception):
 class Sizes:
     """How much work each benchmark does."""
 
-    spawn_runs: int = 500
+    spawn_runs: int = 5_000
     spawn_rounds: int = 2
+    floor_runs: int = 500
     latency_rate: float = 100.0
     latency_seconds: float = 5.0
     latency_baseline: int = 200
@@ -56,7 +58,8 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(
-    spawn_runs=100,
+    spawn_runs=1_000,
+    floor_runs=100,
     latency_seconds=2.0,
     latency_baseline=100,
     emit_events=5_000,
@@ -87,6 +90,8 @@ class Context:
     sizes: Sizes
     profile: bool
     notes: list[str] = field(default_factory=list)
+    #: Another daemon's command line (``--daemon``), run instead of ``eventrouter run``.
+    daemon: str | None = None
 
 
 def verdict(ok: bool) -> str:
@@ -158,6 +163,26 @@ def eventrouter_cmd(ctx: Context, name: str, args: Sequence[str]) -> list[str]:
     return [*cmd, "-m", "eventrouter", *args]
 
 
+def daemon_cmd(ctx: Context, events: Path, routes: Path | None) -> list[str]:
+    """Return ``--daemon``'s command line with its fields filled (bench/README.md)."""
+    assert ctx.daemon is not None
+    fields = {
+        "redis": ctx.redis_url,
+        # host:port, as REDIS_ADDRESS holds it (NS8's agent); the socket path without --port.
+        "address": ctx.redis_url.removeprefix("redis://").removeprefix("unix://"),
+        "events": str(events),
+        "routes": str(routes or ""),
+        "python": sys.executable,
+    }
+    return [part.format(**fields) for part in shlex.split(ctx.daemon)]
+
+
+def proc_cpu(pid: int) -> float:
+    """Return the user + system CPU seconds of process ``pid`` (all its threads, no children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def print_profile(ctx: Context, name: str) -> None:
     """Print the functions that dominate a profiled router or CLI run."""
     path = ctx.tmp / f"{name}.prof"
@@ -184,7 +209,14 @@ class Router:
     """The real ``eventrouter run`` in a subprocess, with its log in a file."""
 
     def __init__(
-        self, ctx: Context, name: str, args: Sequence[str], env: dict[str, str], level: str
+        self,
+        ctx: Context,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        level: str,
+        *,
+        events: Path | None = None,
     ) -> None:
         self.name = name
         self.log_path = ctx.tmp / f"{name}.log"
@@ -192,8 +224,14 @@ class Router:
         self._log_in = self.log_path.open("rb")
         self.text = ""
         cli = ["--log-level", level, "run", "--redis", ctx.redis_url, *args]
+        if ctx.daemon is not None:  # another daemon, on the same events folder
+            if events is None:
+                raise BenchError(f"{name}: needs eventrouter's routes; --daemon cannot run it")
+            cmd = daemon_cmd(ctx, events, None)
+        else:
+            cmd = eventrouter_cmd(ctx, name, cli)
         self.proc = subprocess.Popen(
-            eventrouter_cmd(ctx, name, cli),
+            cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._log_out,
             stderr=subprocess.STDOUT,
@@ -266,12 +304,17 @@ def running_router(
     env: dict[str, str] | None = None,
     level: str = "INFO",
     ready_timeout: float = 30.0,
+    events: Path | None = None,
 ) -> Iterator[Router]:
-    """Start a router, wait until it has subscribed, yield it; always stop it afterwards."""
-    quiet = level not in ("DEBUG", "INFO")
+    """Start a router, wait until it has subscribed, yield it; always stop it afterwards.
+
+    ``events`` is the events folder the benchmark's routes use as their handler convention:
+    what a ``--daemon`` is started on instead.
+    """
+    quiet = level not in ("DEBUG", "INFO") or ctx.daemon is not None
     if quiet:
         wait_patterns(ctx.redis_url, lambda n: n == 0, 5.0)
-    router = Router(ctx, name, args, clean_env(**(env or {})), level)
+    router = Router(ctx, name, args, clean_env(**(env or {})), level, events=events)
     try:
         if quiet:  # the 'subscribed' line is at INFO: ask the server instead
             wait_patterns(ctx.redis_url, lambda n: n > 0, ready_timeout, router)
@@ -288,14 +331,34 @@ def running_router(
         print_profile(ctx, name)
 
 
+def cache_bytecode(prefix: Path) -> None:
+    """Let every process started from here cache bytecode under ``prefix``, and fill it.
+
+    An installed package has its bytecode compiled (pip does it at install); a development
+    machine may set PYTHONDONTWRITEBYTECODE, and then every start would compile the router's
+    modules from source again. The cache lives in the temp folder, not in the repository.
+    """
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
+    warm = (
+        "import eventrouter.cli.commands, eventrouter.service.daemon, eventrouter.analysis.validate"
+    )
+    subprocess.run([sys.executable, "-c", warm], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-m", "eventrouter", "--help"], check=True, cwd=REPO,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
+
+
 @contextlib.contextmanager
-def started(sizes: Sizes, profile: bool, keep: bool) -> Iterator[Context]:
+def started(
+    sizes: Sizes, profile: bool, keep: bool, daemon: str | None = None, port: int | None = None
+) -> Iterator[Context]:
     """Start a Redis server on a Unix socket in a temp folder; clean everything up after."""
     tmp = Path(tempfile.mkdtemp(prefix="erb-", dir="/tmp"))  # short: a socket path <= 107 bytes
-    server = EmbeddedServer(tmp / "redis")
+    cache_bytecode(tmp / "pycache")
+    server = EmbeddedServer(tmp / "redis", port=port)
     try:
         server.start()
-        yield Context(tmp, server.url, sizes, profile)
+        yield Context(tmp, server.url, sizes, profile, daemon=daemon)
     finally:
         server.stop()
         if keep:

@@ -20,12 +20,14 @@ import traceback
 from collections.abc import Callable, Sequence
 
 from cluster import bench_cluster
+from footprint import bench_footprint
 from harness import FULL, QUICK, BenchError, Context, Row, print_table, started
 from modes import bench_modes
 from scale import bench_scale
 from traffic import bench_emit, bench_latency, bench_spawn
 
 BENCHES: dict[str, Callable[[Context], list[Row]]] = {
+    "footprint": bench_footprint,
     "spawn": bench_spawn,
     "latency": bench_latency,
     "emit": bench_emit,
@@ -33,6 +35,10 @@ BENCHES: dict[str, Callable[[Context], list[Row]]] = {
     "scale": bench_scale,
     "cluster": bench_cluster,
 }
+
+
+#: The benchmarks that another daemon (--daemon) can run: their handlers are an events folder.
+DAEMON_BENCHES = ("footprint", "spawn", "latency")
 
 
 def run_one(ctx: Context, name: str) -> list[Row]:
@@ -57,6 +63,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--profile", action="store_true", help="run the router under cProfile (distorts figures)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp folder and logs")
+    parser.add_argument(
+        "--daemon",
+        metavar="CMD",
+        help="run this daemon instead of `eventrouter run` where the benchmark's handlers are "
+        "an events folder (footprint, spawn, latency): {redis}, {events}, {routes}, "
+        "{address}, {python} are filled in (bench/README.md)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        help="serve Redis on 127.0.0.1:PORT too, for a --daemon that cannot use a Unix socket",
+    )
     return parser.parse_args(argv)
 
 
@@ -65,15 +83,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = QUICK if args.quick else FULL
     names = [args.only] if args.only else list(BENCHES)
+    if args.daemon and not args.only:
+        names = [name for name in names if name in DAEMON_BENCHES]
     print(
         f"eventrouter bench: Python {platform.python_version()}, {os.cpu_count()} CPU(s), "
-        f"{'quick' if args.quick else 'full'} sizes{', PROFILED' if args.profile else ''}",
+        f"{'quick' if args.quick else 'full'} sizes{', PROFILED' if args.profile else ''}"
+        f"{f', daemon: {args.daemon}' if args.daemon else ''}",
         flush=True,
     )
     start = time.perf_counter()
     rows: list[Row] = []
     try:
-        with started(sizes, args.profile, args.keep) as ctx:
+        with started(sizes, args.profile, args.keep, args.daemon, args.port) as ctx:
             for name in names:
                 rows += run_one(ctx, name)
     except Exception:

@@ -297,7 +297,7 @@ def daemon_rows(ctx: Context, routes: Path, total: int) -> list[Row]:
         below(f"daemon VmRSS after load, {what} (base: imports only)", big.rss_load, "MiB", 80,
               floor),
         below(f"daemon VmRSS after reload, {what}", big.rss_reload, "MiB", 80, floor),
-        below("daemon VmRSS, shipped examples", small.rss_load, "MiB", 40, floor),
+        below("daemon VmRSS, shipped examples", small.rss_load, "MiB", 30, floor),
     ]  # fmt: skip
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,27 +18,27 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from harness import (
+    REPO,
     BenchError,
     Context,
+    Router,
     Row,
+    clean_env,
     count_lines,
     percentile,
+    proc_cpu,
     running_router,
     step_env,
     verdict,
     wait_lines,
+    wait_patterns,
     write_file,
 )
 
-# --- 1. spawn throughput -------------------------------------------------------------------
+# --- 1. spawn throughput and router CPU per event ------------------------------------------
 
-SPAWN_ROUTE = """\
-routes:
-  - name: spawn
-    on: bench/event/spawn
-    do:
-      - run: ../handlers/spawn
-"""
+# The NS8 convention: events/<name>/ is the handler of */event/<name>, queued, no route file,
+# so that another daemon (--daemon, NS8's agent) runs the very same step.
 SPAWN_STEP = '#!/bin/sh\necho x >> "$OUT"\n'
 
 
@@ -48,10 +50,19 @@ def publish_burst(client: redis.Redis, channel: str, payloads: Sequence[bytes]) 
     pipe.execute()
 
 
-def direct_spawn_rate(step: Path, runs: int, out: Path) -> float:
-    """Return runs/s of posix_spawn + waitpid of ``step`` in a loop, with the router's env."""
+@dataclass(frozen=True)
+class Round:
+    """One burst: runs/s, and CPU seconds per run of the process that started the steps."""
+
+    rate: float
+    cpu: float
+
+
+def direct_spawn_round(step: Path, runs: int, out: Path) -> Round:
+    """Run posix_spawn + waitpid of ``step`` in a loop, with the router's env."""
     env = step_env("bench/event/spawn", OUT=str(out))
     program = str(step)
+    cpu = os.times()
     start = time.perf_counter()
     for _ in range(runs):
         pid = os.posix_spawn(program, [program], env)
@@ -59,19 +70,23 @@ def direct_spawn_rate(step: Path, runs: int, out: Path) -> float:
         if status != 0:
             raise BenchError(f"direct spawn of {step} failed: wait status {status}")
     elapsed = time.perf_counter() - start
+    used = os.times()
     if count_lines(out) != runs:
         raise BenchError(f"direct spawn recorded {count_lines(out)} of {runs} runs")
-    return runs / elapsed
+    own = used.user - cpu.user + used.system - cpu.system
+    return Round(runs / elapsed, own / runs)
 
 
-def routed_spawn_round(client: redis.Redis, out: Path, runs: int) -> float:
-    """Publish ``runs`` events back to back; return runs/s until the last step wrote."""
+def routed_spawn_round(client: redis.Redis, router: Router, out: Path, runs: int) -> Round:
+    """Publish ``runs`` events back to back; measure until the last step wrote."""
     done = count_lines(out)
     payloads = [b'{"seq": %d}' % seq for seq in range(runs)]
+    cpu = proc_cpu(router.proc.pid)
     start = time.perf_counter()
     publish_burst(client, "bench/event/spawn", payloads)
     end = wait_lines(out, done + runs, timeout=max(30.0, runs * 0.05))
-    return runs / (end - start)
+    used = proc_cpu(router.proc.pid) - cpu
+    return Round(runs / (end - start), used / runs)
 
 
 async def asyncio_spawns(step: Path, runs: int, out: Path) -> float:
@@ -98,86 +113,78 @@ async def asyncio_spawns(step: Path, runs: int, out: Path) -> float:
 
 @dataclass(frozen=True)
 class SpawnRates:
-    """Best runs/s of each way of running the step."""
+    """Each round of each way of running the step."""
 
-    direct: float
-    floor: float
-    routed: float
+    direct: list[Round]
+    floor: list[float]
+    routed: list[Round]
 
 
 def spawn_rates(ctx: Context, work: Path, step: Path) -> SpawnRates:
-    """Alternate direct, asyncio and routed rounds after a warm-up; return the best of each."""
+    """Alternate direct, asyncio and routed rounds after a warm-up."""
     runs = ctx.sizes.spawn_runs
     out = work / "router.out"
-    rates: dict[str, list[float]] = {"direct": [], "asyncio": [], "routed": []}
-    args = ["--routes", str(work / "routes.d")]
-    with running_router(ctx, "spawn", args, env={"OUT": str(out)}) as _router:
+    rates = SpawnRates([], [], [])
+    args = ["--routes", str(work / "routes.d"), "--events-dir", str(work / "events")]
+    env = {"OUT": str(out)}
+    with running_router(ctx, "spawn", args, env=env, events=work / "events") as router:
         client = redis.Redis.from_url(ctx.redis_url)
         try:
-            direct_spawn_rate(step, 10, work / "warm.out")
-            routed_spawn_round(client, out, 10)
+            direct_spawn_round(step, 10, work / "warm.out")
+            routed_spawn_round(client, router, out, 10)
             for n in range(ctx.sizes.spawn_rounds):
-                rates["direct"].append(direct_spawn_rate(step, runs, work / f"direct{n}.out"))
-                floor = asyncio.run(asyncio_spawns(step, runs, work / f"asyncio{n}.out"))
-                rates["asyncio"].append(floor)
-                rates["routed"].append(routed_spawn_round(client, out, runs))
+                rates.direct.append(direct_spawn_round(step, runs, work / f"direct{n}.out"))
+                floor = asyncio_spawns(step, ctx.sizes.floor_runs, work / f"asyncio{n}.out")
+                rates.floor.append(asyncio.run(floor))
+                rates.routed.append(routed_spawn_round(client, router, out, runs))
         finally:
             client.close()
-    each = "; ".join(f"{key} {', '.join(f'{r:.0f}' for r in got)}" for key, got in rates.items())
-    ctx.notes.append(f"spawn: runs/s per round: {each} (best of each in the table)")
-    return SpawnRates(max(rates["direct"]), max(rates["asyncio"]), max(rates["routed"]))
+    each = "; ".join(
+        f"{key} {', '.join(f'{r.rate:.0f}/s {r.cpu * 1000:.3f} ms' for r in got)}"
+        for key, got in (("direct", rates.direct), ("routed", rates.routed))
+    )
+    floors = ", ".join(f"{r:.0f}" for r in rates.floor)
+    ctx.notes.append(
+        f"spawn: per round (runs/s, CPU per run): {each}; asyncio floor {floors}/s "
+        "(table: best rate of each, CPU of the routed round with the most per run)"
+    )
+    return rates
 
 
 def bench_spawn(ctx: Context) -> list[Row]:
-    """Router runs/s of one trivial sh step, against spawning it directly in a loop."""
+    """Queued burst through the router, and its CPU per event, against a bare spawn loop."""
     work = ctx.tmp / "spawn"
-    step = write_file(work / "handlers" / "spawn" / "10step", SPAWN_STEP, executable=True)
-    write_file(work / "routes.d" / "spawn.yml", SPAWN_ROUTE)
+    step = write_file(work / "events" / "spawn" / "10step", SPAWN_STEP, executable=True)
+    (work / "routes.d").mkdir(parents=True, exist_ok=True)
     rates = spawn_rates(ctx, work, step)
-    base = rates.direct
+    runs = ctx.sizes.spawn_runs
+    base = max(r.rate for r in rates.direct)
+    routed = max(r.rate for r in rates.routed)
+    floor = max(rates.floor)
+    cpu = max(r.cpu for r in rates.routed) * 1000
+    base_cpu = min(r.cpu for r in rates.direct) * 1000
+    what = f"{runs} events -> events/spawn/ (queued), 1 sh step, log INFO"
     return [
-        Row(
-            "spawn",
-            f"runs/s, {ctx.sizes.spawn_runs} events -> 1 queued route, 1 sh step, log INFO",
-            f"{rates.routed:.0f}/s",
-            ">= 0.80x base",
-            f"{base:.0f}/s",
-            f"{rates.routed / base:.2f}x",
-            verdict(rates.routed >= 0.8 * base),
-        ),
-        Row(
-            "spawn",
-            "same step via asyncio, 3 pipes, new session (base: direct)",
-            f"{rates.floor:.0f}/s",
-            "-",
-            f"{base:.0f}/s",
-            f"{rates.floor / base:.2f}x",
-        ),
-        Row(
-            "spawn",
-            "router vs that asyncio floor",
-            f"{rates.routed:.0f}/s",
-            "-",
-            f"{rates.floor:.0f}/s",
-            f"{rates.routed / rates.floor:.2f}x",
-        ),
-    ]
+        Row("spawn", f"queued burst runs/s, {what}", f"{routed:.0f}/s", ">= 0.85x base",
+            f"{base:.0f}/s", f"{routed / base:.2f}x", verdict(routed >= 0.85 * base)),
+        Row("spawn", "router CPU (user+sys) per event in that burst (base: spawn loop's)",
+            f"{cpu:.3f} ms", "<= 0.25 ms", f"{base_cpu:.3f} ms", f"{cpu / base_cpu:.2f}x",
+            verdict(cpu <= 0.25)),
+        Row("spawn", "same step via asyncio, 3 pipes, new session (base: direct)",
+            f"{floor:.0f}/s", "-", f"{base:.0f}/s", f"{floor / base:.2f}x"),
+    ]  # fmt: skip
 
 
 # --- 2. latency ----------------------------------------------------------------------------
 
-LATENCY_ROUTE = """\
-routes:
-  - name: latency
-    on: bench/event/latency
-    do:
-      - run: ../handlers/latency
-        env:
-          SEQ: "{{ payload.seq }}"
-"""
 # $EPOCHREALTIME is read once bash has started: the interpreter's start-up is in every figure,
-# router and baseline alike, so the difference of the two is the router's own share.
-LATENCY_STEP = '#!/bin/bash\nprintf \'%s %s\\n\' "$SEQ" "$EPOCHREALTIME" >> "$OUT"\n'
+# router and baseline alike, so the difference of the two is the router's own share. The
+# payload (its seq) comes on stdin, as NS8's convention gives it, read after the stamp.
+LATENCY_STEP = (
+    '#!/bin/bash\nt=$EPOCHREALTIME\nIFS= read -r p\nprintf \'%s %s\\n\' "$t" "$p" >> "$OUT"\n'
+)
+#: How far above the bare spawn the router's p50 and p99 may be (issue 11).
+LATENCY_MARGINS = (("p50", 0.5, 0.4), ("p99", 0.99, 1.5))
 
 
 def pace(start: float, seq: int, rate: float) -> None:
@@ -188,11 +195,12 @@ def pace(start: float, seq: int, rate: float) -> None:
 
 
 def read_stamps(path: Path) -> dict[int, float]:
-    """Return seq -> start time (epoch seconds) from the lines ``seq time`` a step wrote."""
+    """Return seq -> start time (epoch seconds) from the lines ``time payload`` a step wrote."""
     stamps: dict[int, float] = {}
     for line in path.read_text().splitlines():
-        seq, _, stamp = line.partition(" ")
-        stamps[int(seq)] = float(stamp.replace(",", "."))  # $EPOCHREALTIME follows the locale
+        stamp, _, payload = line.partition(" ")
+        # $EPOCHREALTIME follows the locale
+        stamps[int(json.loads(payload)["seq"])] = float(stamp.replace(",", "."))
     return stamps
 
 
@@ -203,17 +211,30 @@ def delays_ms(sent: dict[int, float], path: Path) -> tuple[list[float], int]:
     return delays, len(sent) - len(delays)
 
 
+def spawn_fed(program: str, env: dict[str, str], payload: bytes) -> int:
+    """posix_spawn ``program`` with ``payload`` on its stdin; return its pid."""
+    read_end, write_end = os.pipe()
+    try:
+        pid = os.posix_spawn(
+            program, [program], env, file_actions=[(os.POSIX_SPAWN_DUP2, read_end, 0)]
+        )
+        os.write(write_end, payload)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    return pid
+
+
 def direct_latency(step: Path, samples: int, rate: float, out: Path) -> list[float]:
     """Return the delays (ms) from posix_spawn of ``step`` to its recorded start."""
-    base = step_env("bench/event/latency", OUT=str(out))
+    env = step_env("bench/event/latency", OUT=str(out))
     program = str(step)
     sent: dict[int, float] = {}
     start = time.perf_counter()
     for seq in range(samples):
         pace(start, seq, rate)
-        env = base | {"SEQ": str(seq)}
         sent[seq] = time.time()
-        pid = os.posix_spawn(program, [program], env)
+        pid = spawn_fed(program, env, b'{"seq": %d}\n' % seq)
         os.waitpid(pid, 0)
     delays, lost = delays_ms(sent, out)
     if lost:
@@ -222,12 +243,13 @@ def direct_latency(step: Path, samples: int, rate: float, out: Path) -> list[flo
 
 
 def routed_latency(ctx: Context, work: Path, out: Path) -> tuple[list[float], int]:
-    """Publish at the target rate to a routed bash step; return delays (ms) and losses."""
+    """Publish at the target rate to a handler folder; return delays (ms) and losses."""
     sizes = ctx.sizes
     count = int(sizes.latency_rate * sizes.latency_seconds)
     sent: dict[int, float] = {}
-    args = ["--routes", str(work / "routes.d")]
-    with running_router(ctx, "latency", args, env={"OUT": str(out)}) as _router:
+    args = ["--routes", str(work / "routes.d"), "--events-dir", str(work / "events")]
+    env = {"OUT": str(out)}
+    with running_router(ctx, "latency", args, env=env, events=work / "events") as _router:
         client = redis.Redis.from_url(ctx.redis_url)
         try:
             client.ping()
@@ -235,7 +257,7 @@ def routed_latency(ctx: Context, work: Path, out: Path) -> tuple[list[float], in
             for seq in range(count):
                 pace(start, seq, sizes.latency_rate)
                 sent[seq] = time.time()
-                client.publish("bench/event/latency", b'{"seq": %d}' % seq)
+                client.publish("bench/event/latency", b'{"seq": %d}\n' % seq)
         finally:
             client.close()
         with contextlib.suppress(BenchError):  # losses are reported, not fatal
@@ -247,34 +269,31 @@ def bench_latency(ctx: Context) -> list[Row]:
     """Publish -> step start at a steady rate, against the same spawn done directly."""
     sizes = ctx.sizes
     work = ctx.tmp / "latency"
-    step = write_file(work / "handlers" / "latency" / "10stamp", LATENCY_STEP, executable=True)
-    write_file(work / "routes.d" / "latency.yml", LATENCY_ROUTE)
+    step = write_file(work / "events" / "latency" / "10stamp", LATENCY_STEP, executable=True)
+    (work / "routes.d").mkdir(parents=True, exist_ok=True)
     base = direct_latency(step, sizes.latency_baseline, sizes.latency_rate, work / "direct.out")
     delays, lost = routed_latency(ctx, work, work / "router.out")
     if not delays:
         raise BenchError("no routed step recorded its start")
     what = f"{sizes.latency_rate:g}/s for {sizes.latency_seconds:g}s"
     rows = []
-    for label, fraction, limit in (("p50", 0.5, 5.0), ("p99", 0.99, 25.0)):
+    for label, fraction, margin in LATENCY_MARGINS:
         ours, theirs = percentile(delays, fraction), percentile(base, fraction)
         rows.append(
             Row(
                 "latency",
-                f"publish -> step start {label}, {what}",
+                f"publish -> step start {label}, {what} (base: bare spawn)",
                 f"{ours:.2f} ms",
-                f"< {limit:g} ms",
+                f"<= base + {margin:g} ms",
                 f"{theirs:.2f} ms",
-                f"{ours / theirs:.2f}x",
-                verdict(ours < limit),
+                f"+{ours - theirs:.2f} ms",
+                verdict(ours <= theirs + margin),
             )
         )
     ctx.notes.append(
-        "latency: the step is #!/bin/bash stamping $EPOCHREALTIME, so exec and bash start-up "
-        "are inside both the routed and the direct (base) figures; router log level INFO"
-    )
-    share = percentile(delays, 0.5) - percentile(base, 0.5)
-    rows.append(
-        Row("latency", "router's own share of p50 (p50 - base p50)", f"{share:.2f} ms", "-")
+        "latency: the step is #!/bin/bash stamping $EPOCHREALTIME, then reading its payload on "
+        "stdin, so exec and bash start-up are inside both the routed and the direct (base) "
+        "figures; router log level INFO"
     )
     rows.append(
         Row("latency", "max; events without a step run", f"{max(delays):.2f} ms; {lost} lost", "-")
@@ -295,6 +314,7 @@ routes:
             n: "{{ payload.n }}"
 """
 OUT_CHANNEL = "bench/event/out"
+EMIT_ROUNDS = 2  # relay and router bursts, alternated
 
 
 @dataclass(frozen=True)
@@ -304,6 +324,7 @@ class Burst:
     received: int
     distinct: int
     seconds: float
+    cpu: float = 0.0  # the router's CPU seconds per derived event, when a router relayed it
 
 
 async def subscribed(pubsub: Any) -> None:
@@ -371,12 +392,38 @@ async def awaited_publishes(url: str, count: int) -> float:
 def routed_burst(ctx: Context, routes: Path, level: str) -> Burst:
     """Run a burst through a router started with ``level`` logging."""
     name = f"emit-{level.lower()}"
-    with running_router(ctx, name, ["--routes", str(routes)], level=level) as _router:
-        return asyncio.run(burst(ctx.redis_url, "bench/event/in", ctx.sizes.emit_events, 5.0))
+    with running_router(ctx, name, ["--routes", str(routes)], level=level) as router:
+        cpu = proc_cpu(router.proc.pid)
+        got = asyncio.run(burst(ctx.redis_url, "bench/event/in", ctx.sizes.emit_events, 5.0))
+        used = proc_cpu(router.proc.pid) - cpu
+    return dataclasses.replace(got, cpu=used / max(got.received, 1))
+
+
+def relay_burst(ctx: Context, count: int) -> Burst:
+    """Run the burst through bench/relay.py, a bare redis-py relay in its own process."""
+    wait_patterns(ctx.redis_url, lambda n: n == 0, 5.0)
+    cmd = [sys.executable, str(REPO / "bench" / "relay.py"), ctx.redis_url, "bench/event/in"]
+    proc = subprocess.Popen([*cmd, OUT_CHANNEL], env=clean_env(), stdin=subprocess.DEVNULL)
+    try:
+        wait_patterns(ctx.redis_url, lambda n: n > 0, 30.0)
+        cpu = proc_cpu(proc.pid)
+        got = asyncio.run(burst(ctx.redis_url, "bench/event/in", count, 5.0))
+        used = proc_cpu(proc.pid) - cpu
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    if got.distinct != count:
+        raise BenchError(f"the bare relay itself lost {count - got.distinct} messages")
+    return dataclasses.replace(got, cpu=used / max(got.received, 1))
+
+
+def rate(got: Burst) -> float:
+    """Return the derived events per second of a burst."""
+    return got.received / got.seconds
 
 
 def bench_emit(ctx: Context) -> list[Row]:
-    """Derived events/s of an emit-only route, against a bare redis-py subscriber."""
+    """Derived events/s of an emit-only route, against a bare redis-py relay."""
     count = ctx.sizes.emit_events
     routes = ctx.tmp / "emit" / "routes.d"
     write_file(routes / "emit.yml", EMIT_ROUTE)
@@ -384,29 +431,46 @@ def bench_emit(ctx: Context) -> list[Row]:
     base_rate = base.received / base.seconds
     if base.distinct != count:
         raise BenchError(f"the bare subscriber itself lost {count - base.distinct} messages")
+    # Alternated, best of each: the machine's load moves a single burst by half.
+    relays: list[Burst] = []
+    routed: list[Burst] = []
+    for _ in range(EMIT_ROUNDS):
+        relays.append(relay_burst(ctx, count))
+        routed.append(routed_burst(ctx, routes, "WARNING"))
+    relayed, ours = max(relays, key=rate), max(routed, key=rate)
+    relay_rate, rate_ = rate(relayed), rate(ours)
     serial = asyncio.run(awaited_publishes(ctx.redis_url, max(count // 4, 1)))
-    ours = routed_burst(ctx, routes, "WARNING")
-    rate = ours.received / ours.seconds
     noisy = routed_burst(ctx, routes, "INFO")
-    noisy_rate = noisy.received / noisy.seconds
+    noisy_rate = rate(noisy)
+    each = "; ".join(
+        f"{name} {', '.join(f'{rate(b):.0f}/s {b.cpu * 1000:.3f} ms' for b in bursts)}"
+        for name, bursts in (("relay", relays), ("router", routed))
+    )
+    ctx.notes.append(f"emit: per round (derived/s, CPU per derived event): {each}")
     lost = count - ours.distinct
     ctx.notes.append(
         "emit: target rows with the router at --log-level WARNING (INFO logs one line per "
-        "emit: last row); base = a bare redis-py asyncio psubscribe + get_message loop in this "
-        "process receiving the same pipelined burst published straight to bench/event/out"
+        "emit: its own row); relay = bench/relay.py, a bare redis-py client in its own process "
+        "that receives each event and publishes one derived event per message, pipelined; "
+        "subscriber = a bare redis-py psubscribe + get_message loop in this process receiving "
+        "the same burst published straight to bench/event/out"
     )
     what = f"{count} events"
-    ratio = f"{rate / base_rate:.2f}x"
     return [
-        Row("emit", f"derived/s, {what}, log WARNING", f"{rate:.0f}/s", ">= 10000/s",
-            verdict=verdict(rate >= 10_000)),
-        Row("emit", "derived/s vs bare redis-py subscriber", f"{rate:.0f}/s", ">= 0.40x base",
-            f"{base_rate:.0f}/s", ratio, verdict(rate >= 0.4 * base_rate)),
+        Row("emit", f"derived/s, {what}, log WARNING (base: bare relay)", f"{rate_:.0f}/s",
+            ">= 0.50x base", f"{relay_rate:.0f}/s", f"{rate_ / relay_rate:.2f}x",
+            verdict(rate_ >= 0.5 * relay_rate)),
+        Row("emit", "CPU (user+sys) per derived event, log WARNING (base: the relay's)",
+            f"{ours.cpu * 1000:.3f} ms", "-", f"{relayed.cpu * 1000:.3f} ms",
+            f"{ours.cpu / relayed.cpu:.2f}x"),
+        Row("emit", "router CPU per derived event, log INFO", f"{noisy.cpu * 1000:.3f} ms", "-"),
         Row("emit", "lost (N - distinct received), log WARNING", str(lost), "0", "0",
             verdict=verdict(lost == 0 and ours.received == count)),
         Row("emit", f"derived/s, {what}, log INFO; lost", f"{noisy_rate:.0f}/s; "
-            f"{count - noisy.distinct}", "-", f"{base_rate:.0f}/s",
-            f"{noisy_rate / base_rate:.2f}x"),
+            f"{count - noisy.distinct}", "-", f"{relay_rate:.0f}/s",
+            f"{noisy_rate / relay_rate:.2f}x"),
+        Row("emit", "bare relay vs bare subscriber (no publishing)", f"{relay_rate:.0f}/s", "-",
+            f"{base_rate:.0f}/s", f"{relay_rate / base_rate:.2f}x"),
         Row("emit", "bare redis-py: one awaited PUBLISH after another", f"{serial:.0f}/s", "-",
             f"{base_rate:.0f}/s", f"{serial / base_rate:.2f}x"),
     ]  # fmt: skip

@@ -19,6 +19,7 @@ from eventrouter.redis import journal as stream_journal
 from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
 from eventrouter.redis.journal import StreamJournal, open_journal
 from eventrouter.runtime import journal
+from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import (
     MAX_LINE,
     TAIL_LINES,
@@ -406,7 +407,7 @@ def test_run_accepts_the_journal_options() -> None:
     assert (args.journal_key, args.journal_size, args.instance) == ("k", 7, "node1")
     defaults = build_parser().parse_args(["run"])
     assert (defaults.journal_key, defaults.journal_size, defaults.instance) == (KEY, 10_000, "")
-    assert journal.instance_name("") and journal.instance_name("node2") == "node2"
+    assert instance_name("") and instance_name("node2") == "node2"
 
 
 # --- The CLI -------------------------------------------------------------------------------

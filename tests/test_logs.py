@@ -76,3 +76,23 @@ def test_formatter_keeps_numbers_and_bounds_every_argument() -> None:
     assert text.startswith("a\\nb|'c\\x1bd'|7|2.5|zzz")
     assert text.endswith(f"…[cut: {10**6} characters]")
     assert len(text) < logs.MAX_FIELD + 100
+
+
+def _formatted(msg: str, *args: object) -> tuple[str, logging.LogRecord]:
+    record = logging.LogRecord("eventrouter.x", logging.INFO, __file__, 1, msg, args, None)
+    return logs.SafeFormatter("%(message)s").format(record), record
+
+
+def test_the_formatter_escapes_short_and_long_arguments_and_leaves_the_record_alone() -> None:
+    # The hot path inserts short text as is and escapes the whole message once: the line must
+    # read as the per-argument escaping made it, and the record must come back unchanged.
+    evil = "a\nb\x1b[2K\u2028\x85"
+    line, record = _formatted("route %s emitted %r (%s)", evil, evil, 3)
+    assert line == "route a\\nb\\x1b[2K\\u2028\\x85 emitted 'a\\nb\\x1b[2K\\u2028\\x85' (3)"
+    assert record.msg == "route %s emitted %r (%s)" and record.args == (evil, evil, 3)
+    long = "\x07" * logs.MAX_FIELD
+    line, _ = _formatted("%s|%r", long, long)
+    first, second = line.split("|")
+    assert first.endswith(f"…[cut: {logs.MAX_FIELD} characters]")
+    assert second.endswith(f"…[cut: {len(repr(long))} characters]")  # the repr is what is cut
+    assert "\x07" not in line and len(first) < logs.MAX_FIELD + 40

@@ -16,8 +16,7 @@ from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.decide import RouterContext
 from eventrouter.engine.plan import ActionPlan, EventPlan, Planner, RoutePlan, StepPlan
 from eventrouter.model import ONE_NODE, Route, RouterInfo
-from eventrouter.runtime.dispatch import folder_exists
-from eventrouter.runtime.steps import list_steps
+from eventrouter.runtime.folders import folder_exists, list_steps
 
 __all__ = ["ActionPlan", "EventPlan", "Explainer", "RoutePlan", "StepPlan", "format_text"]
 

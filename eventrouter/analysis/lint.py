@@ -30,7 +30,7 @@ from eventrouter.config.loader import LoadResult
 from eventrouter.config.trust import Distrust, distrust, handler_distrust, is_ignored
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
-from eventrouter.runtime.steps import list_steps
+from eventrouter.runtime.folders import list_steps
 
 _EVENT_CHANNEL = pattern_glob("*/event/*")
 _SKIPPED = {

@@ -7,25 +7,22 @@ Every command returns its exit status (0 success, 1 invalid input or configurati
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter.cli.logs import escape
-from eventrouter.config.loader import FileCache, LoadResult, load_routes
-from eventrouter.config.templates import set_timeout
 from eventrouter.errors import Diagnostic, PayloadError
 from eventrouter.model import Route, RouterInfo, Settings
-from eventrouter.redis import embedded
-from eventrouter.redis.connections import publish_url, subscribe_url
 
+# The tools (check, explain, test, routes) must not load the runtime: asyncio, redis-py and
+# the step spawner are imported inside the commands that use them (tests/test_imports.py).
 if TYPE_CHECKING:
+    from eventrouter.config.loader import FileCache, LoadResult
     from eventrouter.runtime.journal import Failure, Journal
 
 T = TypeVar("T")
@@ -63,6 +60,8 @@ def events_dirs(flags: Sequence[str] | None, env: Mapping[str, str]) -> list[Pat
 def _load(
     args: argparse.Namespace, cache: FileCache | None = None
 ) -> tuple[LoadResult, list[Path]]:
+    from eventrouter.config.loader import load_routes
+
     folders, explicit = routes_dirs(args.routes, os.environ)
     if not explicit and not folders[0].is_dir():
         folders = []  # the default ./routes.d is optional
@@ -157,11 +156,16 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def _state_dir(args: argparse.Namespace) -> Path:
+    from eventrouter.redis import embedded
+
     return Path(args.state_dir) if args.state_dir else embedded.default_state_dir()
 
 
 def _write_url(args: argparse.Namespace) -> str | None:
     """Return where writes go: --redis, $REDIS_ADDRESS, the embedded server if it answers."""
+    from eventrouter.redis import embedded
+    from eventrouter.redis.connections import publish_url
+
     if args.redis or os.environ.get("REDIS_ADDRESS"):
         return publish_url(args.redis, os.environ, None, args.redis_password_file)
     socket = embedded.socket_path(_state_dir(args))
@@ -181,8 +185,10 @@ def _journal_url(args: argparse.Namespace) -> str | None:
 
 def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
+    import asyncio
+
     from eventrouter.config import schemas
-    from eventrouter.redis import bus
+    from eventrouter.redis import bus, embedded
 
     data = _payload(args.payload)
     if not args.raw:
@@ -253,6 +259,8 @@ def _failure_lines(failure: Failure) -> list[str]:
 
 def cmd_failures(args: argparse.Namespace) -> int:
     """List the failed runs in the failure journal, newest first."""
+    import asyncio
+
     from eventrouter.runtime.journal import JournalError
 
     async def fetch(book: Journal) -> tuple[str, list[Failure]]:
@@ -277,6 +285,8 @@ def cmd_failures(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Ask the router that recorded a failure to run its route again on that event."""
+    import asyncio
+
     from eventrouter.redis import bus
     from eventrouter.runtime.journal import JournalError, retry_message
 
@@ -315,8 +325,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def _router(args: argparse.Namespace) -> RouterInfo:
     """Return where explain and test decide from: --node, --agent, --leader/--no-leader."""
-    from eventrouter.runtime.identity import router_identity
-    from eventrouter.runtime.journal import instance_name
+    from eventrouter.runtime.identity import instance_name, router_identity
 
     return router_identity(
         args.node, args.agent, os.environ, instance=instance_name(""), leader=args.leader
@@ -367,7 +376,14 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
+    import asyncio
+    import signal
+
+    # The deep check runs once here (issue 8: `run` refuses what `check` errors on); the
+    # daemon imports it again only for a reload.
     from eventrouter.analysis.validate import validate
+    from eventrouter.config.templates import set_timeout
+    from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics
     from eventrouter.service.daemon import Daemon, log_diagnostics
 

@@ -6,23 +6,12 @@ Exit status: 0 success, 1 invalid input or configuration, 2 usage error (argpars
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
 from eventrouter.cli import logs, observe
-from eventrouter.cli.commands import (
-    cmd_check,
-    cmd_explain,
-    cmd_failures,
-    cmd_publish,
-    cmd_reload,
-    cmd_retry,
-    cmd_routes,
-    cmd_run,
-    cmd_test,
-)
-from eventrouter.config.loader import parse_duration
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -32,6 +21,9 @@ CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module
 
 
 def _duration(text: str) -> float:
+    # Imported here: the route loader (PyYAML, voluptuous, Jinja2) is not what --help needs.
+    from eventrouter.config.loader import parse_duration
+
     try:
         return parse_duration(text)
     except ValueError as exc:
@@ -276,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read whether this router's Redis is the master this often, and on reconnect "
         "and leader-changed (default: %(default)gs)",
     )
-    run.set_defaults(handler=cmd_run)
+    run.set_defaults(handler="cmd_run")
 
     check = commands.add_parser(
         "check",
@@ -285,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every finding; exit 1 on any error.",
     )
     _add_route_options(check)
-    check.set_defaults(handler=cmd_check)
+    check.set_defaults(handler="cmd_check")
 
     routes = commands.add_parser(
         "routes",
@@ -294,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "events folders (events:<name>) that --events-dir gives.",
     )
     _add_route_options(routes)
-    routes.set_defaults(handler=cmd_routes)
+    routes.set_defaults(handler="cmd_routes")
 
     explain = commands.add_parser(
         "explain",
@@ -324,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the payload; '-' reads standard input (default: stdin when it "
         "is not a terminal, else empty)",
     )
-    explain.set_defaults(handler=cmd_explain)
+    explain.set_defaults(handler="cmd_explain")
 
     test = commands.add_parser(
         "test",
@@ -342,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="loop-guard depth, as the daemon's (default: %(default)s)",
     )
-    test.set_defaults(handler=cmd_test)
+    test.set_defaults(handler="cmd_test")
 
     publish = commands.add_parser(
         "publish",
@@ -370,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="the payload; '-' or none reads standard input",
     )
-    publish.set_defaults(handler=cmd_publish)
+    publish.set_defaults(handler="cmd_publish")
     _add_journal_commands(commands)
     _add_reload(commands)
     observe.add_commands(commands)
@@ -413,7 +405,7 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
     )
     failures.add_argument("--limit", type=_positive, default=50, metavar="N", help="default: 50")
     failures.add_argument("--json", action="store_true", help="a JSON list")
-    failures.set_defaults(handler=cmd_failures)
+    failures.set_defaults(handler="cmd_failures")
 
     retry = commands.add_parser(
         "retry",
@@ -431,7 +423,7 @@ def _add_journal_commands(commands: argparse._SubParsersAction[argparse.Argument
         help="where the routers listen (default: %(default)s)",
     )
     retry.add_argument("id", metavar="ID", help="the failure's id, as `failures` lists it")
-    retry.set_defaults(handler=cmd_retry)
+    retry.set_defaults(handler="cmd_retry")
 
 
 def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -454,7 +446,7 @@ def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         metavar="DURATION",
         help="how long to wait for the result (default: %(default)gs)",
     )
-    reload.set_defaults(handler=cmd_reload)
+    reload.set_defaults(handler="cmd_reload")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -462,7 +454,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logs.setup(args.log_level)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    # Imported once the command is known: each command imports what it needs itself, so
+    # `--help` and `check` never load the runtime (asyncio, redis-py, the step spawner).
+    module, _, name = args.handler.rpartition(":")
+    commands = importlib.import_module(f"eventrouter.cli.{module or 'commands'}")
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, name)
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from datetime import datetime
 from typing import Any
 
 from eventrouter.cli.commands import EXIT_INVALID, EXIT_OK, _state_dir, _write_url
-from eventrouter.redis import embedded
 from eventrouter.runtime import control
-from eventrouter.runtime.journal import instance_name
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +44,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help=f"every router that answers within {control.COLLECT_ALL:g}s",
     )
-    status.set_defaults(handler=cmd_status)
+    status.set_defaults(handler="observe:cmd_status")
     history = commands.add_parser(
         "history",
         help="the last events a router handled, and what each route did (or why not)",
@@ -74,11 +71,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     history.add_argument(
         "--verbose", "-v", action="store_true", help="also list the routes that did not match"
     )
-    history.set_defaults(handler=cmd_history)
+    history.set_defaults(handler="observe:cmd_history")
 
 
 def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list[dict[str, Any]]:
     """Send ``query``; return the answers (raise ConnectionError, LookupError)."""
+    import asyncio
+
+    from eventrouter.redis import embedded
     from eventrouter.redis.ask import ask
 
     url = _write_url(args)
@@ -113,6 +113,8 @@ def _run(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the status of the router named (or of every router that answers)."""
+    from eventrouter.runtime.identity import instance_name
+
     instance = control.ALL if args.all else instance_name(args.instance)
     query = control.Query("status", instance, control.reply_channel())
     answers = _run(args, query, every=args.all)
@@ -171,6 +173,8 @@ def _clock(stamp: float) -> str:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print the last events a router handled, with every route's outcome."""
+    from eventrouter.runtime.identity import instance_name
+
     query = control.Query(
         "history",
         instance_name(args.instance),

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
@@ -46,8 +45,10 @@ from eventrouter.model import (
     TaskResult,
 )
 from eventrouter.runtime import history as outcomes
+from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
-from eventrouter.runtime.journal import Failure, instance_name, journal_payload
+from eventrouter.runtime.identity import instance_name
+from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.stats import Histograms
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
@@ -104,14 +105,6 @@ class TaskSubmitter(Protocol):
 
 #: Lines of a failed task's ``error`` text that reach the log.
 TASK_ERROR_LINES = 5
-
-
-def folder_exists(folder: Path) -> bool:
-    """Return True when ``folder`` is a directory; a name the OS refuses is not one."""
-    try:
-        return folder.is_dir()
-    except OSError:  # e.g. a name too long for the filesystem: refused, not a traceback
-        return False
 
 
 def router_context(settings: Settings, router: RouterInfo = ONE_NODE) -> RouterContext:

@@ -9,6 +9,7 @@ the ``environment`` file in ``$AGENT_STATE_DIR``, where NS8 modules keep it. The
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -59,3 +60,8 @@ def router_identity(
         instance=instance,
         leader=leader,
     )
+
+
+def instance_name(configured: str) -> str:
+    """Return this router's name (journal, retries, status): the configured one, else the host."""
+    return configured or socket.gethostname()

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -113,11 +112,6 @@ def journal_payload(raw: bytes, limit: int = MAX_PAYLOAD) -> tuple[str, str | No
     cut = len(raw) if len(raw) > limit else 0
     payload, payload_b64 = encode_payload(raw[:limit])
     return payload, payload_b64, cut
-
-
-def instance_name(configured: str) -> str:
-    """Return this router's name in the journal: the configured one, else the host name."""
-    return configured or socket.gethostname()
 
 
 def retry_message(failure: Failure) -> bytes:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 
 class FairLimiter:
@@ -65,11 +64,29 @@ class FairLimiter:
             if not queue:
                 del self._waiting[group]
 
-    @asynccontextmanager
-    async def slot(self, group: str) -> AsyncIterator[None]:
-        """Hold a slot for the duration of the ``async with`` block."""
-        await self.acquire(group)
-        try:
-            yield
-        finally:
-            self.release()
+    def slot(self, group: str) -> Slot:
+        """Return a context that holds a slot for the duration of the ``async with`` block."""
+        return Slot(self, group)
+
+
+class Slot:
+    """``async with limiter.slot(group)``: a class, not a generator, as it runs for every step."""
+
+    __slots__ = ("_group", "_limiter")
+
+    def __init__(self, limiter: FairLimiter, group: str) -> None:
+        self._limiter = limiter
+        self._group = group
+
+    async def __aenter__(self) -> None:
+        """Wait for a slot (a cancelled wait holds none)."""
+        await self._limiter.acquire(self._group)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        """Give the slot back."""
+        self._limiter.release()

@@ -1,5 +1,14 @@
 """Start a step process without blocking the event loop, and watch it with file descriptors.
 
+Steps start with ``os.posix_spawn`` (a vfork and exec in glibc, the environment encoded in C)
+when they run in the router's own working directory, as the bare spawn loop of the benchmark
+does: ``subprocess.Popen`` costs about 0.15 ms more CPU per start, most of it preparing the
+environment in Python. A step that runs in another folder (``AGENT_STATE_DIR``) starts with
+``Popen``, since ``posix_spawn`` cannot change directory. Either way the child gets stdin,
+stdout and stderr and nothing else (every descriptor the router opens is close-on-exec, PEP
+446, and those it inherited are made so before the first step starts), a new session, and
+SIGPIPE and SIGXFSZ back at their defaults (Python ignores them).
+
 asyncio's ``subprocess_exec`` forks and waits for the exec in the event-loop thread, and on
 Python 3.11 learns of the exit through a thread per child. For short steps that is most of
 the cost, and while one step is being started no other event is handled. Here the fork and
@@ -7,7 +16,8 @@ exec happen in a small thread pool, the payload is written and the output read t
 non-blocking pipes registered with the loop, and the exit is seen through a pidfd (Linux
 5.3+; elsewhere a waiting thread).
 
-Children die with the router through a *warden*: a small process started once, which learns
+Children die with the router through a *warden*: a small ``/bin/sh`` process (about 1 MiB
+resident; a Python interpreter took 9) started once, which learns
 each step's process group over a pipe and, when that pipe reaches end of file (the router
 exited, even by SIGKILL), sends SIGTERM then SIGKILL to every group still registered. This
 kills what a step started too, where PR_SET_PDEATHSIG would stop only the step's own process;
@@ -21,8 +31,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,31 +47,35 @@ _STARTERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="step-start")
 _WAITERS = ThreadPoolExecutor(max_workers=64, thread_name_prefix="step-wait")
 _CHUNK = 256 * 1024
 
-# The warden's program: read "+PGID"/"-PGID" lines; at end of file, stop what is left.
+# The warden's program, for /bin/sh (about 1 MiB resident where a Python interpreter takes 9):
+# read "+PGID"/"-PGID" lines on stdin; at end of file, SIGTERM every group still registered,
+# wait up to $1 milliseconds for them to go, then SIGKILL what is left. Groups are kept as
+# " 12 34 " in one variable, so that adding and removing one needs no other process.
 _WARDEN = """
-import os, signal, sys, time
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-    signal.signal(sig, signal.SIG_IGN)
-fd, grace, groups, buf = int(sys.argv[1]), float(sys.argv[2]), set(), b""
-while data := os.read(fd, 65536):
-    *lines, buf = (buf + data).split(b"\\n")
-    for line in lines:
-        (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-def signal_all(sig):
-    alive = set()
-    for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-            alive.add(pgid)
-        except OSError:
-            pass
-    return alive
-groups = signal_all(signal.SIGTERM)
-deadline = time.monotonic() + grace
-while groups and time.monotonic() < deadline:
-    time.sleep(0.05)
-    groups = signal_all(0)
-signal_all(signal.SIGKILL)
+trap '' TERM INT HUP
+groups=' '
+while IFS= read -r line; do
+    id=${line#?}
+    case $line in
+        +*) groups="$groups$id " ;;
+        -*) case $groups in *" $id "*) groups="${groups%%" $id "*} ${groups#*" $id "}" ;; esac ;;
+    esac
+done
+signal_all() {
+    alive=' '
+    for id in $groups; do
+        kill -s "$1" -- "-$id" 2>/dev/null && alive="$alive$id "
+    done
+    groups=$alive
+}
+signal_all TERM
+waited=0
+while [ "$groups" != ' ' ] && [ "$waited" -lt "$1" ]; do
+    sleep 0.05
+    waited=$((waited + 50))
+    signal_all 0
+done
+signal_all KILL
 """
 
 
@@ -86,9 +100,9 @@ class Warden:
         try:
             # Its own session: a terminal's Ctrl-C to our group must not end it first.
             self._proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", _WARDEN, str(read_end), str(grace)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(read_end,),
+                ["/bin/sh", "-c", _WARDEN, "warden", str(round(grace * 1000))],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
                 start_new_session=True,
             )
         except BaseException:
@@ -144,23 +158,72 @@ class Sink(Protocol):
         """Learn that the process has exited and been reaped."""
 
 
-def _popen(
+#: Signals Python ignores at start that a step must get at their defaults (as Popen resets).
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+def _seal_inherited() -> None:
+    """Make the descriptors this process inherited close-on-exec, so no step gets them.
+
+    Popen closes every descriptor in the child; posix_spawn cannot, so they are sealed here
+    once: what the router opens itself is close-on-exec already (PEP 446).
+    """
+    global _sealed  # noqa: PLW0603 (once per process)
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:  # stdin, stdout and stderr stay as they are
+            with contextlib.suppress(OSError):  # the listing's own descriptor is gone
+                if os.get_inheritable(fd):
+                    os.set_inheritable(fd, False)
+    _sealed = True
+
+
+_sealed = False
+
+
+def _start_process(
     argv: list[str], fds: tuple[int, int, int], cwd: str, env: dict[str, str]
-) -> subprocess.Popen[bytes]:
+) -> subprocess.Popen[bytes] | int:
+    """Start ``argv`` in a new session; return its pid, or its Popen in another folder."""
     stdin, stdout, stderr = fds
-    proc = subprocess.Popen(
-        argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env, start_new_session=True
-    )
-    # Here, in the forking thread: the sooner the warden knows, the smaller the window.
-    WARDEN.watch(proc.pid)
-    return proc
+    started: subprocess.Popen[bytes] | int
+    if cwd == os.getcwd():
+        if not _sealed:
+            _seal_inherited()
+        started = os.posix_spawn(
+            argv[0],
+            argv,
+            env,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, stdin, 0),
+                (os.POSIX_SPAWN_DUP2, stdout, 1),
+                (os.POSIX_SPAWN_DUP2, stderr, 2),
+            ],
+            setsid=True,
+            setsigdef=_RESET_SIGNALS,
+            setsigmask=(),
+        )
+        pid = started
+    else:
+        started = subprocess.Popen(
+            argv, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env,
+            start_new_session=True,
+        )  # fmt: skip
+        pid = started.pid
+    # Here, in the starting thread: the sooner the warden knows, the smaller the window.
+    WARDEN.watch(pid)
+    return started
 
 
 class Child:
     """A running step: the subset of ``asyncio.SubprocessTransport`` the runner uses."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], sink: Sink, payload: bytes) -> None:
-        self._proc = proc
+    def __init__(self, started: subprocess.Popen[bytes] | int, sink: Sink, payload: bytes) -> None:
+        # A Popen reaps its own child (and must: its module reaps the ones it forgot); a pid
+        # from posix_spawn is reaped here with waitpid.
+        self._proc = None if isinstance(started, int) else started
+        self._pid = started if isinstance(started, int) else started.pid
+        self._returncode: int | None = None
         self._sink = sink
         self._loop = asyncio.get_running_loop()
         self._readers: dict[int, int] = {}  # our fd -> the child's (1 or 2)
@@ -186,19 +249,19 @@ class Child:
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        popen = partial(_popen, argv, (stdin_r, out_w, err_w), cwd, dict(env))
+        start = partial(_start_process, argv, (stdin_r, out_w, err_w), cwd, dict(env))
         try:
             if inline:
-                proc = popen()
+                started = start()
             else:
-                proc = await asyncio.get_running_loop().run_in_executor(_STARTERS, popen)
+                started = await asyncio.get_running_loop().run_in_executor(_STARTERS, start)
         except BaseException:
             for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
                 os.close(fd)
             raise
         for fd in (stdin_r, out_w, err_w):  # the child's ends
             os.close(fd)
-        child = cls(proc, sink, payload)
+        child = cls(started, sink, payload)
         child._watch(stdin_w, out_r, err_r)
         return child
 
@@ -256,31 +319,38 @@ class Child:
 
     def _watch_exit(self) -> None:
         try:
-            pidfd = os.pidfd_open(self._proc.pid)
+            pidfd = os.pidfd_open(self._pid)
         except (AttributeError, OSError):
-            waiting = self._loop.run_in_executor(_WAITERS, self._proc.wait)
+            waiting = self._loop.run_in_executor(_WAITERS, self._wait)
             waiting.add_done_callback(lambda _: self._reaped())
             return
         self._loop.add_reader(pidfd, self._exited, pidfd)
 
+    def _wait(self) -> None:
+        """Reap the step, blocking until it exits; record its status."""
+        if self._proc is not None:
+            self._returncode = self._proc.wait()
+        else:
+            _, status = os.waitpid(self._pid, 0)
+            self._returncode = os.waitstatus_to_exitcode(status)
+
     def _exited(self, pidfd: int) -> None:
         self._loop.remove_reader(pidfd)
         os.close(pidfd)
-        self._proc.wait()  # reap it: it has exited, so this returns at once
-        WARDEN.forget(self._proc.pid)
-        self._sink.process_exited()
+        self._wait()  # it has exited, so this returns at once
+        self._reaped()
 
     def _reaped(self) -> None:
-        WARDEN.forget(self._proc.pid)
+        WARDEN.forget(self._pid)
         self._sink.process_exited()
 
     def get_pid(self) -> int:
         """Return the step's pid (also its process group and session id)."""
-        return self._proc.pid
+        return self._pid
 
     def get_returncode(self) -> int | None:
         """Return the exit status, negative for a signal, or None while it runs."""
-        return self._proc.returncode
+        return self._returncode
 
     def close(self) -> None:
         """Stop watching the pipes and close our ends (the output may be left unread)."""

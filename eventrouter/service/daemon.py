@@ -10,7 +10,6 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from eventrouter.analysis.validate import validate
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.patterns import RouteIndex, glob_escape
 from eventrouter.engine.decide import decide_message, retry_decision
@@ -439,6 +438,9 @@ class Daemon:
 
     def _load(self, settle: float = 0.0) -> LoadResult:
         """Read and check the route files as `check` does (blocking: run it in a thread)."""
+        # Imported at the first reload, not with the daemon: `run` loaded it once at start.
+        from eventrouter.analysis.validate import validate
+
         result = load_routes(self.settings.routes_dirs, self.cache, settle=settle)
         return validate(result, self.settings.events_dirs)
 
