@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +18,7 @@ from eventrouter.config.budget import WATCHDOG
 from eventrouter.config.templates import Condition, Text, Value, event_context, set_timeout
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
-from tests.routerproc import Router, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import REPO, Router, clean_env, run_cli, wait_for, write_routes, write_step
 
 #: ``when:`` nesting a loop over the payload list in a loop over it: quadratic, C ops each small.
 QUADRATIC = "payload.l | select('in', payload.l) | list | length > 0"
@@ -220,3 +222,34 @@ def test_sigterm_during_a_runaway_render_exits_zero(
         assert "took longer than 2s" in router.log
     finally:
         router.kill()
+
+
+RUNAWAY_UNDER_COVERAGE = """
+from eventrouter.config.budget import BudgetExceeded, Watchdog
+
+def spin():
+    while True:
+        pass
+
+try:
+    Watchdog(0.2).run(spin)
+except BudgetExceeded:
+    print("aborted")
+"""
+
+
+def test_a_runaway_render_is_aborted_under_a_tracer_too(tmp_path: Path) -> None:
+    # A tracer (coverage here) makes CPython deliver the injected exception at any
+    # instruction; it once landed between taking the watchdog's lock and entering its block.
+    script = tmp_path / "runaway.py"
+    script.write_text(RUNAWAY_UNDER_COVERAGE)
+    done = subprocess.run(
+        [sys.executable, "-m", "coverage", "run", f"--data-file={tmp_path / 'cov'}", str(script)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_env(),
+        timeout=30,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "aborted"), done.stderr

@@ -9,13 +9,14 @@ with ``PyThreadState_SetAsyncExc``. ``RenderTimeout`` is a BaseException, so no
 
 Race-freedom: arming, disarming and the injection all happen under one lock, and an injection
 happens at most once per arming. Disarming after an injection clears any exception still
-pending for the thread, and the caller raises the timeout itself, so a late delivery can never
-land outside the render.
+pending for the thread (it lands in a loop that catches it), and the caller raises the
+timeout itself, so a late delivery can never land outside the render.
 """
 
 from __future__ import annotations
 
 import ctypes
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,12 +44,28 @@ class _Armed:
 
 
 _set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+#: Backward jumps that give a pending exception the chance to land (the first one does).
+_ABSORB_SPINS = 4
 
 
-def _inject(thread_id: int, exc: type[BaseException] | None) -> None:
-    """Set (or, with None, clear) the pending asynchronous exception of a thread."""
-    # Without argtypes, None is passed as NULL: that clears what is pending.
-    _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(exc) if exc else None)
+def _inject(thread_id: int, exc: type[BaseException]) -> None:
+    """Set the pending asynchronous exception of a thread."""
+    _set_async_exc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
+
+
+def _absorb() -> None:
+    """Let a ``RenderTimeout`` still pending for this thread land here, and drop it.
+
+    Not cleared with ``PyThreadState_SetAsyncExc(tid, NULL)``: CPython 3.11 then leaves the
+    interpreter's eval breaker set for good (only a delivery resets it), which slows every
+    thread from then on, and under a tracer wedges the interpreter. A backward jump checks
+    for pending exceptions, so the loop takes the delivery.
+    """
+    try:
+        for _ in range(_ABSORB_SPINS):
+            pass
+    except RenderTimeout:
+        pass
 
 
 class Watchdog:
@@ -67,6 +84,19 @@ class Watchdog:
         thread_id = threading.get_ident()
         if thread_id in self._armed:  # nested: the outer render's deadline holds
             return render()
+        tracer = sys.gettrace()
+        if tracer is None:
+            return self._run(thread_id, render)
+        # Under a tracer (coverage, a debugger) CPython checks for pending exceptions at every
+        # instruction, so the injected one could land between taking the lock and entering its
+        # block, and leave the lock held: run the budgeted render untraced.
+        sys.settrace(None)
+        try:
+            return self._run(thread_id, render)
+        finally:
+            sys.settrace(tracer)
+
+    def _run(self, thread_id: int, render: Callable[[], T]) -> T:
         # The outer ``try`` also covers the disarming: a delivery that lands there is ours too.
         try:
             try:
@@ -95,12 +125,12 @@ class Watchdog:
             self._armed[thread_id] = _Armed(deadline)
 
     def _disarm(self, thread_id: int) -> bool:
-        """Disarm; return True when the deadline fired (any pending delivery is cleared)."""
+        """Disarm; return True when the deadline fired (a pending delivery lands here)."""
         with self._lock:
             entry = self._armed.pop(thread_id, None)
             if entry is None or not entry.fired:
                 return False
-            _inject(thread_id, None)
+            _absorb()
             return True
 
     def _watch(self) -> None:
