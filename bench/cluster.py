@@ -21,7 +21,7 @@ from pathlib import Path
 
 import redis
 from harness import BenchError, Context, Row, percentile, running_router, verdict, write_file
-from traffic import LATENCY_ROUTE, LATENCY_STEP, delays_ms, pace
+from traffic import LATENCY_STEP, delays_ms, pace
 
 from eventrouter.redis.embedded import find_server_binary
 
@@ -121,10 +121,20 @@ def publish_paced(url: str, count: int, rate: float) -> dict[int, float]:
         for seq in range(count):
             pace(start, seq, rate)
             sent[seq] = time.time()
-            client.publish("bench/event/latency", b'{"seq": %d}' % seq)
+            client.publish("bench/event/latency", b'{"seq": %d}\n' % seq)
     finally:
         client.close()
     return sent
+
+
+#: The `latency` benchmark's step, run by a route: the payload (its seq) on stdin.
+LATENCY_ROUTE = """\
+routes:
+  - name: latency
+    on: bench/event/latency
+    do:
+      - run: ../handlers/latency
+"""
 
 
 def bench_cluster(ctx: Context) -> list[Row]:
