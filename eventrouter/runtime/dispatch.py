@@ -38,6 +38,7 @@ from eventrouter.model import (
     ChainLink,
     EmitAction,
     Event,
+    Route,
     RouterInfo,
     RunAction,
     Settings,
@@ -580,22 +581,21 @@ class Dispatcher:
                     self.step_seconds[route.name].observe(step.duration)
             if result.ok:
                 return None, ran
-            if attempt < attempts and route.retry is not None:
-                # Jitter spreads the retries of many routes failing together over time.
-                delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
-                self.counters["retries"] += 1
-                log.warning(
-                    "%s attempt %d/%d failed (%s); retrying in %.2fs",
-                    tag,
-                    attempt,
-                    attempts,
-                    result.error,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+            await self._before_retry(f"{tag} attempt", route, attempt, result.error)
         if attempts > 1:
             log.error("%s all %d attempts failed; giving up", tag, attempts)
         return _handler_failed(result, attempts), ran
+
+    async def _before_retry(self, what: str, route: Route, attempt: int, why: str | None) -> None:
+        """Log a failed attempt and wait out its backoff, when ``retry:`` allows another."""
+        attempts = route.retry.attempts if route.retry is not None else 1
+        if route.retry is None or attempt >= attempts:
+            return
+        # Jitter spreads the retries of many routes failing together over time.
+        delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
+        self.counters["retries"] += 1
+        log.warning("%s %d/%d failed (%s); retrying in %.2fs", what, attempt, attempts, why, delay)
+        await asyncio.sleep(delay)
 
     async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event
@@ -612,18 +612,7 @@ class Dispatcher:
             if failed_now is None:
                 return None
             failed = failed_now
-            if attempt < attempts and route.retry is not None:
-                delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
-                self.counters["retries"] += 1
-                log.warning(
-                    "%s: attempt %d/%d failed (%s); retrying in %.2fs",
-                    tag,
-                    attempt,
-                    attempts,
-                    failed.reason,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+            await self._before_retry(f"{tag}: attempt", route, attempt, failed.reason)
         if attempts > 1:
             log.error("%s: all %d attempts failed; giving up", tag, attempts)
             status = f"retries exhausted ({attempts} attempts): {failed.status}"
