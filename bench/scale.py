@@ -161,7 +161,7 @@ def timed_check(ctx: Context, name: str, routes: Path, expected: int) -> float:
         check=False,
     )
     elapsed = time.perf_counter() - start
-    summary = f"{expected} routes checked: 0 error(s)"
+    summary = f"{expected} route{'' if expected == 1 else 's'} checked: 0 errors"
     if done.returncode != 0 or summary not in done.stderr:
         found = (done.stdout + done.stderr).strip().splitlines()[:5]
         raise BenchError(f"check of {routes} failed ({done.returncode}): {' | '.join(found)}")
@@ -261,12 +261,26 @@ def attempt(ctx: Context, what: str, measure: Callable[[], list[Row]]) -> list[R
         return [Row("scale", f"{what}: did not complete (see the notes)", "-", "-", verdict="FAIL")]
 
 
+def _route_names(path: Path) -> list[str]:
+    """Return the names of the routes in a shipped route file (lines ``- name: X``)."""
+    return [
+        line.split(":", 1)[1].strip()
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith("- name:")
+    ]
+
+
 def check_rows(ctx: Context, routes: Path, total: int) -> list[Row]:
-    """Time ``eventrouter check`` on the generated routes and on an empty folder."""
-    empty = ctx.tmp / "empty.d"
-    empty.mkdir(exist_ok=True)
-    base = timed_check(ctx, "check-empty", empty, 0)
-    metric = f"`check` wall time, {total} routes (base: empty folder)"
+    """Time ``eventrouter check`` on the generated routes and on a folder of one route."""
+    # One route, not an empty folder: `check` on nothing is an error (a forgotten --routes).
+    single = ctx.tmp / "single.d"
+    single.mkdir(exist_ok=True)
+    (single / "one.yml").write_text(
+        "routes:\n  - name: one\n    on: bench/event/one\n    do:\n"
+        "      - emit: {channel: bench/event/two}\n"
+    )
+    base = timed_check(ctx, "check-single", single, 1)
+    metric = f"`check` wall time, {total} routes (base: a folder of one route)"
     try:
         took = timed_check(ctx, "check-scale", routes, total)
     except subprocess.TimeoutExpired:
@@ -281,7 +295,8 @@ def daemon_rows(ctx: Context, routes: Path, total: int) -> list[Row]:
     big = measure_daemon(ctx, "scale", routes, (), total)
     copy = examples_copy(ctx)
     events = ("--events-dir", str(copy / "events"))
-    small = measure_daemon(ctx, "examples", copy / "routes.d", events, 5)
+    shipped = sum(len(_route_names(path)) for path in (copy / "routes.d").glob("*.yml"))
+    small = measure_daemon(ctx, "examples", copy / "routes.d", events, shipped)
     floor = imports_rss()
     ctx.notes.append(
         f"scale: {total} routes -> {big.patterns} PSUBSCRIBE patterns; peak RSS (VmHWM) "
