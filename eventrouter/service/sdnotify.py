@@ -19,8 +19,15 @@ def notify(*fields: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # Never wait: this runs on the event loop, and a socket whose queue is full (a
+            # manager that does not read; Linux queues 10 datagrams by default) would
+            # otherwise stop the router, SIGTERM handling included.
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall("\n".join(fields).encode())
+            sock.send("\n".join(fields).encode())
+    except BlockingIOError:
+        log.warning("the notify socket %s is full; dropped %s", address, ", ".join(fields))
+        return False
     except OSError as exc:
         log.warning("cannot notify systemd at %s: %s", address, exc)
         return False
