@@ -28,9 +28,8 @@ def _route_text(version: str) -> str:
     return f"{comment}routes:\n{routes}"
 
 
-def test_sighup_during_an_in_place_write_keeps_every_route(
-    tmp_path: Path, router_factory: Callable[..., Router], redis_cli: RedisCli
-) -> None:
+def _start(tmp_path: Path, router_factory: Callable[..., Router]) -> tuple[Path, Path, Router]:
+    """Start a router on one file of ROUTES routes (version v1); return out, file, router."""
     out = tmp_path / "out"
     for n in range(1, ROUTES + 1):
         write_step(tmp_path / "h" / str(n) / "10", f'echo "$WHO" >> {out}{n}')
@@ -38,7 +37,13 @@ def test_sighup_during_an_in_place_write_keeps_every_route(
     routes.mkdir()
     path = routes / "r.yml"
     path.write_text(_route_text("v1"))
-    router = router_factory("--routes", str(routes))
+    return out, path, router_factory("--routes", str(routes))
+
+
+def test_sighup_during_an_in_place_write_keeps_every_route(
+    tmp_path: Path, router_factory: Callable[..., Router], redis_cli: RedisCli
+) -> None:
+    out, path, router = _start(tmp_path, router_factory)
     new = _route_text("v2").encode()
     cut = len(new) // 3  # inside the leading comment: alone, it is an empty route file
     assert b"routes:" not in new[:cut]
@@ -65,14 +70,7 @@ def test_sighup_during_an_in_place_write_keeps_every_route(
 def test_a_file_that_keeps_changing_keeps_the_old_routes(
     tmp_path: Path, router_factory: Callable[..., Router], redis_cli: RedisCli
 ) -> None:
-    out = tmp_path / "out"
-    for n in range(1, ROUTES + 1):
-        write_step(tmp_path / "h" / str(n) / "10", f'echo "$WHO" >> {out}{n}')
-    routes = tmp_path / "routes.d"
-    routes.mkdir()
-    path = routes / "r.yml"
-    path.write_text(_route_text("v1"))
-    router = router_factory("--routes", str(routes))
+    out, path, router = _start(tmp_path, router_factory)
     stop = threading.Event()
 
     def keep_writing() -> None:
