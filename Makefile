@@ -31,9 +31,9 @@ cluster: $(BIN)/.installed
 	$(BIN)/python examples/cluster/run.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check eventrouter tests bench examples
-	$(BIN)/ruff format --check eventrouter tests bench examples
-	$(BIN)/mypy eventrouter
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/mypy src/eventrouter
 
 test: lint
 	$(BIN)/eventrouter test --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
@@ -43,4 +43,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .coverage .coverage.*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info .coverage .coverage.*
