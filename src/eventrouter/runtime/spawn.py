@@ -12,9 +12,12 @@ SIGPIPE and SIGXFSZ back at their defaults (Python ignores them).
 asyncio's ``subprocess_exec`` forks and waits for the exec in the event-loop thread, and on
 Python 3.11 learns of the exit through a thread per child. For short steps that is most of
 the cost, and while one step is being started no other event is handled. Here the fork and
-exec happen in a small thread pool, the payload is written and the output read through
-non-blocking pipes registered with the loop, and the exit is seen through a pidfd (Linux
-5.3+; elsewhere a waiting thread).
+exec happen in the loop's thread when nothing else runs and in a small thread pool when
+steps run side by side; the payload is written to a non-blocking pipe, stdout and stderr
+share one pipe (lines in the order written, as systemd gives a service one stream), and the
+exit is seen through a pidfd (Linux 5.3+; elsewhere a waiting thread). The output pipe and
+the pidfd go into one epoll set per loop (``_Watcher``), which asyncio watches as one
+descriptor.
 
 Children die with the router through a *warden*: a small ``/bin/sh`` process (about 1 MiB
 resident; a Python interpreter took 9) started once, which learns
@@ -31,10 +34,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import select
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Protocol
@@ -215,8 +220,62 @@ def _start_process(
     return started
 
 
+class _Watcher:
+    """The step descriptors of one event loop, in an epoll set of their own.
+
+    asyncio's ``add_reader``/``remove_reader`` cost about fifteen Python calls each, and every
+    step needs two descriptors watched (its output, its pidfd): most of the loop's work per
+    step. Here they go into one inner epoll set (one C call to add, one to remove), whose own
+    descriptor is the only one asyncio watches; when it is readable, one ``poll(0)`` says
+    which step descriptors are.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._epoll.fileno(), self._ready)
+        # A loop that is closed takes its watcher with it (tests run one loop a test).
+        weakref.finalize(loop, self._epoll.close)
+
+    def add(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable, until ``remove(fd)``."""
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove(self, fd: int) -> None:
+        """Stop watching ``fd`` (before it is closed)."""
+        if self._callbacks.pop(fd, None) is not None:
+            self._epoll.unregister(fd)
+
+    def _ready(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            callback = self._callbacks.get(fd)  # an earlier callback may have removed it
+            if callback is None:
+                continue
+            try:
+                callback()
+            except Exception:  # one step's bad luck must not starve the others
+                logger.exception("internal error while watching a step")
+
+
+_WATCHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watcher] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watcher(loop: asyncio.AbstractEventLoop) -> _Watcher:
+    watcher = _WATCHERS.get(loop)
+    if watcher is None:
+        watcher = _WATCHERS[loop] = _Watcher(loop)
+    return watcher
+
+
 class Child:
-    """A running step: the subset of ``asyncio.SubprocessTransport`` the runner uses."""
+    """A running step: the subset of ``asyncio.SubprocessTransport`` the runner uses.
+
+    The step's stdout and stderr are one pipe, as systemd gives a service one stream for
+    both: the lines reach the sink in the order they were written, all as fd 1.
+    """
 
     def __init__(self, started: subprocess.Popen[bytes] | int, sink: Sink, payload: bytes) -> None:
         # A Popen reaps its own child (and must: its module reaps the ones it forgot); a pid
@@ -226,7 +285,8 @@ class Child:
         self._returncode: int | None = None
         self._sink = sink
         self._loop = asyncio.get_running_loop()
-        self._readers: dict[int, int] = {}  # our fd -> the child's (1 or 2)
+        self._watcher = _watcher(self._loop)
+        self._output: int | None = None
         self._stdin: int | None = None
         self._payload = memoryview(payload)
 
@@ -248,34 +308,35 @@ class Child:
         """
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        start = partial(_start_process, argv, (stdin_r, out_w, err_w), cwd, dict(env))
+        start = partial(_start_process, argv, (stdin_r, out_w, out_w), cwd, dict(env))
         try:
             if inline:
                 started = start()
             else:
                 started = await asyncio.get_running_loop().run_in_executor(_STARTERS, start)
         except BaseException:
-            for fd in (stdin_r, stdin_w, out_r, out_w, err_r, err_w):
+            for fd in (stdin_r, stdin_w, out_r, out_w):
                 os.close(fd)
             raise
-        for fd in (stdin_r, out_w, err_w):  # the child's ends
-            os.close(fd)
+        os.close(stdin_r)  # the child's ends
+        os.close(out_w)
         child = cls(started, sink, payload)
-        child._watch(stdin_w, out_r, err_r)
+        child._watch(stdin_w, out_r)
         return child
 
-    def _watch(self, stdin_w: int, out_r: int, err_r: int) -> None:
-        for fd, number in ((out_r, 1), (err_r, 2)):
-            os.set_blocking(fd, False)
-            self._readers[fd] = number
-            self._loop.add_reader(fd, self._readable, fd)
+    def _watch(self, stdin_w: int, out_r: int) -> None:
+        os.set_blocking(out_r, False)
+        self._output = out_r
+        self._watcher.add(out_r, self._readable)
         os.set_blocking(stdin_w, False)
         self._stdin = stdin_w
         self._feed()
         self._watch_exit()
 
-    def _readable(self, fd: int) -> None:
+    def _readable(self) -> None:
+        fd = self._output
+        if fd is None:
+            return
         try:
             data = os.read(fd, _CHUNK)
         except BlockingIOError:
@@ -284,12 +345,18 @@ class Child:
             logger.debug("reading step output: %s", exc)
             data = b""
         if data:
-            self._sink.pipe_data_received(self._readers[fd], data)
+            self._sink.pipe_data_received(1, data)
             return
-        number = self._readers.pop(fd)
-        self._loop.remove_reader(fd)
-        os.close(fd)
-        self._sink.pipe_connection_lost(number, None)
+        self._close_output()
+
+    def _close_output(self) -> None:
+        fd, self._output = self._output, None
+        if fd is None:
+            return
+        self._watcher.remove(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        self._sink.pipe_connection_lost(1, None)
 
     def _feed(self) -> None:
         """Write what the pipe takes of the payload; the rest when it is writable again."""
@@ -313,7 +380,8 @@ class Child:
 
     def _close_stdin(self) -> None:
         if self._stdin is not None:
-            self._loop.remove_writer(self._stdin)
+            if self._payload:  # only then was it ever given to the loop
+                self._loop.remove_writer(self._stdin)
             os.close(self._stdin)
             self._stdin = None
 
@@ -324,7 +392,7 @@ class Child:
             waiting = self._loop.run_in_executor(_WAITERS, self._wait)
             waiting.add_done_callback(lambda _: self._reaped())
             return
-        self._loop.add_reader(pidfd, self._exited, pidfd)
+        self._watcher.add(pidfd, partial(self._exited, pidfd))
 
     def _wait(self) -> None:
         """Reap the step, blocking until it exits; record its status."""
@@ -335,7 +403,7 @@ class Child:
             self._returncode = os.waitstatus_to_exitcode(status)
 
     def _exited(self, pidfd: int) -> None:
-        self._loop.remove_reader(pidfd)
+        self._watcher.remove(pidfd)
         os.close(pidfd)
         self._wait()  # it has exited, so this returns at once
         self._reaped()
@@ -353,11 +421,6 @@ class Child:
         return self._returncode
 
     def close(self) -> None:
-        """Stop watching the pipes and close our ends (the output may be left unread)."""
+        """Stop watching the output and close our ends (the output may be left unread)."""
         self._close_stdin()
-        for fd, number in list(self._readers.items()):
-            self._loop.remove_reader(fd)
-            with contextlib.suppress(OSError):
-                os.close(fd)
-            self._sink.pipe_connection_lost(number, None)
-        self._readers.clear()
+        self._close_output()

@@ -394,7 +394,8 @@ class StepRunner:
             tail.append(text)
             logger.log(level, "%s step %s: %s", job.tag, step.name, text)
 
-        protocol = _StepProtocol({fd: _LineRelay(emit, self._max_line) for fd in (1, 2)})
+        # stdout and stderr are one pipe (spawn.Child): one relay, lines in written order.
+        protocol = _StepProtocol({1: _LineRelay(emit, self._max_line)})
         async with self._limiter.slot(job.group):
             if self._stopping:
                 why = "the router is stopping"
