@@ -58,12 +58,13 @@ class Event:
     is_json: bool = False
     chain: tuple[ChainLink, ...] = ()
 
-    @property
+    # Cached: every event is asked its name and source several times on its way.
+    @cached_property
     def source(self) -> str | None:
         """Return what stands before the first ``/event/``, or None."""
         return split_channel(self.channel)[0]
 
-    @property
+    @cached_property
     def name(self) -> str | None:
         """Return what follows the first ``/event/``, or None."""
         return split_channel(self.channel)[1]

@@ -82,17 +82,18 @@ def judge(path: Path, info: os.stat_result, euid: int) -> Distrust | None:
         for who, bit in (("group", stat.S_IWGRP), ("others", stat.S_IWOTH))
         if info.st_mode & bit
     ]
+    # Root owns what it trusts; another user may also trust their own files.
+    foreign = info.st_uid not in (0, euid)
+    if not writers and not foreign:
+        return None  # the usual case, checked for every step run: nothing more to build
     quoted = shlex.quote(str(path))
     if writers:
         mode = stat.S_IMODE(info.st_mode)
         problems.append(f"is writable by {' and '.join(writers)} (mode {mode:04o})")
         fixes.append(f"chmod go-w {quoted}")
-    # Root owns what it trusts; another user may also trust their own files.
-    if info.st_uid not in (0, euid):
+    if foreign:
         problems.append(f"is owned by user {_owner(info.st_uid)}")
         fixes.append(f"chown root {quoted}")
-    if not problems:
-        return None
     return Distrust(path, " and ".join(problems), "; ".join(fixes), refused=euid == 0)
 
 

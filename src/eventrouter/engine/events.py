@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 from eventrouter.model import SAFE_NAME, Event, Route, RunAction
@@ -46,8 +47,9 @@ def convention_label(folder: Path) -> str:
     return f"{CONVENTION_PREFIX}{folder.name}"
 
 
+@lru_cache(maxsize=1024)
 def convention_route(folder: Path) -> Route:
-    """Return the implicit route that runs an events folder."""
+    """Return the implicit route that runs an events folder (one object a folder: frozen)."""
     return Route(
         name=convention_name(folder),
         patterns=(),

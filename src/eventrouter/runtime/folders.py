@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventrouter.config.trust import is_ignored
@@ -16,10 +16,13 @@ from eventrouter.config.trust import is_ignored
 
 @dataclass(frozen=True)
 class StepEntry:
-    """One runnable step."""
+    """One runnable step, with what ``stat`` said of it when it was listed."""
 
     name: str
     path: Path
+    #: The step's absolute path, as the runner hands it to the OS.
+    file: str = field(default="", compare=False)
+    info: os.stat_result | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -30,34 +33,40 @@ class SkippedEntry:
     reason: str
 
 
-def unrunnable_reason(path: Path) -> str | None:
+def unrunnable_reason(path: Path | str) -> str | None:
     """Return why ``path`` cannot run as a step now, or None when it can."""
+    return step_state(path)[0]
+
+
+def step_state(path: Path | str) -> tuple[str | None, os.stat_result | None]:
+    """Return why ``path`` cannot run as a step now (None when it can), and its ``stat``."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        return "dangling symlink" if os.path.islink(path) else "vanished"
+        return ("dangling symlink" if os.path.islink(path) else "vanished"), None
     except OSError as exc:
-        return reason_of(exc)
+        return reason_of(exc), None
     if stat.S_ISDIR(info.st_mode):
-        return "is a directory"
+        return "is a directory", info
     if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
+        return "not a regular file", info
     if not os.access(path, os.X_OK):
-        return "not executable"
-    return None
+        return "not executable", info
+    return None, info
 
 
 def list_steps(directory: Path) -> tuple[list[StepEntry], list[SkippedEntry]]:
     """List runnable steps in byte-wise name order, and the entries skipped with a warning."""
-    with os.scandir(directory) as entries:
+    base = os.path.abspath(directory)
+    with os.scandir(base) as entries:
         names = sorted((e.name for e in entries if not is_ignored(e.name)), key=os.fsencode)
     steps: list[StepEntry] = []
     skipped: list[SkippedEntry] = []
     for name in names:
-        path = directory / name
-        reason = unrunnable_reason(path)
+        file = os.path.join(base, name)
+        reason, info = step_state(file)
         if reason is None:
-            steps.append(StepEntry(name, path))
+            steps.append(StepEntry(name, directory / name, file, info))
         else:
             skipped.append(SkippedEntry(name, reason))
     return steps, skipped

@@ -20,12 +20,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventrouter.config.trust import distrust, effective_uid
+from eventrouter.config.trust import distrust, effective_uid, judge
 from eventrouter.runtime.folders import (
     SkippedEntry,
     StepEntry,
     list_steps,
     reason_of,
+    step_state,
     unrunnable_reason,
 )
 from eventrouter.runtime.limiter import FairLimiter
@@ -83,6 +84,8 @@ class HandlerResult:
 
 def read_environment_file(path: str | Path) -> dict[str, str]:
     """Return the ``KEY=VALUE`` lines of ``path``; an absent file gives an empty mapping."""
+    if not os.access(path, os.F_OK):  # the usual case, for every step: no exception to raise
+        return {}
     try:
         with open(path, "rb") as handle:
             data = handle.read()
@@ -330,8 +333,10 @@ class StepRunner:
             )
         job = _Job(directory, payload, env, event_name, event_source, timeout, tag, group or tag)
         results: list[StepResult] = []
-        for step in steps:
-            outcome = await self._take_turn(job, step)
+        for number, step in enumerate(steps):
+            # The first step's turn is now: what the listing saw of it is current. A later
+            # one is looked at again at its turn, since the steps before it may change it.
+            outcome = await self._take_turn(job, step, listed=number == 0)
             results.append(outcome.result)
             if outcome.error is not None:
                 logger.error("%s %s", tag, outcome.error)
@@ -365,20 +370,27 @@ class StepRunner:
             _signal_group(pgid, signal.SIGKILL)
         return len(self._running)
 
-    async def _take_turn(self, job: _Job, step: StepEntry) -> _Outcome:
-        """Run ``step`` unless it vanished or lost its executable bit since the listing."""
-        reason = unrunnable_reason(step.path)
-        if reason is not None:
-            return _skip(job, step, reason)
+    async def _take_turn(self, job: _Job, step: StepEntry, *, listed: bool = False) -> _Outcome:
+        """Run ``step`` unless it vanished or lost its executable bit since the listing.
+
+        ``listed``: the listing just looked at it (one ``stat`` serves both checks then).
+        """
+        info = step.info if listed else None
+        if info is None:
+            reason, info = step_state(step.file or step.path)
+            if reason is not None:
+                return _skip(job, step, reason)
         # Checked at its turn: a step can be changed after the routes were loaded.
-        refused = self._refused(step.path, "step", job.tag)
+        refused = self._refused(step.path, "step", job.tag, info)
         if refused is not None:
             return _Outcome(StepResult(step.name, None, skipped="refused"), refused)
         return await self._run_step(job, step)
 
-    def _refused(self, path: Path, what: str, tag: str) -> str | None:
+    def _refused(
+        self, path: Path, what: str, tag: str, info: os.stat_result | None = None
+    ) -> str | None:
         """Return the error when ``path`` may not be trusted as root; warn when not root."""
-        doubt = distrust(path, self._euid)
+        doubt = distrust(path, self._euid) if info is None else judge(path, info, self._euid)
         if doubt is None:
             return None
         if doubt.refused:
@@ -436,7 +448,7 @@ class StepRunner:
         """Start the step's process in a new session and hand it the payload on stdin."""
         cwd, env = self._step_environment(job)
         # Absolute, because the child changes directory before exec.
-        program = str(step.path.absolute())
+        program = step.file or str(step.path.absolute())
         logger.debug("%s running step %s of handler %s", job.tag, step.name, job.directory)
         # The payload is written as the pipe takes it: a step that never reads stdin cannot
         # block us, and the write error when it exits is reported to the protocol.
