@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import logs, observe
+from eventrouter.cli import observe
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -453,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from eventrouter.cli import logs  # logging: not what --help needs
+
     logs.setup(args.log_level)
     # Imported once the command is known: each command imports what it needs itself, so
     # `--help` and `check` never load the runtime (asyncio, redis-py, the step spawner).

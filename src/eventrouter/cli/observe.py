@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime
+import time
 from typing import Any
 
-from eventrouter.cli.commands import EXIT_INVALID, EXIT_OK, _state_dir, _write_url
 from eventrouter.runtime import control
 
 
@@ -78,6 +77,7 @@ def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
     """Send ``query``; return the answers (raise ConnectionError, LookupError)."""
     import asyncio
 
+    from eventrouter.cli.commands import _state_dir, _write_url  # not what --help needs
     from eventrouter.redis import embedded
     from eventrouter.redis.ask import ask
 
@@ -113,22 +113,23 @@ def _run(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print the status of the router named (or of every router that answers)."""
+    from eventrouter.cli import commands
     from eventrouter.runtime.identity import instance_name
 
     instance = control.ALL if args.all else instance_name(args.instance)
     query = control.Query("status", instance, control.reply_channel())
     answers = _run(args, query, every=args.all)
     if not answers:
-        return EXIT_INVALID
+        return commands.EXIT_INVALID
     if args.json:
         print(json.dumps(answers if args.all else answers[0], indent=2, ensure_ascii=False))
-        return EXIT_OK
+        return commands.EXIT_OK
     digests = {item.get("routes", {}).get("digest") for item in answers}
     for item in answers:
         print("\n".join(status_lines(item)))
     if len(digests) > 1:
         print(f"route tables differ between routers: {len(digests)} digests")
-    return EXIT_OK
+    return commands.EXIT_OK
 
 
 def _join(counts: dict[str, Any]) -> str:
@@ -168,11 +169,12 @@ def status_lines(item: dict[str, Any]) -> list[str]:
 
 
 def _clock(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp).strftime("%H:%M:%S")
+    return time.strftime("%H:%M:%S", time.localtime(stamp))
 
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print the last events a router handled, with every route's outcome."""
+    from eventrouter.cli import commands
     from eventrouter.runtime.identity import instance_name
 
     query = control.Query(
@@ -186,7 +188,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     )
     answers = _run(args, query, every=False)
     if not answers:
-        return EXIT_INVALID
+        return commands.EXIT_INVALID
     events = answers[0].get("events", [])
     if args.json:
         print(json.dumps(events, indent=2, ensure_ascii=False))
@@ -194,7 +196,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         print("no events match" if args.route or args.event else "no events handled yet")
     for event in [] if args.json else events:
         print("\n".join(event_lines(event)))
-    return EXIT_OK
+    return commands.EXIT_OK
 
 
 def _route_line(trace: dict[str, Any]) -> str:
@@ -208,7 +210,7 @@ def _route_line(trace: dict[str, Any]) -> str:
 
 def event_lines(event: dict[str, Any]) -> list[str]:
     """Return one event of the history as text."""
-    stamp = datetime.fromtimestamp(event["time"]).strftime("%H:%M:%S.%f")[:-3]
+    stamp = f"{_clock(event['time'])}.{int(event['time'] * 1000) % 1000:03d}"
     head = f"#{event['seq']}  {stamp}  {event['channel']}"
     if "caused_by" in event:
         head += f"  (derived, caused by #{event['caused_by']})"

@@ -11,8 +11,8 @@ cannot make a router publish on an event channel.
 from __future__ import annotations
 
 import json
+import os
 import re
-import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ class Query:
 
 def reply_channel() -> str:
     """Return a fresh reply channel for one request."""
-    return REPLY_PREFIX + uuid.uuid4().hex
+    return REPLY_PREFIX + os.urandom(16).hex()  # as random as a uuid4, without its import
 
 
 def depth(value: Any) -> int:
