@@ -68,4 +68,11 @@ def convention_folders(
         return []
     if name_problem(name) is not None:
         return None
-    return [base / name for base in events_dirs if exists(base / name)]
+    folders = [_folder(base, name) for base in events_dirs]
+    return [folder for folder in folders if exists(folder)]
+
+
+@lru_cache(maxsize=1024)
+def _folder(base: Path, name: str) -> Path:
+    """Return ``base / name``, built once for the names events keep arriving with."""
+    return base / name

@@ -19,10 +19,14 @@ class StepEntry:
     """One runnable step, with what ``stat`` said of it when it was listed."""
 
     name: str
-    path: Path
     #: The step's absolute path, as the runner hands it to the OS.
-    file: str = field(default="", compare=False)
+    file: str
     info: os.stat_result | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        """Return the step's absolute path as a Path."""
+        return Path(self.file)
 
 
 @dataclass(frozen=True)
@@ -58,15 +62,14 @@ def step_state(path: Path | str) -> tuple[str | None, os.stat_result | None]:
 def list_steps(directory: Path) -> tuple[list[StepEntry], list[SkippedEntry]]:
     """List runnable steps in byte-wise name order, and the entries skipped with a warning."""
     base = os.path.abspath(directory)
-    with os.scandir(base) as entries:
-        names = sorted((e.name for e in entries if not is_ignored(e.name)), key=os.fsencode)
+    names = sorted([name for name in os.listdir(base) if not is_ignored(name)], key=os.fsencode)
     steps: list[StepEntry] = []
     skipped: list[SkippedEntry] = []
     for name in names:
         file = os.path.join(base, name)
         reason, info = step_state(file)
         if reason is None:
-            steps.append(StepEntry(name, directory / name, file, info))
+            steps.append(StepEntry(name, file, info))
         else:
             skipped.append(SkippedEntry(name, reason))
     return steps, skipped

@@ -377,7 +377,7 @@ class StepRunner:
         """
         info = step.info if listed else None
         if info is None:
-            reason, info = step_state(step.file or step.path)
+            reason, info = step_state(step.file)
             if reason is not None:
                 return _skip(job, step, reason)
         # Checked at its turn: a step can be changed after the routes were loaded.
@@ -419,7 +419,7 @@ class StepRunner:
             except (OSError, ValueError) as exc:
                 # Removed between the check and the exec: the same case as a vanished step.
                 # (A missing interpreter or cwd is ENOENT too, but leaves the step in place.)
-                reason = unrunnable_reason(step.path)
+                reason = unrunnable_reason(step.file)
                 if isinstance(exc, FileNotFoundError) and reason is not None:
                     return _skip(job, step, reason)
                 error = f"step {step.name} of handler {job.directory} could not start: {exc}"
@@ -448,7 +448,7 @@ class StepRunner:
         """Start the step's process in a new session and hand it the payload on stdin."""
         cwd, env = self._step_environment(job)
         # Absolute, because the child changes directory before exec.
-        program = step.file or str(step.path.absolute())
+        program = step.file
         logger.debug("%s running step %s of handler %s", job.tag, step.name, job.directory)
         # The payload is written as the pipe takes it: a step that never reads stdin cannot
         # block us, and the write error when it exits is reported to the protocol.
