@@ -57,17 +57,24 @@ class Event:
     payload: Any = None
     is_json: bool = False
     chain: tuple[ChainLink, ...] = ()
+    # Split once: every event is asked its name and source several times on its way (a
+    # cached_property would take a lock at each access on Python 3.11).
+    _split: tuple[str | None, str | None] = field(
+        init=False, repr=False, compare=False, default=(None, None)
+    )
 
-    # Cached: every event is asked its name and source several times on its way.
-    @cached_property
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_split", split_channel(self.channel))
+
+    @property
     def source(self) -> str | None:
         """Return what stands before the first ``/event/``, or None."""
-        return split_channel(self.channel)[0]
+        return self._split[0]
 
-    @cached_property
+    @property
     def name(self) -> str | None:
         """Return what follows the first ``/event/``, or None."""
-        return split_channel(self.channel)[1]
+        return self._split[1]
 
     @property
     def text(self) -> str:

@@ -392,9 +392,13 @@ class Dispatcher:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
         started, clock = time.time(), time.monotonic()
-        context = action_context(route, event, job.captures, self.context.router)
+        # Built for the first action that renders a template: an events folder (a run with
+        # no env) needs none.
+        context: dict[str, Any] = {}
         steps = 0
         for position, action in enumerate(route.actions, 1):
+            if not context and (not isinstance(action, RunAction) or action.env):
+                context = action_context(route, event, job.captures, self.context.router)
             if isinstance(action, RunAction):
                 failed, ran = await self._run(job, action, context)
                 steps += ran
