@@ -62,7 +62,7 @@ def _owner(uid: int) -> str:
         return str(uid)
 
 
-def distrust(path: Path, euid: int | None = None) -> Distrust | None:
+def distrust(path: Path | str, euid: int | None = None) -> Distrust | None:
     """Return why ``path`` (its target, for a symlink) is not to be trusted, or None.
 
     A path that cannot be read is left to the callers, which report it in their own words.
@@ -74,7 +74,7 @@ def distrust(path: Path, euid: int | None = None) -> Distrust | None:
     return judge(path, info, effective_uid(euid))
 
 
-def judge(path: Path, info: os.stat_result, euid: int) -> Distrust | None:
+def judge(path: Path | str, info: os.stat_result, euid: int) -> Distrust | None:
     """Return why a file with this ``stat`` result is not to be trusted, or None."""
     problems, fixes = [], []
     writers = [
@@ -94,7 +94,7 @@ def judge(path: Path, info: os.stat_result, euid: int) -> Distrust | None:
     if foreign:
         problems.append(f"is owned by user {_owner(info.st_uid)}")
         fixes.append(f"chown root {quoted}")
-    return Distrust(path, " and ".join(problems), "; ".join(fixes), refused=euid == 0)
+    return Distrust(Path(path), " and ".join(problems), "; ".join(fixes), refused=euid == 0)
 
 
 def handler_distrust(folder: Path, euid: int | None = None) -> list[tuple[str, Distrust]]:

@@ -187,12 +187,15 @@ _sealed = False
 
 
 def _start_process(
-    argv: list[str], fds: tuple[int, int, int], cwd: str, env: dict[str, str]
+    argv: list[str], fds: tuple[int, int, int], cwd: str | None, env: dict[str, str]
 ) -> subprocess.Popen[bytes] | int:
-    """Start ``argv`` in a new session; return its pid, or its Popen in another folder."""
+    """Start ``argv`` in a new session; return its pid, or its Popen in another folder.
+
+    ``cwd`` None is the router's own working directory.
+    """
     stdin, stdout, stderr = fds
     started: subprocess.Popen[bytes] | int
-    if cwd == os.getcwd():
+    if cwd is None or cwd == os.getcwd():
         if not _sealed:
             _seal_inherited()
         started = os.posix_spawn(
@@ -295,7 +298,7 @@ class Child:
         cls,
         argv: list[str],
         *,
-        cwd: str,
+        cwd: str | None,
         env: Mapping[str, str],
         payload: bytes,
         sink: Sink,

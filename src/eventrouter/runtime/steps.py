@@ -183,6 +183,10 @@ class _StepProtocol:
     def __init__(self, relays: dict[int, _LineRelay]) -> None:
         loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = loop.create_future()
+        #: Set with ``exited``, for the runner to await: a cancelled run cancels this one,
+        #: and ``exited`` still tells when the stopped step is gone (asyncio.shield's job,
+        #: with one loop turn fewer).
+        self.exit_seen: asyncio.Future[None] = loop.create_future()
         self.output_closed: asyncio.Future[None] = loop.create_future()
         self._relays = relays
         self._open = set(relays)
@@ -206,8 +210,9 @@ class _StepProtocol:
 
     def process_exited(self) -> None:
         """Record that the step's main process has exited and been reaped."""
-        if not self.exited.done():
-            self.exited.set_result(None)
+        for future in (self.exited, self.exit_seen):
+            if not future.done():
+                future.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -381,13 +386,13 @@ class StepRunner:
             if reason is not None:
                 return _skip(job, step, reason)
         # Checked at its turn: a step can be changed after the routes were loaded.
-        refused = self._refused(step.path, "step", job.tag, info)
+        refused = self._refused(step.file, "step", job.tag, info)
         if refused is not None:
             return _Outcome(StepResult(step.name, None, skipped="refused"), refused)
         return await self._run_step(job, step)
 
     def _refused(
-        self, path: Path, what: str, tag: str, info: os.stat_result | None = None
+        self, path: Path | str, what: str, tag: str, info: os.stat_result | None = None
     ) -> str | None:
         """Return the error when ``path`` may not be trusted as root; warn when not root."""
         doubt = distrust(path, self._euid) if info is None else judge(path, info, self._euid)
@@ -457,12 +462,12 @@ class StepRunner:
             [program], cwd=cwd, env=env, payload=job.payload, sink=protocol, inline=not self.running
         )
 
-    def _step_environment(self, job: _Job) -> tuple[str, dict[str, str]]:
-        """Return the working directory and the environment for the next step."""
+    def _step_environment(self, job: _Job) -> tuple[str | None, dict[str, str]]:
+        """Return the working directory (None: the router's own) and the environment."""
         base = self._base_env
         # The environment file lives in the working directory, so it cannot choose it.
         state_dir = job.env.get("AGENT_STATE_DIR", base.get("AGENT_STATE_DIR"))
-        cwd = os.getcwd()
+        cwd = None
         if state_dir:
             if os.path.isdir(state_dir):
                 cwd = os.path.abspath(state_dir)
@@ -471,10 +476,10 @@ class StepRunner:
                     "%s AGENT_STATE_DIR %s is not a directory; running in %s",
                     job.tag,
                     state_dir,
-                    cwd,
+                    os.getcwd(),
                 )
         # Re-read for every step: a step may change it for the next ones.
-        env = base | read_environment_file(os.path.join(cwd, "environment")) | dict(job.env)
+        env = base | read_environment_file(os.path.join(cwd or "", "environment")) | dict(job.env)
         env["AGENT_EVENT_NAME"] = job.event_name
         env["AGENT_EVENT_SOURCE"] = job.event_source
         env["AGENT_COMFD"] = "2"
@@ -493,7 +498,7 @@ class StepRunner:
         try:
             try:
                 if job.timeout is None:  # the usual case: no timer to set up
-                    await asyncio.shield(protocol.exited)
+                    await protocol.exit_seen
                 else:
                     await asyncio.wait_for(asyncio.shield(protocol.exited), job.timeout)
             except TimeoutError:
