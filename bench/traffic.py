@@ -151,6 +151,34 @@ def spawn_rates(ctx: Context, work: Path, step: Path) -> SpawnRates:
     return rates
 
 
+def in_process(ctx: Context, work: Path, base: float, base_cpu: float) -> list[Row]:
+    """The same step run in process by the step runner, then by the dispatcher (no Redis).
+
+    ``base`` is the direct loop's runs/s, ``base_cpu`` its CPU per step in ms.
+    """
+    runs = ctx.sizes.spawn_runs // 5
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "inproc.py"), str(work / "events"), str(runs)],
+        capture_output=True, text=True, env=clean_env(OUT=str(work / "inproc.out")),
+        cwd=REPO, check=False, timeout=120,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise BenchError(f"bench/inproc.py exited {done.returncode}: {done.stderr[-300:]!r}")
+    found = json.loads(done.stdout)
+    rows = []
+    for key, what in (
+        ("runner", "step runner alone, in process, one run after another"),
+        ("dispatcher", f"Dispatcher.receive of {runs} events at once, in process, log WARNING"),
+    ):
+        rate, cpu = found[key]
+        rows.append(
+            Row("spawn", f"{what}: runs/s; CPU per run (base: direct)",
+                f"{rate:.0f}/s; {cpu * 1000:.3f} ms", "-",
+                f"{base:.0f}/s; {base_cpu:.3f} ms", f"{rate / base:.2f}x")
+        )  # fmt: skip
+    return rows
+
+
 def bench_spawn(ctx: Context) -> list[Row]:
     """Queued burst through the router, and its CPU per event, against a bare spawn loop."""
     work = ctx.tmp / "spawn"
@@ -172,6 +200,7 @@ def bench_spawn(ctx: Context) -> list[Row]:
             verdict(cpu <= 0.25)),
         Row("spawn", "same step via asyncio, 3 pipes, new session (base: direct)",
             f"{floor:.0f}/s", "-", f"{base:.0f}/s", f"{floor / base:.2f}x"),
+        *([] if ctx.daemon is not None else in_process(ctx, work, base, base_cpu)),
     ]  # fmt: skip
 
 
