@@ -188,7 +188,13 @@ def decide_route(
         problem = route.payload_check(event)
         if problem is not None:
             return RouteDecision(route, captures, pattern, schema_error=problem)
-    context = event_context(event, match=captures, route=route.name, router=router.template_value())
+    # The template context, for what renders one here: a route without runs_on, when or key
+    # (most) needs none.
+    context = (
+        event_context(event, match=captures, route=route.name, router=router.template_value())
+        if route.runs_on is not None or route.when is not None or route.key is not None
+        else {}
+    )
     # Where before whether: a route that acts on another node is not evaluated here, so its
     # condition errors are logged and journaled once, by the router that acts.
     try:
