@@ -271,27 +271,46 @@ def direct_latency(step: Path, samples: int, rate: float, out: Path) -> list[flo
     return delays
 
 
-def routed_latency(ctx: Context, work: Path, out: Path) -> tuple[list[float], int]:
-    """Publish at the target rate to a handler folder; return delays (ms) and losses."""
+def paced_events(ctx: Context, out: Path) -> tuple[list[float], int]:
+    """Publish at the target rate; return the delays (ms) until each step's start, and losses."""
     sizes = ctx.sizes
     count = int(sizes.latency_rate * sizes.latency_seconds)
     sent: dict[int, float] = {}
+    client = redis.Redis.from_url(ctx.redis_url)
+    try:
+        client.ping()
+        start = time.perf_counter()
+        for seq in range(count):
+            pace(start, seq, sizes.latency_rate)
+            sent[seq] = time.time()
+            client.publish("bench/event/latency", b'{"seq": %d}\n' % seq)
+    finally:
+        client.close()
+    with contextlib.suppress(BenchError):  # losses are reported, not fatal
+        wait_lines(out, count, timeout=10.0)
+    return delays_ms(sent, out)
+
+
+def routed_latency(ctx: Context, work: Path, out: Path) -> tuple[list[float], int]:
+    """Publish at the target rate to a handler folder; return delays (ms) and losses."""
     args = ["--routes", str(work / "routes.d"), "--events-dir", str(work / "events")]
     env = {"OUT": str(out)}
     with running_router(ctx, "latency", args, env=env, events=work / "events") as _router:
-        client = redis.Redis.from_url(ctx.redis_url)
-        try:
-            client.ping()
-            start = time.perf_counter()
-            for seq in range(count):
-                pace(start, seq, sizes.latency_rate)
-                sent[seq] = time.time()
-                client.publish("bench/event/latency", b'{"seq": %d}\n' % seq)
-        finally:
-            client.close()
-        with contextlib.suppress(BenchError):  # losses are reported, not fatal
-            wait_lines(out, count, timeout=10.0)
-    return delays_ms(sent, out)
+        return paced_events(ctx, out)
+
+
+def subscriber_latency(ctx: Context, step: Path, out: Path) -> tuple[list[float], int]:
+    """The same events through ``bench/spawner.py``, a bare subscriber that spawns the step."""
+    wait_patterns(ctx.redis_url, lambda n: n == 0, 5.0)
+    env = step_env("bench/event/latency", OUT=str(out))
+    cmd = [sys.executable, str(REPO / "bench" / "spawner.py"), ctx.redis_url, "*/event/*"]
+    spawner = subprocess.Popen([*cmd, str(step)], env=env, cwd=REPO)
+    try:
+        wait_patterns(ctx.redis_url, lambda n: n > 0, 30.0)
+        return paced_events(ctx, out)
+    finally:
+        spawner.terminate()
+        spawner.wait()
 
 
 def bench_latency(ctx: Context) -> list[Row]:
@@ -327,6 +346,16 @@ def bench_latency(ctx: Context) -> list[Row]:
     rows.append(
         Row("latency", "max; events without a step run", f"{max(delays):.2f} ms; {lost} lost", "-")
     )
+    if ctx.daemon is None:
+        floor, missed = subscriber_latency(ctx, step, work / "spawner.out")
+        if floor:
+            ours, theirs = percentile(delays, 0.5), percentile(floor, 0.5)
+            rows.append(
+                Row("latency", "p50 of a bare redis-py subscriber spawning the step, "
+                    f"{missed} lost (base: bare spawn); the router above it",
+                    f"{theirs:.2f} ms", "-", f"{percentile(base, 0.5):.2f} ms",
+                    f"+{theirs - percentile(base, 0.5):.2f} ms; router +{ours - theirs:.2f} ms")
+            )  # fmt: skip
     return rows
 
 
