@@ -65,6 +65,20 @@ async def test_loop_guard_counts_the_chain_across_round_trips(tmp_path: Path) ->
     assert dispatcher.counters["loops_cut"] == 1
 
 
+async def test_receive_says_whether_a_run_starts_at_once(tmp_path: Path) -> None:
+    # The intake lets a run that starts at once go before its next read (bus.Subscriber).
+    dispatcher, publisher = make(
+        tmp_path,
+        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n",
+    )
+    assert dispatcher.receive("a/event/x", b"{}") is True  # the lane was idle
+    assert dispatcher.receive("a/event/x", b"{}") is False  # queued behind the first
+    assert dispatcher.receive("c/event/z", b"{}") is False  # no route
+    await settle(dispatcher)
+    assert len(publisher.sent) == 2
+    assert dispatcher.receive("a/event/x", b"{}") is True  # idle again
+
+
 async def test_someone_elses_identical_event_starts_a_fresh_chain(tmp_path: Path) -> None:
     dispatcher, publisher = make(
         tmp_path,

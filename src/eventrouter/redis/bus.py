@@ -36,7 +36,8 @@ CONNECT_TIMEOUT = 5.0
 #: Longest wait, after the subscription broke, for a batch being published to be answered.
 SETTLE_TIMEOUT = 5.0
 
-Handler = Callable[[str, bytes], None]
+#: Takes each message; a true result asks the intake to let the work it started go first.
+Handler = Callable[[str, bytes], bool | None]
 
 
 def client(url: str, **options: Any) -> aioredis.Redis:
@@ -186,15 +187,17 @@ class Subscriber:
                 except (RedisError, OSError, TimeoutError) as exc:
                     log.debug("closing the old Redis connection: %s", exc)
 
-    def _deliver(self, message: dict[str, Any]) -> None:
+    def _deliver(self, message: dict[str, Any]) -> bool:
+        """Hand a message over; return True when the handler asks to let its work go first."""
         channel, data = message["channel"], message["data"]
         if not self._dedup.first(message["pattern"], channel, data):
             self.duplicates += 1
-            return
+            return False
         try:
-            self.handler(channel.decode("utf-8", "replace"), data)
+            return bool(self.handler(channel.decode("utf-8", "replace"), data))
         except Exception:  # a bug in handling one event must not stop the intake
             log.exception("internal error while handling an event on %r", channel)
+            return False
 
     async def _read(self) -> None:
         count = 0
@@ -219,11 +222,13 @@ class Subscriber:
             quiet_since, ping_sent = now, 0.0  # any reply proves the connection alive
             if message.get("type") != "pmessage":
                 continue
-            self._deliver(message)
+            urgent = self._deliver(message)
             # Buffered messages come back without suspending: yield now and then, so that
-            # the routes run while a burst is read and it does not all pile up queued.
+            # the routes run while a burst is read and it does not all pile up queued. A
+            # message that starts a run yields at once: the step starts before the next read
+            # is set up, not after (an idle router reacting to one event).
             count += 1
-            if count % YIELD_EVERY == 0:
+            if urgent or count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
 
     async def run(self) -> None:

@@ -269,8 +269,17 @@ class Dispatcher:
         """Return how many jobs are queued or running."""
         return self.scheduler.pending + len(self.scheduler.running)
 
-    def receive(self, channel: str, data: bytes) -> None:
-        """Handle one message from Redis: decide, then queue what fires."""
+    def receive(self, channel: str, data: bytes) -> bool:
+        """Handle one message from Redis: decide, then queue what fires.
+
+        Return True when a run starts for it at once (a lane that was idle): the intake then
+        lets it start before reading on, rather than after.
+        """
+        started = self.scheduler.workers_started
+        self._receive(channel, data)
+        return self.scheduler.workers_started != started
+
+    def _receive(self, channel: str, data: bytes) -> None:
         self.counters["events"] += 1
         chain = self.chains.adopt(channel, data)
         trace = self._trace(channel, data, chain)

@@ -106,6 +106,8 @@ class Scheduler:
         self.pending_bytes = 0  # payload bytes of the jobs queued or held
         self.lanes: dict[str, Lane] = {}
         self.pending = 0  # jobs queued or held in all lanes
+        #: Lane workers started so far: a message that starts one has a run about to begin.
+        self.workers_started = 0
         self.closing = False
         #: Runs stopped because the router was stopping (not a restart): to be journaled.
         self.killed: list[Job] = []
@@ -250,6 +252,7 @@ class Scheduler:
             if any(task.cancelling() for task in lane.running):
                 return  # a restart: wait until the stopped run is gone
             task = asyncio.create_task(self._work(lane), name=f"route:{lane.name}")
+            self.workers_started += 1
             lane.running.add(task)
             task.add_done_callback(lambda done: self._finished(lane, done))
 

@@ -150,10 +150,13 @@ class Daemon:
 
     def _on_message(
         self, dispatcher: Dispatcher, role: RoleWatch | None = None
-    ) -> Callable[[str, bytes], None]:
-        """Return the intake handler: control messages apart, events to the dispatcher."""
+    ) -> Callable[[str, bytes], bool]:
+        """Return the intake handler: control messages apart, events to the dispatcher.
 
-        def handle(channel: str, data: bytes) -> None:
+        It returns True when a run starts at once for the message (see ``Subscriber``).
+        """
+
+        def handle(channel: str, data: bytes) -> bool:
             if channel == LEADER_CHANGED and role is not None:
                 role.ask()  # the leader moved: read this router's role now, not at the timer
             if channel in (self.settings.control_channel, control.QUERY_CHANNEL):
@@ -163,8 +166,8 @@ class Daemon:
                 )
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
-            else:
-                dispatcher.receive(channel, data)
+                return False
+            return dispatcher.receive(channel, data)
 
         return handle
 
