@@ -19,6 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eventrouter.runtime.stopping import cancel_until_done
+
 log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.1
@@ -491,8 +493,7 @@ class RedisPublisher:
                 redact(self.url),
             )
         if self._writer is not None:
-            self._writer.cancel()
-            await asyncio.gather(self._writer, return_exceptions=True)
+            await cancel_until_done(self._writer, "the publisher's writer")
         await self._client.aclose()
         return left
 

@@ -74,8 +74,11 @@ class RoleWatch:
         """Refresh the role every ``every`` seconds, or sooner when asked, until cancelled."""
         while True:
             await self.refresh()
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can lose a cancellation
+            # that comes as its inner wait ends, and the router then never stops.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._asked.wait(), self.every)
+                async with asyncio.timeout(self.every):
+                    await self._asked.wait()
             self._asked.clear()
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
+from eventrouter.runtime.stopping import cancel_until_done
 from eventrouter.service import metrics, observe, sdnotify
 from eventrouter.service.statefiles import StateFiles
 
@@ -356,8 +357,7 @@ class Daemon:
                     await self.reload(dispatcher, subscriber)
         finally:
             ready.cancel()
-            role_task.cancel()
-            await asyncio.gather(role_task, return_exceptions=True)
+            await cancel_until_done(role_task, "the role watch")
             if server is not None:
                 await server.close()
             await self._shutdown(intake, dispatcher, publisher)
@@ -501,8 +501,7 @@ class Daemon:
     ) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("%s: stopping; no new events are taken", self.intents.stop or "stop")
-        intake.cancel()
-        await asyncio.gather(intake, return_exceptions=True)
+        await cancel_until_done(intake, "the Redis intake")
         hurried = asyncio.create_task(self._log_hurry())
         await dispatcher.close(self.settings.stop_timeout, self.intents.hurry)
         hurried.cancel()
