@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -259,6 +260,32 @@ def test_interrupted_start_leaves_no_server(short_tmp: Path) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
     assert not _alive(int(pidfile.read_text()))
+
+
+def test_interrupt_the_moment_the_server_exists_leaves_no_server(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The narrowest window: the process exists, start() has not yet recorded it.
+    fake = _script(short_tmp / "fake-server", "exec sleep 30")
+    spawn, spawned = os.posix_spawnp, []
+
+    def spawn_then_interrupt(*args: Any, **kwargs: Any) -> int:
+        spawned.append(spawn(*args, **kwargs))
+        os.kill(os.getpid(), signal.SIGALRM)
+        return spawned[-1]
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "posix_spawnp", spawn_then_interrupt)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            EmbeddedServer(short_tmp, binary=fake).start(timeout=10)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert len(spawned) == 1
+    assert not _alive(spawned[0])  # stopped and reaped by start() itself
 
 
 def test_too_long_socket_path_is_refused(short_tmp: Path) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
 
-from eventrouter.runtime.spawn import WARDEN
+from eventrouter.runtime.spawn import WARDEN, seal_inherited
 from eventrouter.runtime.statedir import open_nofollow
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,70 @@ def ping(address: Path | tuple[str, int], timeout: float = 0.5) -> bool:
     return reply == b"+PONG\r\n"
 
 
-def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+#: Signals whose Python handlers may raise (Ctrl-C's KeyboardInterrupt, a SystemExit): held
+#: back while the server process is created, so that none is handled between its creation
+#: and start() recording it.
+_HELD_BACK = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+#: Python ignores these; the server gets them at their defaults, as subprocess.Popen gives.
+_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+
+class _ServerProcess:
+    """The server's process, started with ``posix_spawn``: the part of Popen used here."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        """Reap the process if it has exited; return its exit code, or None while it runs."""
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: it is gone all the same
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the exit; raise subprocess.TimeoutExpired after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.01)
+        return code
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process if it has not been reaped."""
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+
+def _spawn_server(argv: list[str], log_fd: int) -> _ServerProcess:
+    """Start the server in a new session, stdin and stdout on /dev/null, stderr to ``log_fd``.
+
+    It starts with no signal blocked, whatever the caller holds back.
+    """
+    pid = os.posix_spawnp(
+        argv[0],
+        argv,
+        os.environ,
+        file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, log_fd, 2),
+        ],
+        setsid=True,
+        setsigdef=_RESET_SIGNALS,
+        setsigmask=(),
+    )
+    return _ServerProcess(pid)
+
+
+def _signal_group(proc: _ServerProcess, sig: signal.Signals) -> None:
     """Send sig to the process group proc leads, or to proc alone if there is no such group."""
     try:
         os.killpg(proc.pid, sig)
@@ -199,7 +262,7 @@ class EmbeddedServer:
                 "or set EVENTROUTER_REDIS_SERVER to a redis-server binary"
             )
         self.binary = found
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: _ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -247,38 +310,42 @@ class EmbeddedServer:
                 f"{self.socket}; use a shorter state directory"
             )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # stderr goes to the log too: a server that rejects its options says why there,
+        # before it has opened --logfile. A new session keeps a terminal Ctrl-C (sent to
+        # our process group) from killing the server before we stop it in order.
         try:
-            # stderr goes to the log too: a server that rejects its options says why there,
-            # before it has opened --logfile. A new session keeps a terminal Ctrl-C (sent to
-            # our process group) from killing the server before we stop it in order.
             log = open_nofollow(self.logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-            with open(log, "ab") as log_file:
-                self._proc = subprocess.Popen(
-                    self.command(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log_file,
-                    start_new_session=True,
-                )
         except OSError as exc:
-            raise RuntimeError(
-                f"cannot run Redis server {self.binary}: {exc.strerror or exc}; "
-                f"point {SERVER_ENV} at a working redis-server or valkey-server"
-            ) from exc
-        WARDEN.watch(self._proc.pid)  # it must not outlive a router killed by SIGKILL
+            raise RuntimeError(f"cannot open the server's log {self.logfile}: {exc}") from exc
         try:
+            seal_inherited()  # the server gets no descriptor the router inherited
+            # Signals are held back until the process is recorded: a Ctrl-C handled between
+            # its creation and the assignment would leave it running, unknown to stop().
+            # (Held back in this thread; start() runs before the router starts any other.)
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_BACK)
+            try:
+                self._proc = _spawn_server(self.command(), log)
+            except OSError as exc:
+                raise RuntimeError(
+                    f"cannot run Redis server {self.binary}: {exc.strerror or exc}; "
+                    f"point {SERVER_ENV} at a working redis-server or valkey-server"
+                ) from exc
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                os.close(log)
+            WARDEN.watch(self._proc.pid)  # it must not outlive a router killed by SIGKILL
             _write_pid(self.pidfile, self._proc.pid)
             self._wait_ready(self._proc, timeout)
         except BaseException:
             # Its own session shields the server from a terminal Ctrl-C, so whatever ends the
-            # wait (timeout, early exit, KeyboardInterrupt) must not leave it running unowned.
+            # start (timeout, early exit, KeyboardInterrupt) must not leave it running unowned.
             self.stop()
             raise
         logger.info(
             "embedded Redis server %s started (pid %d) at %s", self.binary, self._proc.pid, self.url
         )
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    def _wait_ready(self, proc: _ServerProcess, timeout: float) -> None:
         """Poll until the server answers PING; raise RuntimeError if it exits or times out."""
         deadline = time.monotonic() + timeout
         while True:

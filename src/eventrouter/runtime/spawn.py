@@ -167,13 +167,15 @@ class Sink(Protocol):
 _RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
-def _seal_inherited() -> None:
-    """Make the descriptors this process inherited close-on-exec, so no step gets them.
+def seal_inherited() -> None:
+    """Make the descriptors this process inherited close-on-exec, so no child gets them.
 
     Popen closes every descriptor in the child; posix_spawn cannot, so they are sealed here
     once: what the router opens itself is close-on-exec already (PEP 446).
     """
     global _sealed  # noqa: PLW0603 (once per process)
+    if _sealed:
+        return
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2:  # stdin, stdout and stderr stay as they are
@@ -196,8 +198,7 @@ def _start_process(
     stdin, stdout, stderr = fds
     started: subprocess.Popen[bytes] | int
     if cwd is None or cwd == os.getcwd():
-        if not _sealed:
-            _seal_inherited()
+        seal_inherited()
         started = os.posix_spawn(
             argv[0],
             argv,
