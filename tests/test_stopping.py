@@ -1,8 +1,8 @@
 """Stopping background tasks when a library swallows the cancellation (the daemon's shutdown).
 
-redis-py 8.1 swallows a CancelledError that arrives while a command runs on a connection it
-has just opened; a single ``cancel()`` then never ends the task, and a shutdown that awaits it
-hangs until systemd kills the router (seen as tests/test_ready.py hanging now and then).
+redis-py 8.1 was seen to swallow a CancelledError that arrived while a command ran on a
+connection it was opening again; a single ``cancel()`` then never ended the task, and a
+shutdown that awaited it hung (seen as tests/test_ready.py hanging now and then).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Stopping a background task when a library may swallow its cancellation.
 
 ``task.cancel()`` followed by awaiting the task assumes the task lets the CancelledError
-through. redis-py 8.1 does not when it arrives during a command on a connection it has just
-opened: the command completes and the task goes on. A shutdown that awaits such a task hangs
-until systemd kills the router. Here the task is cancelled again while it goes on, and left
-with an error after a bound, so that the router always stops.
+through. redis-py 8.1 was seen not to, when the cancellation arrived during a command on a
+connection it was opening again after an outage: the command completed and the task went
+on. A shutdown that awaits such a task hangs until systemd kills the router. Here the task is
+cancelled again while it goes on, and left with an error after a bound, so that the router
+always stops.
 """
 
 from __future__ import annotations
