@@ -13,14 +13,26 @@ TEST_WORKERS ?= 4
 # the event's node with NODE_ID (examples/ns8-cluster/README.md). `NODE_ID=2 make run` plays 2.
 NODE_ID ?= 1
 
-.PHONY: run cluster test lint bench clean
+.PHONY: run cluster test lint lock bench clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	@# setuptools warns about every editable install (a banner of ten lines): not news here.
-	PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet -e '.[dev]'
-	touch $@
+# uv installs the lock; it is bootstrapped into the virtual environment at the version the lock
+# pins for it (tests/test_lock.py keeps the two equal), so `uv sync` keeps it there.
+UV_VERSION = 0.13.9
+UV = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv
+
+$(BIN)/uv:
+	@echo "make: creating $(VENV) with $(PYTHON) and installing uv $(UV_VERSION)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(BIN)/.installed: pyproject.toml uv.lock | $(BIN)/uv
+	@echo "make: installing exactly what uv.lock pins into $(VENV) (about 20 s the first time)"
+	$(UV) sync --locked --extra dev --python $(BIN)/python
+	@touch $@
+
+# Refresh the lock to the newest releases pyproject.toml allows; then run `make test`.
+lock: | $(BIN)/uv
+	$(UV) lock --upgrade --python $(BIN)/python
 
 run: $(BIN)/.installed
 	NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
@@ -31,9 +43,9 @@ cluster: $(BIN)/.installed
 	$(BIN)/python examples/cluster/run.py
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check src tests bench examples
-	$(BIN)/ruff format --check src tests bench examples
-	$(BIN)/mypy src/eventrouter
+	$(BIN)/ruff check eventrouter tests bench examples
+	$(BIN)/ruff format --check eventrouter tests bench examples
+	$(BIN)/mypy eventrouter
 
 test: lint
 	$(BIN)/eventrouter test --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
@@ -43,4 +55,4 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info src/*.egg-info .coverage .coverage.*
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .coverage .coverage.*

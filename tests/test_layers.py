@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "src" / "eventrouter"
+PACKAGE = Path(__file__).resolve().parent.parent / "eventrouter"
 
 #: Top to bottom; a module may import from its own layer and from the layers below it.
 #: Layers on one row are siblings: neither imports the other.

@@ -9,7 +9,7 @@ from tests.routerproc import REPO
 
 SOURCES = sorted(
     path
-    for folder in ("src/eventrouter", "tests", "bench")
+    for folder in ("eventrouter", "tests", "bench")
     for path in (REPO / folder).rglob("*")
     if path.suffix in (".py", ".md") and path.is_file()
 )

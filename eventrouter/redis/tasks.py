@@ -104,7 +104,7 @@ class TaskClient:
                     raise TaskError(f"task {task_id} on {agent}: no exit code after {limit:g}s")
                 await self._final_progress(pubsub, min(left, POLL_EVERY))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     @staticmethod
     async def _final_progress(pubsub: Any, wait: float) -> None:
