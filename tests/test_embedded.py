@@ -288,6 +288,42 @@ def test_interrupt_the_moment_the_server_exists_leaves_no_server(
     assert not _alive(spawned[0])  # stopped and reaped by start() itself
 
 
+def test_interrupt_delivered_to_another_thread_leaves_no_server(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A signal sent to the process may reach any thread that does not block it (under
+    # pytest-xdist, execnet's); Python still runs its handler in the main thread, at the next
+    # bytecode boundary: between the spawn and the moment start() records the process.
+    fake = _script(short_tmp / "fake-server", "exec sleep 30")
+    spawn, spawned = os.posix_spawnp, []
+    done = threading.Event()
+    other = threading.Thread(target=done.wait, daemon=True)
+    other.start()
+
+    def spawn_then_interrupt_elsewhere(*args: Any, **kwargs: Any) -> int:
+        spawned.append(spawn(*args, **kwargs))
+        signal.pthread_kill(other.ident or 0, signal.SIGALRM)
+        until = time.monotonic() + 0.2
+        while time.monotonic() < until:  # bytecode boundaries: where a handler would run
+            pass
+        return spawned[-1]
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "posix_spawnp", spawn_then_interrupt_elsewhere)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            EmbeddedServer(short_tmp, binary=fake).start(timeout=10)
+        assert signal.getsignal(signal.SIGALRM) is interrupt  # start() put it back
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        done.set()
+    assert len(spawned) == 1
+    assert not _alive(spawned[0])  # stopped and reaped by start() itself
+
+
 def test_too_long_socket_path_is_refused(short_tmp: Path) -> None:
     directory = short_tmp / ("d" * 110)
     with pytest.raises(ValueError, match="too long"):
