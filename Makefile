@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 # make test fails when the total coverage drops below this: a few points under the 94.5 %
-# measured when it was set (README "Tests and benchmarks").
+# measured when it was set (docs/testing.md).
 COVERAGE_FLOOR ?= 90
 # Test processes: most tests wait on servers, routers and steps, so more than the 2 cores.
 TEST_WORKERS ?= 4

@@ -21,7 +21,7 @@ TASK_ACTION = re.compile(r"[a-z0-9-]+")
 
 EVENT_MARK = "/event/"
 
-#: How a route's runs share its lane (README "Execution options").
+#: How a route's runs share its lane (docs/routes.md, "Execution options").
 Mode = Literal["queued", "parallel", "single", "restart"]
 MODES: tuple[Mode, ...] = get_args(Mode)
 #: ``schema: strict`` rejects events that do not fit their schema; ``off`` does not check.
@@ -174,7 +174,7 @@ Action = RunAction | EmitAction | TaskAction
 
 @dataclass(frozen=True)
 class RouterInfo:
-    """Where a router runs: templates see it as ``router`` (README "Cluster")."""
+    """Where a router runs: templates see it as ``router`` (docs/cluster.md)."""
 
     #: The node id: a number when it is one (as in NS8 payloads), else text; None: unknown.
     node: int | str | None = None
@@ -336,7 +336,7 @@ class Settings:
     max_queued_bytes: int = 64 * 1024 * 1024
     #: Payload bytes a failure journal entry keeps (--journal-payload); the rest is cut.
     journal_payload: int = 64 * 1024
-    #: This router's node and agent (README "Cluster"): --node / --agent, else environment.
+    #: This router's node and agent (docs/cluster.md): --node / --agent, else environment.
     node: str | None = None
     agent: str | None = None
     #: How often the role of the subscribe server is read (leader or not).

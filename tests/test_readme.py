@@ -1,6 +1,7 @@
-"""The README's shell examples run as shown: every ```sh and ```console command that needs no
-cluster and no running router is run against the shipped examples, its exit status checked,
-and its output compared where the README shows it. Each command it cannot run says why.
+"""The documentation's shell examples run as shown: every ```sh and ```console command of the
+README and of the pages in docs/ that needs no cluster and no running router is run against the
+shipped examples, its exit status checked, and its output compared where the page shows it.
+Each command it cannot run says why.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ import pytest
 from tests.routerproc import REPO, clean_env, run_cli, write_routes
 
 README = REPO / "README.md"
+#: The pages whose commands run: the README and every page of the user guide in docs/.
+PAGES = (README, *sorted((REPO / "docs").glob("*.md")))
 #: `make` puts the command in .venv/bin; the README says to activate the venv once.
 BIN = Path(sys.executable).parent
 
 
 @dataclass(frozen=True)
 class Example:
-    """One command of the README, with the output and exit status it shows, if any."""
+    """One command of a page, with the output and exit status it shows, if any."""
 
+    page: str  # relative to the repository
     line: int
     command: str
     output: tuple[str, ...] | None  # console blocks: the lines shown after it
@@ -55,7 +59,7 @@ def _joined(lines: list[str], start: int) -> tuple[str, int]:
     return command, index
 
 
-def _console(line: int, lines: list[str]) -> list[Example]:
+def _console(page: str, line: int, lines: list[str]) -> list[Example]:
     examples: list[Example] = []
     index = 0
     while index < len(lines):
@@ -69,36 +73,44 @@ def _console(line: int, lines: list[str]) -> list[Example]:
             index += 1
         if command == "$ echo $?" and examples:
             last = examples.pop()
-            examples.append(Example(last.line, last.command, last.output, int(output[0])))
+            examples.append(Example(page, last.line, last.command, last.output, int(output[0])))
         else:
-            examples.append(Example(line + index, command[2:], tuple(output), 0))
+            examples.append(Example(page, line + index, command[2:], tuple(output), 0))
     return examples
 
 
-def _sh(line: int, lines: list[str]) -> list[Example]:
+def _sh(page: str, line: int, lines: list[str]) -> list[Example]:
     examples, index = [], 0
     while index < len(lines):
         start = index
         command, index = _joined(lines, index)
         words = shlex.split(command, comments=True)
         if words:
-            examples.append(Example(line + start, shlex.join(words), None, 0))
+            examples.append(Example(page, line + start, shlex.join(words), None, 0))
     return examples
 
 
-def examples() -> list[Example]:
-    """Return every command the README shows in sh and console blocks."""
+def examples(pages: tuple[Path, ...] = PAGES) -> list[Example]:
+    """Return every command the pages show in sh and console blocks."""
     found: list[Example] = []
-    for line, language, lines in _blocks(README.read_text()):
-        found += _console(line, lines) if language == "console" else _sh(line, lines)
+    for path in pages:
+        page = path.relative_to(REPO).as_posix()
+        for line, language, lines in _blocks(path.read_text()):
+            parse = _console if language == "console" else _sh
+            found += parse(page, line, lines)
     return found
 
 
 #: Why a command cannot run here, by what it starts with or holds; checked in order.
 NOT_HERE = [
-    (r"^make (run|test)\b", "starts the daemon, or runs the whole suite (which runs this test)"),
+    (r"^make (run|test|cluster)\b", "starts routers, or runs the whole suite (this test too)"),
+    (r"^make lint\b|\bpytest\b", "runs the linters or the tests of the checkout"),
+    (r"^make lock\b|\buv lock\b", "rewrites uv.lock from the package index"),
     (r"\b(install|systemctl)\b", "installs system units: changes the machine"),
-    (r"\b(publish|retry|reload)\b", "needs a running router (embedded or cluster Redis)"),
+    (
+        r"^\S*eventrouter (publish|retry|reload|status|history|failures)\b",
+        "needs a running router (embedded or cluster Redis)",
+    ),
     (r"\[|\b[A-Z]{2,}\b", "a synopsis with placeholders, not a command"),
     (r"--routes routes\.d\b", "its route files illustrate a message and are not shipped"),
 ]
@@ -113,7 +125,9 @@ def why_not(example: Example) -> str | None:
 
 
 def _params() -> list[object]:
-    return [pytest.param(item, id=f"README:{item.line}", marks=_skip(item)) for item in examples()]
+    return [
+        pytest.param(item, id=f"{item.page}:{item.line}", marks=_skip(item)) for item in examples()
+    ]
 
 
 def _skip(example: Example) -> list[pytest.MarkDecorator]:
@@ -122,8 +136,14 @@ def _skip(example: Example) -> list[pytest.MarkDecorator]:
 
 
 def test_the_readme_shows_commands_that_run_here() -> None:
-    runnable = [item for item in examples() if why_not(item) is None]
-    assert any(item.output for item in runnable), [item.command for item in examples()]
+    shown = examples((README,))
+    runnable = [item for item in shown if why_not(item) is None]
+    assert any(item.output for item in runnable), [item.command for item in shown]
+
+
+def test_the_pages_of_docs_are_read_too() -> None:
+    pages = {item.page for item in examples() if why_not(item) is None}
+    assert any(page.startswith("docs/") for page in pages), pages
 
 
 @pytest.mark.parametrize("example", _params())

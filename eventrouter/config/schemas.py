@@ -1,4 +1,4 @@
-"""The well-known NS8 events (README "Publishing") as schemas, and the payload checks of publish."""
+"""The well-known NS8 events (docs/operating.md) as schemas, and the payload checks of publish."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Submit an NS8 task to an agent and follow it, the way NS8's own clients do.
 
-The protocol (NS8's agent, documented in the README "Tasks" section):
+The protocol (NS8's agent, documented in docs/cluster.md, "task:"):
 
 * the agent ``BRPOP``s the list ``<agent-id>/tasks`` and names its connection after itself
   (``CLIENT SETNAME <agent-id>``); a client is live when such a connection has been idle for

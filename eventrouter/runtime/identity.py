@@ -1,4 +1,4 @@
-"""Where a router runs: its node and agent, as NS8 tells its agents (README "Cluster").
+"""Where a router runs: its node and agent, as NS8 tells its agents (docs/cluster.md).
 
 The node is ``--node``, else ``NODE_ID`` from the environment, else the ``NODE_ID=`` line of
 the ``environment`` file in ``$AGENT_STATE_DIR``, where NS8 modules keep it. The agent is

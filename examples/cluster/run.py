@@ -147,7 +147,7 @@ def main() -> int:
     """Start the cluster, print what to publish, stop it all on Ctrl-C."""
     binary = find_server_binary()
     if binary is None:
-        print("no redis-server/valkey-server found (see README: Embedded Redis)", file=sys.stderr)
+        print("no redis-server/valkey-server found (docs/operating.md)", file=sys.stderr)
         return 1
     root = Path(tempfile.mkdtemp(prefix="eventrouter-cluster-"))
     cluster = Cluster(binary, root)
