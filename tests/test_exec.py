@@ -121,6 +121,11 @@ def test_check_verifies_the_program_exists_and_may_run(
     out = capsys.readouterr().out
     assert f"r.yml:6: error: route reload: exec: command {script} is not executable" in out
 
+    gone = routes_with(tmp_path, "[bin/gone, x]")
+    assert main(["check", "--routes", str(gone)]) == 1
+    out = capsys.readouterr().out
+    assert f"command {script.parent}/gone does not exist (relative to the route file's" in out
+
     missing = routes_with(tmp_path, "[no-such-program-here, x]")
     assert main(["check", "--routes", str(missing)]) == 1
     out = capsys.readouterr().out

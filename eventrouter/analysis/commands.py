@@ -30,6 +30,9 @@ def _problem(action: ExecAction) -> tuple[str | None, str | None]:
         return found, None
     try:
         info = os.stat(path)
+    except FileNotFoundError:
+        where = "" if os.path.isabs(action.program) else " (relative to the route file's folder)"
+        return None, f"command {path} does not exist{where}; install it or correct the path"
     except OSError as exc:
         return None, f"command {path}: {exc.strerror or exc}"
     if not stat.S_ISREG(info.st_mode):
