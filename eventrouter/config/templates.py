@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +22,7 @@ from jinja2.parser import Parser
 
 from eventrouter.config.budget import WATCHDOG, BudgetExceeded
 from eventrouter.config.sandbox import MAX_SIZE, make_environment
+from eventrouter.config.stepenv import step_env
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 
@@ -407,40 +407,6 @@ def _plain(data: Any) -> Any:
 
 #: ``router`` when the caller says nothing about where it runs: a one-node cluster's leader.
 _NO_ROUTER: dict[str, Any] = {"node": None, "agent": None, "instance": "", "leader": True}
-
-
-#: ``env`` of recent events, by (base mapping, source, name): a context is built for each route
-#: an event matches, and the base holds every variable of the router's environment.
-_STEP_ENVS: OrderedDict[tuple[int, str, str], tuple[Mapping[str, str], dict[str, str]]] = (
-    OrderedDict()
-)
-_STEP_ENVS_MAX = 256
-_NO_ENV: Mapping[str, str] = {}
-
-
-def step_env(event: Event, env: Mapping[str, str] | None) -> dict[str, str]:
-    """Return ``env`` in templates: what a step started for ``event`` finds in its environment.
-
-    ``env`` is the router's environment with the module's environment file over it; the
-    step runner then adds the action's ``env`` and the event's own variables, as here. The
-    result is shared between the contexts of one event (the sandbox cannot change it).
-    """
-    base = env if env is not None else _NO_ENV
-    key = (id(base), event.source or "", event.name or "")
-    found = _STEP_ENVS.get(key)
-    if found is not None and found[0] is base:
-        _STEP_ENVS.move_to_end(key)
-        return found[1]
-    merged = {
-        **base,
-        "AGENT_EVENT_NAME": event.name or "",
-        "AGENT_EVENT_SOURCE": event.source or "",
-        "AGENT_COMFD": "2",
-    }
-    _STEP_ENVS[key] = (base, merged)  # the base kept alive: its id names no other mapping
-    if len(_STEP_ENVS) > _STEP_ENVS_MAX:
-        _STEP_ENVS.popitem(last=False)
-    return merged
 
 
 def event_context(
