@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -102,6 +103,10 @@ class Expression(Protocol):
         """Return the expression's value in ``context``."""
         ...
 
+    def reads(self, name: str) -> bool:
+        """Return True when the expression reads the context name ``name``."""
+        ...
+
 
 class TextTemplate(Protocol):
     """A compiled template rendered as text."""
@@ -169,7 +174,31 @@ class TaskAction:
         return f"task {self.action} on {self.agent.source}"
 
 
-Action = RunAction | EmitAction | TaskAction
+@dataclass(frozen=True)
+class ExecAction:
+    """Run one command, each argument a template, without a shell, as a step of its own."""
+
+    #: The program as written: a name looked up on PATH, or a path.
+    program: str
+    args: tuple[TextTemplate, ...]
+    line: int
+    timeout: float | None = None
+    env: tuple[tuple[str, TextTemplate], ...] = ()
+    #: The folder of the route file: a relative program path is relative to it.
+    base: Path = Path()
+
+    def describe(self) -> str:
+        """Return a short human description."""
+        return f"exec {self.program}"
+
+    def resolve(self) -> str | None:
+        """Return the program's path when it names one (absolute here), None for a bare name."""
+        if "/" not in self.program:
+            return None
+        return os.path.normpath(os.path.join(self.base, self.program))
+
+
+Action = RunAction | EmitAction | TaskAction | ExecAction
 
 
 @dataclass(frozen=True)
@@ -295,6 +324,10 @@ def _action_fingerprint(action: Action) -> tuple[Any, ...]:
         return ("run", str(action.path), action.timeout, env)
     if isinstance(action, EmitAction):
         return ("emit", action.channel.source, action.payload.fingerprint())
+    if isinstance(action, ExecAction):
+        env = tuple((key, template.source) for key, template in action.env)
+        args = tuple(template.source for template in action.args)
+        return ("exec", action.resolve() or action.program, args, action.timeout, env)
     extra = action.extra.fingerprint() if action.extra is not None else None
     return (
         "task", action.agent.source, action.action, action.data.fingerprint(), extra,

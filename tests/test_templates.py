@@ -328,6 +328,12 @@ def test_context_of_a_json_event() -> None:
         "route": "certs",
         # No router given: a one-node cluster's leader, node unknown.
         "router": {"node": None, "agent": None, "instance": "", "leader": True},
+        # No environment given: only what the step runner adds for the event itself.
+        "env": {
+            "AGENT_EVENT_NAME": "certificate-changed",
+            "AGENT_EVENT_SOURCE": "module/traefik1",
+            "AGENT_COMFD": "2",
+        },
     }
 
 

@@ -7,7 +7,8 @@ executes, so what it says is what the daemon does; it touches neither Redis nor 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,34 @@ class Explainer:
         max_depth: int = 8,
         max_payload: int = 1024 * 1024,
         router: RouterInfo = ONE_NODE,
+        *,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.routes = tuple(routes)
         self.events_dirs = tuple(events_dirs)
         self.context = RouterContext(
-            self.events_dirs, max_depth, max_payload, folder_exists, router
+            self.events_dirs, max_depth, max_payload, folder_exists, router, dict(env or {})
         )
         self.planner = Planner(RouteIndex(self.routes), self.context, list_step_plans)
 
-    def explain(self, channel: str, data: bytes, router: RouterInfo | None = None) -> EventPlan:
-        """Return the plan of an incoming event and its cascade, as ``router`` would see it."""
-        if router is None:
+    def explain(
+        self,
+        channel: str,
+        data: bytes,
+        router: RouterInfo | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> EventPlan:
+        """Return the plan of an incoming event and its cascade, as ``router`` would see it.
+
+        ``env`` (what ``env`` holds in templates) replaces the explainer's own when given.
+        """
+        if router is None and env is None:
             return self.planner.plan(channel, data)
-        context = replace(self.context, router=router)
+        context = replace(
+            self.context,
+            router=router if router is not None else self.context.router,
+            env=dict(env) if env is not None else self.context.env,
+        )
         return Planner(self.planner.index, context, list_step_plans).plan(channel, data)
 
 
@@ -127,6 +143,8 @@ def _action_lines(number: int, action: ActionPlan) -> list[str]:
         return out
     if action.kind == "task":
         return _task_lines(number, action, pad)
+    if action.kind == "exec":
+        return _exec_lines(number, action, pad)
     if action.error:
         return [f"    {number}. emit {action.target}", f"{pad}error: {action.error}"]
     out = [f"    {number}. emit {action.channel} {_short(action.payload)}"]
@@ -148,6 +166,14 @@ def _task_lines(number: int, action: ActionPlan, pad: str) -> list[str]:
         f"{pad}data {_short(task['data'])}",
         f"{pad}extra {_short(task['extra'])}",
     ]
+
+
+def _exec_lines(number: int, action: ActionPlan, pad: str) -> list[str]:
+    if action.error or action.argv is None:
+        return [f"    {number}. exec {action.target}", f"{pad}error: {action.error}"]
+    # shlex quoting: each argument reads as one, as the command receives it (no shell runs).
+    out = [f"    {number}. exec {shlex.join(action.argv)}"]
+    return out + [f"{pad}env {key}={value}" for key, value in action.env.items()]
 
 
 def format_text(plan: EventPlan, verbose: bool = False) -> list[str]:

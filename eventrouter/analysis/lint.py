@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from eventrouter.analysis.commands import command_findings
 from eventrouter.analysis.loops import (
     Neighbours,
     contains,
@@ -59,6 +60,7 @@ def deep_check(
         findings += tense_findings(route)
     findings += duplicate_findings(routes)
     findings += twice_findings(routes, events_dirs)
+    findings += command_findings(routes, euid)
     return sorted(findings, key=lambda item: (item.file, item.line))
 
 

@@ -25,10 +25,19 @@ from eventrouter.analysis.loops import (
     overlap,
     pattern_glob,
 )
+from eventrouter.config.ns8 import TESTS
 from eventrouter.config.schemas import EventSpec
 from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
 from eventrouter.errors import Diagnostic
-from eventrouter.model import EVENT_MARK, EmitAction, Route, RouterInfo, RunAction
+from eventrouter.model import (
+    EVENT_MARK,
+    Action,
+    EmitAction,
+    ExecAction,
+    Route,
+    RouterInfo,
+    RunAction,
+)
 
 #: Parses only (lint never renders): a plain environment knows the same syntax.
 _ENV = jinja2.Environment(keep_trailing_newline=True)
@@ -38,7 +47,7 @@ _MARKERS = ("{{", "{%", "{#")
 
 
 #: Names a template sees (README "Routes"), and those Jinja2 itself provides.
-CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router")
+CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router", "env")
 
 
 _BUILTIN = frozenset(DEFAULT_NAMESPACE) | {"loop", "caller", "self", "varargs", "kwargs"}
@@ -56,7 +65,7 @@ _KEYWORDS = _CONSTANTS | {
 
 
 _ROUTER_FIELDS = tuple(RouterInfo().template_value())
-_KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests)
+_KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests) | set(TESTS)
 
 
 _CODE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
@@ -282,18 +291,27 @@ def _templates(route: Route) -> Iterator[Template]:
     if route.runs_on is not None:
         yield "runs_on", route.line, route.runs_on.source, False
     for action in route.actions:
-        if isinstance(action, EmitAction):
-            yield "emit channel", action.line, action.channel.source, False
-            if isinstance(action.payload, Value):
-                yield from _value_templates("emit payload", action.line, action.payload)
-        elif isinstance(action, RunAction):
-            for name, template in action.env:
-                yield f"env {name}", action.line, template.source, False
-        else:
-            yield "task agent", action.line, action.agent.source, False
-            for label, value in (("task data", action.data), ("task extra", action.extra)):
-                if isinstance(value, Value):
-                    yield from _value_templates(label, action.line, value)
+        yield from _action_templates(action)
+
+
+def _action_templates(action: Action) -> Iterator[Template]:
+    """Yield every template of one action."""
+    if isinstance(action, EmitAction):
+        yield "emit channel", action.line, action.channel.source, False
+        if isinstance(action.payload, Value):
+            yield from _value_templates("emit payload", action.line, action.payload)
+        return
+    if isinstance(action, ExecAction):
+        for index, template in enumerate(action.args, 1):
+            yield f"exec argument {index}", action.line, template.source, False
+    if isinstance(action, RunAction | ExecAction):
+        for name, template in action.env:
+            yield f"env {name}", action.line, template.source, False
+        return
+    yield "task agent", action.line, action.agent.source, False
+    for label, value in (("task data", action.data), ("task extra", action.extra)):
+        if isinstance(value, Value):
+            yield from _value_templates(label, action.line, value)
 
 
 def _value_templates(label: str, line: int, value: Value) -> Iterator[Template]:

@@ -8,6 +8,9 @@ only the files directly in the folder, so it never sees them). A test file::
       - name: module-added announces the module     # required, unique in the file
         router: {node: 2, leader: false}             # optional: decide as this router
                                                      # (node, agent, instance, leader)
+        env: {NODE_ID: "1", POSTFIX_ORIGIN: example.org}
+                                                     # optional: ``env`` in templates, over
+                                                     # --env/--env-file (never the shell's)
         event:
           channel: cluster/event/module-added        # required
           payload: {module: traefik1, node: 1}       # a mapping, list, number, boolean or
@@ -21,6 +24,8 @@ only the files directly in the folder, so it never sees them). A test file::
           tasks:                      # every task submitted across the cascade, in plan order
             - {agent: module/mail1, action: configure-module, data: {hostname: x}}
                                       # data optional, matched as a subset like payload
+          commands:                   # every exec: across the cascade, in plan order, as
+            - [systemctl, --user, reload, mail1.service]  # rendered (program as written)
           emits:                      # every derived event of the cascade, in plan order
             - channel: cluster/event/module-domain-changed
               payload: {modules: [traefik1]}  # optional; a subset: mappings need only the
@@ -45,6 +50,7 @@ a derived event right after its emit. Every problem in a test file is reported a
 from __future__ import annotations
 
 import json
+import shlex
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -66,6 +72,7 @@ class Outcome:
     fired: list[str]
     emits: list[tuple[str, Any]] = field(default_factory=list)
     tasks: list[tuple[str, str, Any]] = field(default_factory=list)
+    commands: list[tuple[str, ...]] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)
     cuts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -97,6 +104,8 @@ def _walk(plan: EventPlan, result: Outcome) -> None:
             elif action.kind == "task" and action.task is not None:
                 task = action.task
                 result.tasks.append((task["agent"], task["action"], task["data"]))
+            elif action.kind == "exec" and action.argv is not None:
+                result.commands.append(tuple(action.argv))
             elif action.cut:
                 result.cuts.append(action.cut)
             else:
@@ -186,12 +195,25 @@ def _tasks_problem(
     return "\n".join(lines + ([f"  first difference: {first}"] if first else []))
 
 
+def _commands_problem(
+    expected: Sequence[tuple[str, ...]], actual: list[tuple[str, ...]]
+) -> str | None:
+    if list(expected) == actual:
+        return None
+    lines = [f"expected {len(expected)} command(s):"]
+    lines += [f"    {shlex.join(argv)}" for argv in expected]
+    lines += [f"  would run {len(actual)}:", *(f"    {shlex.join(argv)}" for argv in actual)]
+    return "\n".join(lines)
+
+
 def _check_cascade(expect: Expect, out: Outcome) -> list[str]:
     problems = []
     if expect.emits is not None:
         problems.append(_emits_problem(expect.emits, out.emits) or "")
     if expect.tasks is not None:
         problems.append(_tasks_problem(expect.tasks, out.tasks) or "")
+    if expect.commands is not None:
+        problems.append(_commands_problem(expect.commands, out.commands) or "")
     if expect.steps is not None and list(expect.steps) != out.steps:
         problems.append(f"expected steps: {_names(expect.steps)}\n  would run: {_names(out.steps)}")
     if expect.cut is not None and expect.cut != bool(out.cuts):
@@ -219,9 +241,18 @@ def _router(test: RouteTest, explainer: Explainer) -> RouterInfo | None:
     return replace(explainer.context.router, **given)
 
 
+def _env(test: RouteTest, explainer: Explainer) -> dict[str, str] | None:
+    """Return ``env`` for the test: its ``env:`` over the command line's --env/--env-file."""
+    if test.env is None:
+        return None
+    return {**explainer.context.env, **dict(test.env)}
+
+
 def check(test: RouteTest, explainer: Explainer) -> list[str]:
     """Return what differs between a test's expectations and the plan of its event."""
-    result = outcome(explainer.explain(test.channel, test.data, _router(test, explainer)))
+    router, env = _router(test, explainer), _env(test, explainer)
+    plan = explainer.explain(test.channel, test.data, router, env)
+    result = outcome(plan)
     return _check_routes(test.expect, result) + _check_cascade(test.expect, result)
 
 

@@ -332,15 +332,34 @@ def _router(args: argparse.Namespace) -> RouterInfo:
     )
 
 
+def _template_env(args: argparse.Namespace, command: str) -> dict[str, str] | None:
+    """Return ``env`` for templates from --env-file and --env; None after printing an error."""
+    from eventrouter.runtime.envfile import parse_environment
+
+    env: dict[str, str] = {}
+    if args.env_file:
+        try:
+            with open(args.env_file, "rb") as handle:
+                env = parse_environment(handle.read(), args.env_file)
+        except OSError as exc:
+            print(
+                f"eventrouter {command}: --env-file {args.env_file}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return None
+    return env | dict(args.env)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain what an event would trigger, without Redis."""
     from eventrouter.analysis.explain import Explainer, format_text
 
-    loaded = _load_valid(args)
-    if loaded is None:
+    env = _template_env(args, "explain")
+    loaded = _load_valid(args) if env is not None else None
+    if loaded is None or env is None:
         return EXIT_INVALID
     events = events_dirs(args.events_dir, os.environ)
-    explainer = Explainer(loaded[0].routes, events, args.max_depth, router=_router(args))
+    explainer = Explainer(loaded[0].routes, events, args.max_depth, router=_router(args), env=env)
     plan = explainer.explain(args.channel, _payload(args.payload))
     empty = _nothing(loaded[0].routes, loaded[1], events)
     if args.json:
@@ -359,8 +378,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     from eventrouter.analysis import routetest
     from eventrouter.analysis.explain import Explainer
 
-    loaded = _load_valid(args)
-    if loaded is None:
+    env = _template_env(args, "test")
+    loaded = _load_valid(args) if env is not None else None
+    if loaded is None or env is None:
         return EXIT_INVALID
     result, folders = loaded
     explainer = Explainer(
@@ -368,6 +388,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         events_dirs(args.events_dir, os.environ),
         args.max_depth,
         router=_router(args),
+        env=env,
     )
     files = [Path(item) for item in args.files] or routetest.default_files(folders)
     searched = [folder / "tests" for folder in folders]

@@ -88,6 +88,31 @@ def _add_router_options(parser: argparse.ArgumentParser, leader: bool = True) ->
         )
 
 
+def _env_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name or "\0" in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def _add_env_options(parser: argparse.ArgumentParser) -> None:
+    """Add --env and --env-file: what ``env`` holds in templates (never the shell's)."""
+    parser.add_argument(
+        "--env-file",
+        metavar="FILE",
+        help="KEY=VALUE lines (a module's environment file) for env in templates; the shell's "
+        "environment is never read for it",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        type=_env_pair,
+        default=[],
+        metavar="NAME=VALUE",
+        help="a variable for env in templates, over --env-file (repeatable)",
+    )
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
@@ -297,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_route_options(explain)
     _add_router_options(explain)
+    _add_env_options(explain)
     explain.add_argument("--json", action="store_true", help="one JSON document")
     explain.add_argument(
         "--verbose", "-v", action="store_true", help="also list the routes that do not match"
@@ -326,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_route_options(test)
     _add_router_options(test)
+    _add_env_options(test)
     test.add_argument("files", metavar="FILE", nargs="*", help="route test files")
     test.add_argument(
         "--max-depth",

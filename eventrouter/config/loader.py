@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -20,6 +19,7 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.config.excerpt import bound_message, excerpt
+from eventrouter.config.execs import build_exec, env_entries
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
     WELL_KNOWN,
@@ -103,7 +103,6 @@ NOT_A_ROUTE_FILE = (
     "not a route file: a mapping with {count} key(s) but neither 'routes' nor 'schemas' "
     "(its keys are not shown)"
 )
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _route_name(value: Any) -> str:
@@ -157,12 +156,6 @@ def _value_template(value: Any) -> Value:
         return Value(value)
     except TemplateSyntaxError as exc:
         raise _template_error("template", exc) from exc
-
-
-def _env_entry(key: Any, value: Any) -> tuple[str, Text]:
-    if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
-        raise ValueError(f"{excerpt(key)} is not a valid environment variable name")
-    return key, _text_template(value)
 
 
 def _runs_on(value: Any) -> Text:
@@ -292,12 +285,13 @@ EVENT_SCHEMA = vol.Schema(
 def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     """Validate one item of ``do``; return a RunAction/EmitAction or None after reporting."""
     line = line_of(ctx.data, where, 1)
-    kinds = [name for name in ("run", "emit", "task") if isinstance(raw, dict) and name in raw]
+    kinds = [k for k in ("run", "emit", "task", "exec") if isinstance(raw, dict) and k in raw]
     if len(kinds) != 1:
-        ctx.error(
-            where, f"{key_path(where)}: an action is a mapping with one of 'run', 'emit', 'task'"
-        )
+        what = "one of 'run', 'emit', 'task', 'exec'"
+        ctx.error(where, f"{key_path(where)}: an action is a mapping with {what}")
         return None
+    if kinds[0] == "exec":
+        return build_exec(ctx, where, raw, line)
     schema = {"run": RUN_SCHEMA, "emit": EMIT_SCHEMA, "task": TASK_SCHEMA}[kinds[0]]
     try:
         valid = schema(raw)
@@ -316,15 +310,10 @@ def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
         problem = "does not exist" if not path.exists() else "is not a directory"
         ctx.error([*where, "run"], f"{key_path([*where, 'run'])}: handler folder {path} {problem}")
         return None
-    env = []
-    for key, value in valid.get("env", {}).items():
-        try:
-            env.append(_env_entry(key, value))
-        except ValueError as exc:
-            ctx.error([*where, "env", key], f"{key_path([*where, 'env', key])}: {exc}")
-    if len(env) < len(valid.get("env", {})):
+    env = env_entries(ctx, [*where, "env"], valid.get("env", {}))
+    if env is None:
         return None
-    return RunAction(path, line, valid.get("timeout"), tuple(env))
+    return RunAction(path, line, valid.get("timeout"), env)
 
 
 def _task(valid: dict[str, Any], line: int) -> TaskAction:

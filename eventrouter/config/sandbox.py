@@ -22,6 +22,8 @@ from jinja2.nodes import Concat, EvalContext
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from eventrouter.config import ns8
+
 #: Longest string or list a template may build, and longest text it may render (characters).
 MAX_SIZE = 4 * 1024 * 1024
 #: Largest integer result of ``**``, in bits.
@@ -203,4 +205,5 @@ def make_environment() -> Sandbox:
         env.filters[name] = _guard_filter(env.filters[name], _check_filter_numbers(name))
     env.filters["indent"] = _guard_filter(env.filters["indent"], _check_indent)
     env.filters["replace"] = _guard_filter(env.filters["replace"], _check_replace_filter)
+    env.tests.update(ns8.TESTS)  # NS8's rules as tests: payload is certificate_for(...)
     return env

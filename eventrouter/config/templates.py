@@ -22,6 +22,7 @@ from jinja2.parser import Parser
 
 from eventrouter.config.budget import WATCHDOG, BudgetExceeded
 from eventrouter.config.sandbox import MAX_SIZE, make_environment
+from eventrouter.config.stepenv import step_env
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 
@@ -122,6 +123,19 @@ def _check_expression(source: str) -> None:
 
 
 @lru_cache(maxsize=4096)
+def _names_read(source: str) -> frozenset[str]:
+    """Return the context names an expression reads (loaded, not set by the expression)."""
+    try:
+        tree = Parser(_ENV, source, state="variable").parse_expression()
+    except jinja2.TemplateSyntaxError:
+        return frozenset()
+    found = [tree] if isinstance(tree, nodes.Name) else []
+    return frozenset(
+        node.name for node in [*found, *tree.find_all(nodes.Name)] if node.ctx == "load"
+    )
+
+
+@lru_cache(maxsize=4096)
 def _compiled_template(source: str) -> jinja2.Template:
     return _ENV.from_string(source)
 
@@ -217,6 +231,12 @@ class Condition:
         stripped = source.strip()
         # A bare ``payload.module`` is the commonest expression: look it up directly.
         self.path = tuple(stripped.split(".")) if _PATH.fullmatch(stripped) else None
+
+    def reads(self, name: str) -> bool:
+        """Return True when the expression reads the context name ``name`` (``env``)."""
+        if self.path is not None:
+            return self.path[0] == name
+        return name in _names_read(self.source)
 
     def evaluate(self, context: Mapping[str, Any]) -> Any:
         """Return the expression's value; raise TemplateRenderError."""
@@ -395,9 +415,14 @@ def event_context(
     match: Mapping[str, str] | None = None,
     route: str = "",
     router: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Return the template context (README "Routes") for ``event``; ``router`` where it runs."""
+    """Return the template context (README "Routes") for ``event``; ``router`` where it runs.
+
+    ``env``: the router's environment and the module's environment file (none: empty).
+    """
     return {
+        "env": step_env(event, env),
         "router": dict(router) if router is not None else dict(_NO_ROUTER),
         "channel": event.channel,
         "source": event.source,

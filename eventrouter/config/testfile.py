@@ -28,7 +28,7 @@ from eventrouter.errors import Diagnostic
 ANY = object()  # an expected derived event that gives no payload matches any payload
 KEYS = {  # allowed keys, by key path without list indexes
     "": ("tests",),
-    "tests": ("name", "router", "event", "expect"),
+    "tests": ("name", "router", "env", "event", "expect"),
     "tests.router": ("node", "agent", "instance", "leader"),
     "tests.event": ("channel", "payload"),
     "tests.expect": (
@@ -38,6 +38,7 @@ KEYS = {  # allowed keys, by key path without list indexes
         "nothing",
         "emits",
         "tasks",
+        "commands",
         "steps",
         "cut",
         "errors",
@@ -62,6 +63,43 @@ def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of names, got {kind(value)}")
     return tuple(text(item) for item in value)
+
+
+def _argument(value: Any) -> str:
+    """One expected argument: a string, or a number or boolean written plainly (as YAML reads)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    raise ValueError(f"expected an argument (a string), got {kind(value)}")
+
+
+def _commands(value: Any) -> tuple[tuple[str, ...], ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of commands, got {kind(value)}")
+    found = []
+    for item in value:
+        if not isinstance(item, list) or not item:
+            raise ValueError(
+                f"expected each command as a list of arguments ([systemctl, --user, reload, "
+                f"x.service]), got {kind(item)}"
+            )
+        found.append(tuple(_argument(arg) for arg in item))
+    return tuple(found)
+
+
+def _environment(value: Any) -> tuple[tuple[str, str], ...]:
+    """``env:`` of a test: what ``env`` holds in templates, as the module's environment would."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of variable names to values, got {kind(value)}")
+    found = []
+    for key, item in value.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValueError(f"{key!r} is not an environment variable name")
+        if item is None or isinstance(item, dict | list):
+            raise ValueError(f"{key}: expected a value (a string), got {kind(item)}")
+        found.append((key, _argument(item)))
+    return tuple(found)
 
 
 EMIT = vol.Schema({vol.Required("channel"): wrap(text), vol.Optional("payload"): wrap(_json)})
@@ -92,6 +130,7 @@ TEST_SCHEMA = vol.Schema(
     {
         vol.Required("name"): wrap(text),
         vol.Optional("router"): ROUTER,
+        vol.Optional("env"): wrap(_environment),
         vol.Required("event"): {
             vol.Required("channel"): wrap(text),
             vol.Optional("payload", default=""): wrap(_event_data),
@@ -102,6 +141,7 @@ TEST_SCHEMA = vol.Schema(
                 vol.Optional("steps"): wrap(_strings),
                 vol.Optional("emits"): [EMIT],
                 vol.Optional("tasks"): [TASK],
+                vol.Optional("commands"): wrap(_commands),
                 **{vol.Optional(k): wrap(boolean) for k in ("nothing", "cut", "errors")},
             },
             vol.Length(min=1, msg="give at least one of " + ", ".join(KEYS["tests.expect"])),
@@ -123,6 +163,7 @@ class Expect:
     nothing: bool | None = None
     emits: tuple[tuple[str, Any], ...] | None = None  # (channel, payload or ANY)
     tasks: tuple[tuple[str, str, Any], ...] | None = None  # (agent, action, data or ANY)
+    commands: tuple[tuple[str, ...], ...] | None = None  # rendered exec argument lists
     steps: tuple[str, ...] | None = None
     cut: bool | None = None
     errors: bool = False
@@ -141,6 +182,8 @@ class RouteTest:
     #: Where the test decides from (``node``, ``agent``, ``instance``, ``leader``), over the
     #: command line's ``--node``, ``--agent``, ``--leader``.
     router: tuple[tuple[str, Any], ...] = ()
+    #: What ``env`` holds in templates for this test (never the shell's environment).
+    env: tuple[tuple[str, str], ...] | None = None
 
 
 def _report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
@@ -207,6 +250,7 @@ def _build(ctx: FileContext, index: int, known: set[str], seen: set[str]) -> Rou
         event["payload"],
         Expect(**expect),
         router,
+        valid.get("env"),
     )
 
 

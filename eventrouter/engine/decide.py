@@ -12,7 +12,7 @@ matching, ``schema: strict``, ``when:``, ``key:``) and when a run starts (``rend
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +56,9 @@ class RouterContext:
     folder_exists: FolderExists = _no_folder
     #: Where the router runs: ``router`` in templates, and what ``runs_on`` is checked against.
     router: RouterInfo = ONE_NODE
+    #: ``env`` in templates: the router's environment and the module's environment file, as
+    #: they are for this event (the daemon builds a context per event when the file changed).
+    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -141,13 +144,32 @@ def _shown(value: Any) -> str:
         return repr(value)
 
 
+class Hidden:
+    """A condition's value that came from ``env``: logs, history and ``explain`` never show it."""
+
+    def __repr__(self) -> str:
+        return "<hidden: the expression reads env>"
+
+
+#: What a condition reading ``env`` shows instead of a value other than true, false or none.
+HIDDEN = Hidden()
+
+
 def evaluate_when(route: Route, context: dict[str, Any]) -> Condition | None:
-    """Return the value of the route's ``when:`` in ``context``; None without one."""
+    """Return the value of the route's ``when:`` in ``context``; None without one.
+
+    A value other than a boolean or none is hidden when the expression reads ``env``: the
+    router's and the module's environment hold secrets (REDIS_PASSWORD) that must not reach
+    a log line through ``when: env.X``.
+    """
     if route.when is None:
         return None
     try:
         value = route.when.evaluate(context)
-        return Condition(route.when.source, value, truth(value))
+        holds = truth(value)
+        if not isinstance(value, bool) and value is not None and route.when.reads("env"):
+            value = HIDDEN
+        return Condition(route.when.source, value, holds)
     # A value whose truth cannot be told (a sandboxed object raising) is an error too.
     except Exception as exc:
         return Condition(route.when.source, error=str(exc) or type(exc).__name__)
@@ -180,7 +202,11 @@ def placement(route: Route, context: dict[str, Any], router: RouterInfo) -> str 
 
 
 def decide_route(
-    route: Route, event: Event, captures: dict[str, str], router: RouterInfo = ONE_NODE
+    route: Route,
+    event: Event,
+    captures: dict[str, str],
+    router: RouterInfo = ONE_NODE,
+    env: Mapping[str, str] | None = None,
 ) -> RouteDecision:
     """Return whether a matching route fires for ``event``: schema, runs_on, condition, key."""
     pattern = _pattern(route, event.channel, captures)
@@ -191,7 +217,9 @@ def decide_route(
     # The template context, for what renders one here: a route without runs_on, when or key
     # (most) needs none.
     context = (
-        event_context(event, match=captures, route=route.name, router=router.template_value())
+        event_context(
+            event, match=captures, route=route.name, router=router.template_value(), env=env
+        )
         if route.runs_on is not None or route.when is not None or route.key is not None
         else {}
     )
@@ -218,7 +246,7 @@ def decide_route(
 def decide(index: RouteIndex, event: Event, context: RouterContext) -> Decision:
     """Return what ``event`` triggers: matching routes, then events folders."""
     routes = [
-        decide_route(route, event, captures, context.router)
+        decide_route(route, event, captures, context.router, context.env)
         for route, captures in index.match(event.channel)
     ]
     folders = convention_folders(context.events_dirs, event.name, context.folder_exists)
@@ -286,10 +314,16 @@ class ActionRefused(Exception):
 
 
 def action_context(
-    route: Route, event: Event, captures: dict[str, str], router: RouterInfo = ONE_NODE
+    route: Route,
+    event: Event,
+    captures: dict[str, str],
+    router: RouterInfo = ONE_NODE,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return the template context of a route's actions for ``event``."""
-    return event_context(event, match=captures, route=route.name, router=router.template_value())
+    return event_context(
+        event, match=captures, route=route.name, router=router.template_value(), env=env
+    )
 
 
 def render_env(action: RunAction, context: dict[str, Any]) -> dict[str, str]:

@@ -26,7 +26,8 @@ from eventrouter.engine.decide import (
     render_env,
     render_task,
 )
-from eventrouter.model import EmitAction, Event, RunAction, TaskAction
+from eventrouter.engine.execs import render_exec
+from eventrouter.model import EmitAction, Event, ExecAction, RunAction, TaskAction
 
 
 @dataclass
@@ -46,9 +47,9 @@ StepLister = Callable[[Path], list[StepPlan]]
 class ActionPlan:
     """What one action would do."""
 
-    kind: str  # "run", "emit" or "task"
+    kind: str  # "run", "emit", "task" or "exec"
     line: int
-    target: str  # handler folder, emit channel template, or task agent template
+    target: str  # handler folder, emit channel template, task agent template, or program
     error: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     steps: list[StepPlan] = field(default_factory=list)
@@ -58,6 +59,8 @@ class ActionPlan:
     cascade: EventPlan | None = None
     #: The rendered task: agent, action, data, extra, parent, timeout, wait.
     task: dict[str, Any] | None = None
+    #: The rendered ``exec:`` argument list, the program as written first.
+    argv: list[str] | None = None
     #: An earlier action of the route failed: this one would not run.
     skipped: bool = False
 
@@ -181,7 +184,7 @@ class Planner:
 
     def _actions(self, item: RouteDecision, event: Event) -> list[ActionPlan]:
         route = item.route
-        context = action_context(route, event, item.captures, self.context.router)
+        context = action_context(route, event, item.captures, self.context.router, self.context.env)
         plans: list[ActionPlan] = []
         failed = False
         for action in route.actions:
@@ -193,6 +196,10 @@ class Planner:
                 plan = ActionPlan("task", action.line, action.agent.source, skipped=failed)
                 if not failed:
                     self._task(plan, item, action, event, context)
+            elif isinstance(action, ExecAction):
+                plan = ActionPlan("exec", action.line, action.program, skipped=failed)
+                if not failed:
+                    self._exec(plan, action, context)
             else:
                 plan = ActionPlan("emit", action.line, action.channel.source, skipped=failed)
                 if not failed:
@@ -211,6 +218,15 @@ class Planner:
             plan.steps = self.lister(action.path)
         except OSError as exc:
             plan.error = f"handler folder {action.path}: {exc.strerror or exc}"
+
+    @staticmethod
+    def _exec(plan: ActionPlan, action: ExecAction, context: dict[str, Any]) -> None:
+        try:
+            command = render_exec(action, context)
+        except ActionRefused as exc:
+            plan.error = exc.reason
+            return
+        plan.argv, plan.env = list(command.argv), command.env
 
     @staticmethod
     def _task(

@@ -15,7 +15,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
@@ -38,6 +38,7 @@ from eventrouter.model import (
     ChainLink,
     EmitAction,
     Event,
+    ExecAction,
     Route,
     RouterInfo,
     RunAction,
@@ -45,14 +46,17 @@ from eventrouter.model import (
     TaskAction,
     TaskResult,
 )
+from eventrouter.runtime import execute
 from eventrouter.runtime import history as outcomes
+from eventrouter.runtime.envfile import ModuleEnvironment
+from eventrouter.runtime.failed import Failed, handler_failed
 from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
 from eventrouter.runtime.stats import Histograms
-from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
+from eventrouter.runtime.steps import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -138,31 +142,6 @@ async def _wait_unless(
     return left
 
 
-@dataclass(frozen=True)
-class Failed:
-    """Why an action failed, for the log and the failure journal."""
-
-    status: str
-    reason: str
-    step: str | None = None
-    tail: tuple[str, ...] = ()
-    attempts: int = 1
-
-
-def _handler_failed(result: HandlerResult, attempts: int) -> Failed:
-    failing = next((step for step in reversed(result.steps) if step.status != 0), None)
-    if failing is None or failing.skipped is not None:
-        status = "handler error"
-    else:
-        status = describe_status(failing.status, timed_out=failing.timed_out, timeout=None)
-        if failing.timed_out:
-            status = "timed out"
-    if attempts > 1:
-        status = f"retries exhausted ({attempts} attempts): {status}"
-    step = failing.name if failing is not None else None
-    return Failed(status, result.error or status, step, result.tail, attempts)
-
-
 class _EmitReceipt:
     """Log, count and journal what Redis answered for one derived event."""
 
@@ -216,6 +195,7 @@ class Dispatcher:
         instance: str | None = None,
         router: RouterInfo | None = None,
         tasks: TaskSubmitter | None = None,
+        environment: ModuleEnvironment | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -230,6 +210,8 @@ class Dispatcher:
         self.instance = instance if instance is not None else instance_name(settings.instance)
         where = router if router is not None else RouterInfo(instance=self.instance)
         self.context = router_context(settings, where)
+        #: ``env`` in templates: what the steps this router starts see (README "Routes").
+        self.environment = environment or ModuleEnvironment(runner.base_env)
         self._recording: set[asyncio.Task[None]] = set()
         self.scheduler = Scheduler(
             self.execute,
@@ -260,6 +242,17 @@ class Dispatcher:
         if leader != self.context.router.leader:
             self.context = replace(self.context, router=replace(self.context.router, leader=leader))
 
+    def current_context(self) -> RouterContext:
+        """Return the context to decide an event with now: ``env`` as it is at this moment.
+
+        One ``stat`` of the module's environment file; the context is replaced only when the
+        file changed, and actions that start later render with the newest one seen.
+        """
+        env = self.environment.current()
+        if env is not self.context.env:
+            self.context = replace(self.context, env=env)
+        return self.context
+
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
         self.index = index
@@ -283,7 +276,7 @@ class Dispatcher:
         self.counters["events"] += 1
         chain = self.chains.adopt(channel, data)
         trace = self._trace(channel, data, chain)
-        decision = decide_message(self.index, channel, data, self.context, chain)
+        decision = decide_message(self.index, channel, data, self.current_context(), chain)
         if decision.refused is not None:
             self.counters["dropped_oversize"] += 1
             trace.refused = decision.refused
@@ -304,7 +297,7 @@ class Dispatcher:
         """
         recovered = 0
         for channel, data, chain in self.chains.unreturned(queued):
-            decision = decide_message(self.index, channel, data, self.context, chain)
+            decision = decide_message(self.index, channel, data, self.current_context(), chain)
             if decision.refused is not None or not decision.routes:
                 continue  # not routed here: it was never coming back to this router
             self.counters["events"] += 1
@@ -407,12 +400,17 @@ class Dispatcher:
         steps = 0
         for position, action in enumerate(route.actions, 1):
             if not context and (not isinstance(action, RunAction) or action.env):
-                context = action_context(route, event, job.captures, self.context.router)
+                context = action_context(
+                    route, event, job.captures, self.context.router, self.context.env
+                )
             if isinstance(action, RunAction):
                 failed, ran = await self._run(job, action, context)
                 steps += ran
             elif isinstance(action, TaskAction):
                 failed = await self._task(job, action, context)
+            elif isinstance(action, ExecAction):
+                failed, ran = await self._exec(job, action, context)
+                steps += ran
             else:
                 failed = await self._emit(job, action, context, position)
             if failed is not None:
@@ -597,7 +595,22 @@ class Dispatcher:
             await self._before_retry(f"{tag} attempt", route, attempt, result.error)
         if attempts > 1:
             log.error("%s all %d attempts failed; giving up", tag, attempts)
-        return _handler_failed(result, attempts), ran
+        return handler_failed(result, attempts), ran
+
+    async def _exec(
+        self, job: Job, action: ExecAction, context: dict[str, Any]
+    ) -> tuple[Failed | None, int]:
+        """Run an ``exec:`` command (with retries); return why it failed and the runs made."""
+        return await execute.run_exec(
+            self.runner,
+            job,
+            action,
+            context,
+            env=self.context.env,
+            step_timeout=self.settings.step_timeout,
+            before_retry=self._before_retry,
+            durations=self.step_seconds[job.route.name],
+        )
 
     async def _before_retry(self, what: str, route: Route, attempt: int, why: str | None) -> None:
         """Log a failed attempt and wait out its backoff, when ``retry:`` allows another."""

@@ -16,11 +16,12 @@ import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventrouter.config.trust import distrust, effective_uid, judge
+from eventrouter.runtime.envfile import read_environment_file
 from eventrouter.runtime.folders import (
     SkippedEntry,
     StepEntry,
@@ -34,7 +35,14 @@ from eventrouter.runtime.spawn import Child
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SkippedEntry", "StepEntry", "StepRunner", "list_steps", "unrunnable_reason"]
+__all__ = [
+    "SkippedEntry",
+    "StepEntry",
+    "StepRunner",
+    "list_steps",
+    "read_environment_file",
+    "unrunnable_reason",
+]
 
 #: How many output lines of a failing step are kept for the failure report.
 TAIL_LINES = 20
@@ -80,32 +88,6 @@ class HandlerResult:
     ok: bool
     error: str | None = None
     tail: tuple[str, ...] = ()
-
-
-def read_environment_file(path: str | Path) -> dict[str, str]:
-    """Return the ``KEY=VALUE`` lines of ``path``; an absent file gives an empty mapping."""
-    if not os.access(path, os.F_OK):  # the usual case, for every step: no exception to raise
-        return {}
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        logger.warning("cannot read environment file %s: %s; ignoring it", path, reason_of(exc))
-        return {}
-    result: dict[str, str] = {}
-    # surrogateescape keeps undecodable bytes intact on their way back into the environment.
-    text = data.decode("utf-8", "surrogateescape")
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep or not key or "\0" in line:
-            logger.debug("%s:%d: not a KEY=VALUE line, ignored", path, number)
-            continue
-        result[key] = value
-    return result
 
 
 def sanitize(data: bytes) -> str:
@@ -227,6 +209,14 @@ class _Job:
     timeout: float | None
     tag: str
     group: str
+    #: An ``exec:`` command: its arguments after the program (None: a handler's steps).
+    args: tuple[str, ...] | None = None
+
+    def what(self, step: StepEntry) -> str:
+        """Return how the log names ``step``: a step of the handler, or the exec command."""
+        if self.args is not None:
+            return f"command {step.file}"
+        return f"step {step.name} of handler {self.directory}"
 
 
 @dataclass(frozen=True)
@@ -253,9 +243,7 @@ def describe_status(status: int | None, *, timed_out: bool, timeout: float | Non
 def _skip(job: _Job, step: StepEntry, reason: str) -> _Outcome:
     """Log and record a step that cannot run at its turn."""
     # NS8 updates rely on this: an update step may remove later steps of the same run.
-    logger.warning(
-        "%s skipping step %s of handler %s: %s", job.tag, step.name, job.directory, reason
-    )
+    logger.warning("%s skipping %s: %s", job.tag, job.what(step), reason)
     return _Outcome(StepResult(step.name, None, skipped=reason))
 
 
@@ -298,6 +286,11 @@ class StepRunner:
     def running(self) -> int:
         """Return how many step processes are running now."""
         return len(self._running)
+
+    @property
+    def base_env(self) -> Mapping[str, str]:
+        """Return the router's environment, as every step's environment starts from it."""
+        return self._base_env
 
     async def run_handler(
         self,
@@ -347,6 +340,38 @@ class StepRunner:
                 logger.error("%s %s", tag, outcome.error)
                 return HandlerResult(directory, tuple(results), False, outcome.error, outcome.tail)
         return HandlerResult(directory, tuple(results), ok=True)
+
+    async def run_command(
+        self,
+        program: str,
+        args: Sequence[str],
+        *,
+        payload: bytes,
+        env: Mapping[str, str],
+        event_name: str,
+        event_source: str,
+        timeout: float | None,  # noqa: ASYNC109 (of the command, as of each step)
+        tag: str,
+        group: str = "",
+    ) -> HandlerResult:
+        """Run one command as a step of its own (``exec:``), failing where a step is skipped.
+
+        ``program`` is the executable's path. Environment, stdin, process group, timeout,
+        output relay, the concurrency cap and the stop at shutdown are a step's.
+        """
+        job = _Job(Path(program), payload, env, event_name, event_source, timeout, tag,
+                   group or tag, tuple(args))  # fmt: skip
+        step = StepEntry(os.path.basename(program), program)
+        refused = self._refused(program, "command", tag)
+        outcome = (
+            _Outcome(StepResult(step.name, None, skipped="refused"), refused)
+            if refused is not None
+            else await self._run_step(job, step)
+        )
+        if outcome.error is not None:
+            logger.error("%s %s", tag, outcome.error)
+        ok = outcome.error is None
+        return HandlerResult(job.directory, (outcome.result,), ok, outcome.error, outcome.tail)
 
     async def terminate_all(self) -> int:
         """SIGTERM then (after kill_grace) SIGKILL every running step's group; return how many."""
@@ -415,8 +440,7 @@ class StepRunner:
         protocol = _StepProtocol({1: _LineRelay(emit, self._max_line)})
         async with self._limiter.slot(job.group):
             if self._stopping:
-                why = "the router is stopping"
-                error = f"step {step.name} of handler {job.directory} not started: {why}"
+                error = f"{job.what(step)} not started: the router is stopping"
                 return _Outcome(StepResult(step.name, None), error)
             started = time.monotonic()
             try:
@@ -424,10 +448,11 @@ class StepRunner:
             except (OSError, ValueError) as exc:
                 # Removed between the check and the exec: the same case as a vanished step.
                 # (A missing interpreter or cwd is ENOENT too, but leaves the step in place.)
-                reason = unrunnable_reason(step.file)
+                # An exec: command is the whole action: it fails, it is never skipped.
+                reason = unrunnable_reason(step.file) if job.args is None else None
                 if isinstance(exc, FileNotFoundError) and reason is not None:
                     return _skip(job, step, reason)
-                error = f"step {step.name} of handler {job.directory} could not start: {exc}"
+                error = f"{job.what(step)} could not start: {exc}"
                 return _Outcome(StepResult(step.name, None), error)
             try:
                 timed_out = await self._supervise(job, step, transport, protocol)
@@ -443,23 +468,23 @@ class StepRunner:
             step.name, status, timed_out=timed_out, duration=time.monotonic() - started
         )
         if status == 0 and not timed_out:
-            logger.debug("%s step %s of handler %s done", job.tag, step.name, job.directory)
+            logger.debug("%s %s done", job.tag, job.what(step))
             return _Outcome(result)
         how = describe_status(status, timed_out=timed_out, timeout=job.timeout)
-        error = f"step {step.name} of handler {job.directory} failed: {how}"
+        error = f"{job.what(step)} failed: {how}"
         return _Outcome(result, error, tuple(tail))
 
     async def _spawn(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> Child:
         """Start the step's process in a new session and hand it the payload on stdin."""
         cwd, env = self._step_environment(job)
         # Absolute, because the child changes directory before exec.
-        program = step.file
-        logger.debug("%s running step %s of handler %s", job.tag, step.name, job.directory)
+        argv = [step.file, *(job.args or ())]
+        logger.debug("%s running %s", job.tag, job.what(step))
         # The payload is written as the pipe takes it: a step that never reads stdin cannot
         # block us, and the write error when it exits is reported to the protocol.
         # Alone, start it right here; with others running, in a thread so they go on.
         return await Child.start(
-            [program], cwd=cwd, env=env, payload=job.payload, sink=protocol, inline=not self.running
+            argv, cwd=cwd, env=env, payload=job.payload, sink=protocol, inline=not self.running
         )
 
     def _step_environment(self, job: _Job) -> tuple[str | None, dict[str, str]]:
@@ -503,11 +528,7 @@ class StepRunner:
                     await asyncio.wait_for(asyncio.shield(protocol.exited), job.timeout)
             except TimeoutError:
                 logger.error(
-                    "%s step %s of handler %s timed out after %gs; stopping it",
-                    job.tag,
-                    step.name,
-                    job.directory,
-                    job.timeout,
+                    "%s %s timed out after %gs; stopping it", job.tag, job.what(step), job.timeout
                 )
                 await self._stop_group(pgid, protocol.exited)
                 return True
@@ -515,9 +536,7 @@ class StepRunner:
         except asyncio.CancelledError:
             # Never leave a child behind: stop the group (TERM, then KILL after the grace
             # period) and reap it before giving up; a second cancellation kills at once.
-            logger.warning(
-                "%s step %s of handler %s cancelled; stopping it", job.tag, step.name, job.directory
-            )
+            logger.warning("%s %s cancelled; stopping it", job.tag, job.what(step))
             try:
                 await self._stop_group(pgid, protocol.exited)
             finally:
@@ -542,9 +561,8 @@ class StepRunner:
         await asyncio.wait([protocol.output_closed], timeout=PIPE_GRACE)
         if not protocol.output_closed.done():
             logger.warning(
-                "%s step %s of handler %s exited but a background process still "
-                "holds its output open; no longer reading it",
+                "%s %s exited but a background process still holds its output open; "
+                "no longer reading it",
                 job.tag,
-                step.name,
-                job.directory,
+                job.what(step),
             )

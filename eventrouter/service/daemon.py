@@ -209,7 +209,7 @@ class Daemon:
             )
             return False
         decision = decide_message(
-            dispatcher.index, failure.channel, failure.raw(), dispatcher.context
+            dispatcher.index, failure.channel, failure.raw(), dispatcher.current_context()
         )
         found = retry_decision(decision, failure.route, dispatcher.index.routes)
         if isinstance(found, str):
