@@ -62,7 +62,12 @@ def test_text_shows_condition_rendered_event_cascade_and_steps(tmp_path: Path) -
     assert "+ route domains fires" in cascade
     assert "env FIRST=mail1" in cascade
     steps = [line.strip() for line in cascade.splitlines() if "step " in line or "skip " in line]
-    assert steps == ["step 10first", "skip 15notexec: not executable", "step 20second"]
+    assert steps == [
+        "skip .hidden: a hidden name (leading .), never run",
+        "step 10first",
+        "skip 15notexec: not executable",
+        "step 20second",
+    ]
     assert out.endswith("  . 3 other route(s) do not match (--verbose lists them)\n")
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from eventrouter.analysis import refs as refs_module
+from eventrouter.analysis.explain import list_step_plans
 from eventrouter.analysis.lint import deep_check
 from eventrouter.analysis.loops import elementary_cycles, overlap, pattern_glob
 from eventrouter.analysis.tense import past_tense
 from eventrouter.config.loader import LoadResult, load_routes
 from eventrouter.config.patterns import ChannelPattern
 from eventrouter.errors import Diagnostic
-from tests.routerproc import handler, run_cli
+from tests.routerproc import handler, run_cli, write_step
 from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -412,7 +415,7 @@ def _broken_folder(folder: Path) -> Path:
     (folder / "20plain").write_text("#!/bin/sh\n")
     (folder / "30sub").mkdir()
     (folder / "40gone").symlink_to(folder / "missing")
-    (folder / "50backup~").write_text("")  # ignored, like the runner does
+    (folder / "50backup~").write_text("")  # passed over, like the runner does
     return folder
 
 
@@ -434,7 +437,8 @@ def test_handler_folder_entries_that_will_not_run(tmp_path: Path) -> None:
     assert len(having(findings, f"{folder / '20plain'} is not executable")) == 1
     assert len(having(findings, f"{folder / '30sub'} is a directory, not a step")) == 1
     assert len(having(findings, f"{folder / '40gone'} is a dangling symlink")) == 1
-    assert having(findings, "50backup") == []
+    assert len(having(findings, f"{folder / '50backup~'} is an editor backup (*~)")) == 1
+    assert having(findings, "50backup", "never run (rename it to make it a step)")
     assert having(findings, "no runnable step") == []
 
 
@@ -484,6 +488,116 @@ def test_events_folders_are_checked(tmp_path: Path) -> None:
     }, listing(findings)
     assert len(having(findings, "is a directory, not a step")) == 1
     assert len(having(findings, "has no runnable step")) == 1
+
+
+def test_check_says_what_is_true_of_a_file_that_is_not_executable(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    folder = handler(events / "module-added")
+    (folder / "20placeholder").write_text("# kept on purpose, never run\n")
+    (folder / "25empty").write_text("")
+    (folder / "30script").write_text("#!/bin/sh\nexit 0\n")
+    action = tmp_path / "actions" / "configure-module"
+    action.mkdir(parents=True)
+    (action / "10configure").write_text("#!/bin/sh\nexit 0\n")
+    (folder / "40elsewhere").symlink_to(action / "10configure")
+    (folder / "50here").symlink_to(folder / "30script")
+    (tmp_path / "routes.d").mkdir()
+
+    findings = lint(tmp_path / "routes.d", [events])
+
+    said = {Path(d.message.split(" ", 1)[0]).name: d.message for d in findings}
+    assert sorted(said) == ["20placeholder", "25empty", "30script", "40elsewhere", "50here"]
+    placeholder = "is not executable and has no #! line: a placeholder, never run"
+    assert said["20placeholder"] == f"{folder / '20placeholder'} {placeholder}"
+    assert said["25empty"] == f"{folder / '25empty'} {placeholder}"
+    advice = "is not executable; it is skipped (chmod +x to run it)"
+    assert said["30script"] == f"{folder / '30script'} {advice}"
+    assert said["50here"] == f"{folder / '50here'} {advice}"  # the same folder's own file
+    target = os.path.realpath(action / "10configure")
+    assert said["40elsewhere"] == (
+        f"{folder / '40elsewhere'} is a symlink to {target}, which is not executable: it is "
+        f"skipped (chmod +x on the link would change {target} itself)"
+    )
+
+
+def test_check_and_explain_name_steps_the_kernel_will_refuse(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    folder = handler(events / "module-added")  # 10step, which runs
+    for name, text in [("20noshebang", "exit 0\n"), ("30nointerp", "#!/nonexistent/sh -e\n")]:
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    shutil.copy("/bin/true", folder / "40binary")  # no #! line, but a program the kernel knows
+    write_step(folder / "50relative", "exit 0").write_text("#!bin/sh\n")  # found from the cwd
+    write_step(folder / "60crlf", "exit 0").write_text("#!/bin/sh\r\nexit 0\r\n")
+    (tmp_path / "routes.d").mkdir()
+
+    findings = lint(tmp_path / "routes.d", [events])
+    plans = list_step_plans(folder)
+
+    no_shebang = "cannot be started: it has no #! line, so the kernel refuses to start it"
+    no_interpreter = "cannot be started: its #! line names /nonexistent/sh, which does not exist"
+    crlf = (
+        "cannot be started: its #! line ends with a carriage return (Windows line endings), "
+        "so the kernel looks for /bin/sh\\x0d, which does not exist"
+    )
+    assert [d.message for d in findings] == [
+        f"{folder / '20noshebang'} {no_shebang} (Exec format error); it is skipped and the next "
+        "steps run",
+        f"{folder / '30nointerp'} {no_interpreter}; it is skipped and the next steps run",
+        f"{folder / '60crlf'} {crlf}; it is skipped and the next steps run",
+    ]
+    assert [(p.name, p.runs, p.reason) for p in plans] == [
+        ("10step", True, None),
+        ("20noshebang", False, f"{no_shebang} (Exec format error)"),
+        ("30nointerp", False, no_interpreter),
+        ("40binary", True, None),
+        ("50relative", True, None),
+        ("60crlf", False, crlf),
+    ]
+
+
+def test_check_names_the_files_passed_over(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    folder = handler(events / "module-added")
+    for name in [".hidden", "10step~", ".10step.swp", "10step.orig", "10step.dpkg-new"]:
+        write_step(folder / name, "exit 0")
+    (tmp_path / "routes.d").mkdir()
+
+    done = run_cli("check", "--routes", str(tmp_path / "routes.d"), "--events-dir", str(events))
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    named = [line for line in done.stdout.splitlines() if "never run" in line]
+    assert named == [
+        f"{events / 'module-added'}:0: warning: {folder / name} is {kind}: it is never run "
+        "(rename it to make it a step)"
+        for name, kind in [
+            (".10step.swp", "an editor swap file (*.swp)"),
+            (".hidden", "a hidden name (leading .)"),
+            ("10step.dpkg-new", "a package manager's copy (*.dpkg-*)"),
+            ("10step.orig", "a backup left by patch or a merge tool (*.orig)"),
+            ("10step~", "an editor backup (*~)"),
+        ]
+    ]
+
+
+def test_check_notes_an_event_in_two_events_folders(tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    handler(first / "module-added")
+    write_step(first / "module-added" / "20first", "exit 0")
+    handler(second / "module-added")
+    write_step(second / "module-added" / "30second", "exit 0")
+    handler(second / "module-removed")
+    (tmp_path / "routes.d").mkdir()
+
+    findings = lint(tmp_path / "routes.d", [first, second])
+
+    assert [(d.file, d.severity) for d in findings] == [(str(second / "module-added"), "warning")]
+    assert findings[0].message == (
+        f"runs as a handler of its own, besides {first / 'module-added'} for the same event: "
+        "the two run independently (a failing step in one does not stop the other); NS8's "
+        f"agent would merge them into one handler, where this folder's 10step would replace "
+        f"{first / 'module-added'}'s"
+    )
 
 
 # --- templates against event schemas --------------------------------------------------------

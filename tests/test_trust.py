@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventrouter.analysis.lint import deep_check
+from eventrouter.analysis.validate import where_errors_are
 from eventrouter.config.loader import LoadResult, load_routes
 from eventrouter.config.trust import distrust, handler_distrust
 from eventrouter.errors import Diagnostic
@@ -225,6 +226,46 @@ def test_cli_run_refuses_to_start(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"route file {routes} is writable by group" in done.stdout + done.stderr
     assert "not starting" in done.stderr
+
+
+@needs_root
+def test_cli_run_refusing_an_events_folder_names_it(tmp_path: Path) -> None:
+    events = tmp_path / "events"
+    write_step(events / "module-added" / "10step", "exit 0")
+    events.chmod(0o777)
+    (tmp_path / "routes.d").mkdir()
+
+    done = run_cli(
+        "run", "--routes", str(tmp_path / "routes.d"), "--events-dir", str(events),
+        "--redis", "redis://127.0.0.1:9", timeout=20,
+    )  # fmt: skip
+
+    assert done.returncode == 1
+    assert f"events folder {events} is writable by group and others" in done.stdout + done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert (
+        last == f"eventrouter run: events folder {events} has errors (listed above); not starting"
+    )
+
+
+def test_the_refusal_names_what_holds_the_errors(tmp_path: Path) -> None:
+    events, other = tmp_path / "events", tmp_path / "events2"
+    step = events / "module-added" / "10step"
+
+    def where(*files: Path) -> str:
+        found = [Diagnostic(str(f), 0, "error", "refused") for f in files]
+        found.append(Diagnostic(str(tmp_path / "r.yml"), 1, "warning", "only a warning"))
+        return where_errors_are(LoadResult((), tuple(found)), [events, other])
+
+    assert where(step) == f"events folder {events} has errors"
+    assert (
+        where(events, other / "x")
+        == f"events folder {events} and events folder {other} have errors"
+    )
+    assert where(tmp_path / "r.yml", events) == (
+        f"the route files and events folder {events} have errors"
+    )
+    assert where(tmp_path / "events-other" / "x") == "the route files have errors"
 
 
 # --- at run time: a step changed after the load is not run -----------------------------------

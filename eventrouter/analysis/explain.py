@@ -26,7 +26,12 @@ def list_step_plans(folder: Path) -> list[StepPlan]:
     """Return the entries of a handler folder in run order, skipped ones with why."""
     steps, skipped = list_steps(folder)
     plans = [StepPlan(step.name, True) for step in steps]
-    plans += [StepPlan(entry.name, False, entry.reason) for entry in skipped]
+    plans += [
+        StepPlan(
+            entry.name, False, f"{entry.reason}, never run" if entry.passed_over else entry.reason
+        )
+        for entry in skipped
+    ]
     plans.sort(key=lambda step: step.name.encode("utf-8", "surrogateescape"))
     return plans
 

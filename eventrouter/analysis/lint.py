@@ -26,19 +26,15 @@ from eventrouter.analysis.loops import (
     pattern_glob,
 )
 from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
+from eventrouter.analysis.stepnotes import merge_findings, skipped_note
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
 from eventrouter.config.trust import Distrust, distrust, handler_distrust, is_ignored
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
-from eventrouter.runtime.folders import list_steps
+from eventrouter.runtime.folders import MENTIONS, list_steps
 
 _EVENT_CHANNEL = pattern_glob("*/event/*")
-_SKIPPED = {
-    "not executable": "is not executable; it is skipped (chmod +x to run it)",
-    "is a directory": "is a directory, not a step",
-    "dangling symlink": "is a dangling symlink; it is skipped",
-}
 
 
 def deep_check(
@@ -75,8 +71,9 @@ def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagno
         return [warning(where, line, f"handler folder {folder} cannot be read: {exc.strerror}")]
     findings = []
     for entry in skipped:
-        why = _SKIPPED.get(entry.reason, f"cannot run ({entry.reason}); it is skipped")
-        findings.append(warning(where, line, f"{folder / entry.name} {why}"))
+        findings.append(warning(where, line, skipped_note(folder, entry)))
+        if entry.passed_over:  # named here, so in the log of `run` at start: not again by a run
+            MENTIONS.first(os.path.join(os.path.abspath(folder), entry.name))
     if not steps:
         findings.append(warning(where, line, f"handler folder {folder} has no runnable step"))
     return findings
@@ -101,13 +98,15 @@ def folder_findings(routes: Sequence[Route], events_dirs: Sequence[Path]) -> lis
             if isinstance(action, RunAction) and action.path not in seen:
                 seen.add(action.path)
                 findings += _folder_findings(action.path, route, action.line)
+    named = []
     for folder in _event_folders(events_dirs):
         if not SAFE_NAME.fullmatch(folder.name):
             message = "never runs: event names must match [A-Za-z0-9][A-Za-z0-9._-]*"
             findings.append(warning(str(folder), 0, message))
         else:
             findings += _folder_findings(folder, str(folder), 0)
-    return findings
+            named.append(folder)
+    return findings + merge_findings(named)
 
 
 def _doubt(where: Path, what: str, doubt: Distrust) -> Diagnostic:

@@ -20,3 +20,31 @@ def validate(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:
         return result
     findings = deep_check(result, list(events_dirs))
     return dataclasses.replace(result, diagnostics=(*result.diagnostics, *findings))
+
+
+def where_errors_are(result: LoadResult, events_dirs: Sequence[Path]) -> str:
+    """Return what holds the errors of ``result``: the route files, events folders, or both.
+
+    An error is an events folder's when its file is the folder or lies in it (a handler
+    folder of it, a step); any other error is in, or found from, a route file.
+    """
+    folders: list[str] = []
+    routes = False
+    for item in result.diagnostics:
+        if item.severity != "error":
+            continue
+        base = next((d for d in events_dirs if _within(item.file, d)), None)
+        if base is None:
+            routes = True
+        elif f"events folder {base}" not in folders:
+            folders.append(f"events folder {base}")
+    parts = ["the route files"] if routes or not folders else []
+    parts += folders
+    verb = "has" if parts == folders and len(folders) == 1 else "have"
+    return f"{' and '.join(parts)} {verb} errors"
+
+
+def _within(file: str, folder: Path) -> bool:
+    """Return whether ``file`` is ``folder`` or a path inside it, as the findings spell it."""
+    base = str(folder).rstrip("/")
+    return file == (base or "/") or file.startswith(base + "/")

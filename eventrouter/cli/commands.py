@@ -402,7 +402,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # The deep check runs once here (issue 8: `run` refuses what `check` errors on); the
     # daemon imports it again only for a reload.
-    from eventrouter.analysis.validate import validate
+    from eventrouter.analysis.validate import validate, where_errors_are
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics
@@ -425,10 +425,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = validate(result, events_dirs(args.events_dir, os.environ))
     log_diagnostics(result)
     if not result.ok:
-        print(
-            "eventrouter run: the route files have errors (listed above); not starting",
-            file=sys.stderr,
-        )
+        where = where_errors_are(result, events_dirs(args.events_dir, os.environ))
+        print(f"eventrouter run: {where} (listed above); not starting", file=sys.stderr)
         return EXIT_INVALID
     try:
         # Resolved here, with the password from a file or credential when one is given.

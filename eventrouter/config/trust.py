@@ -17,8 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+#: Editor and package-manager leftovers by suffix, never run, and what each is.
+_BACKUP_KINDS = {
+    "~": "an editor backup (*~)",
+    ".swp": "an editor swap file (*.swp)",
+    ".orig": "a backup left by patch or a merge tool (*.orig)",
+    ".rej": "the rejected hunks of a patch (*.rej)",
+    ".rpmnew": "a package manager's copy (*.rpmnew)",
+    ".rpmsave": "a package manager's copy (*.rpmsave)",
+}
 #: Suffixes of editor and package-manager leftovers, never run.
-BACKUP_SUFFIXES = ("~", ".swp", ".orig", ".rej", ".rpmnew", ".rpmsave")
+BACKUP_SUFFIXES = tuple(_BACKUP_KINDS)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,18 @@ def effective_uid(euid: int | None = None) -> int:
 def is_ignored(name: str) -> bool:
     """Return whether ``name`` is hidden or an editor/package backup, never a step."""
     return name.startswith(".") or name.endswith(BACKUP_SUFFIXES) or ".dpkg-" in name
+
+
+def ignored_kind(name: str) -> str | None:
+    """Return what an ignored ``name`` is (``an editor backup (*~)``), or None when it is not."""
+    for suffix in BACKUP_SUFFIXES:
+        if name.endswith(suffix):
+            return _BACKUP_KINDS[suffix]
+    if ".dpkg-" in name:
+        return "a package manager's copy (*.dpkg-*)"
+    if name.startswith("."):
+        return "a hidden name (leading .)"
+    return None
 
 
 def _owner(uid: int) -> str:

@@ -23,10 +23,13 @@ from pathlib import Path
 from eventrouter.config.trust import distrust, effective_uid, judge
 from eventrouter.runtime.envfile import read_environment_file
 from eventrouter.runtime.folders import (
+    MENTIONS,
     SkippedEntry,
     StepEntry,
     list_steps,
     reason_of,
+    scan,
+    start_refusal,
     step_state,
     unrunnable_reason,
 )
@@ -241,9 +244,10 @@ def describe_status(status: int | None, *, timed_out: bool, timeout: float | Non
 
 
 def _skip(job: _Job, step: StepEntry, reason: str) -> _Outcome:
-    """Log and record a step that cannot run at its turn."""
-    # NS8 updates rely on this: an update step may remove later steps of the same run.
-    logger.warning("%s skipping %s: %s", job.tag, job.what(step), reason)
+    """Log and record a step that cannot run at its turn; the next steps run, as in NS8."""
+    # A symlink to a folder is simply not a step; the others deserve an operator's look.
+    level = logging.DEBUG if reason == "is a directory" else logging.WARNING
+    logger.log(level, "%s skipping %s: %s", job.tag, job.what(step), reason)
     return _Outcome(StepResult(step.name, None, skipped=reason))
 
 
@@ -306,6 +310,7 @@ class StepRunner:
     ) -> HandlerResult:
         """Run the steps of ``directory`` in order, stopping at the first that fails.
 
+        A step that cannot start (not executable, gone, refused by the kernel) is skipped.
         ``group`` (the route) is what the concurrency cap shares slots fairly between.
         """
         refused = self._refused(directory, "handler folder", tag)
@@ -313,28 +318,19 @@ class StepRunner:
             logger.error("%s %s", tag, refused)
             return HandlerResult(directory, (), ok=False, error=refused)
         try:
-            steps, skipped = list_steps(directory)
+            listing = scan(directory)
         except OSError as exc:
             error = f"handler directory {directory}: {reason_of(exc)}"
             logger.error("%s %s", tag, error)
             return HandlerResult(directory, (), ok=False, error=error)
-        for entry in skipped:
-            # A directory is simply not a step; only the others deserve an operator's look.
-            level = logging.DEBUG if entry.reason == "is a directory" else logging.WARNING
-            logger.log(
-                level,
-                "%s skipping step %s of handler %s: %s",
-                tag,
-                entry.name,
-                directory,
-                entry.reason,
-            )
+        for name, kind in MENTIONS.unnamed(listing) if listing.passed_over else ():
+            logger.warning("%s passing over %s in handler %s: %s", tag, name, directory, kind)
         job = _Job(directory, payload, env, event_name, event_source, timeout, tag, group or tag)
         results: list[StepResult] = []
-        for number, step in enumerate(steps):
-            # The first step's turn is now: what the listing saw of it is current. A later
-            # one is looked at again at its turn, since the steps before it may change it.
-            outcome = await self._take_turn(job, step, listed=number == 0)
+        for step in listing.steps:
+            # Listed by name when the run started, looked at when its turn comes: the steps
+            # before it may remove it, or make it executable.
+            outcome = await self._take_turn(job, step)
             results.append(outcome.result)
             if outcome.error is not None:
                 logger.error("%s %s", tag, outcome.error)
@@ -400,16 +396,11 @@ class StepRunner:
             _signal_group(pgid, signal.SIGKILL)
         return len(self._running)
 
-    async def _take_turn(self, job: _Job, step: StepEntry, *, listed: bool = False) -> _Outcome:
-        """Run ``step`` unless it vanished or lost its executable bit since the listing.
-
-        ``listed``: the listing just looked at it (one ``stat`` serves both checks then).
-        """
-        info = step.info if listed else None
-        if info is None:
-            reason, info = step_state(step.file)
-            if reason is not None:
-                return _skip(job, step, reason)
+    async def _take_turn(self, job: _Job, step: StepEntry) -> _Outcome:
+        """Run ``step`` if it is an executable file now; skip it with a warning if not."""
+        reason, info = step_state(step.file)  # one stat serves this and the trust check
+        if reason is not None:
+            return _skip(job, step, reason)
         # Checked at its turn: a step can be changed after the routes were loaded.
         refused = self._refused(step.file, "step", job.tag, info)
         if refused is not None:
@@ -446,12 +437,16 @@ class StepRunner:
             try:
                 transport = await self._spawn(job, step, protocol)
             except (OSError, ValueError) as exc:
-                # Removed between the check and the exec: the same case as a vanished step.
-                # (A missing interpreter or cwd is ENOENT too, but leaves the step in place.)
+                # Refused by the kernel (no #! line, a missing interpreter, removed since its
+                # turn): skipped, as NS8's agent does. Any other failure aborts the handler.
                 # An exec: command is the whole action: it fails, it is never skipped.
-                reason = unrunnable_reason(step.file) if job.args is None else None
-                if isinstance(exc, FileNotFoundError) and reason is not None:
-                    return _skip(job, step, reason)
+                refused = (
+                    start_refusal(step.file, exc)
+                    if isinstance(exc, OSError) and job.args is None
+                    else None
+                )
+                if refused is not None:
+                    return _skip(job, step, refused)
                 error = f"{job.what(step)} could not start: {exc}"
                 return _Outcome(StepResult(step.name, None), error)
             try:
