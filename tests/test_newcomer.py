@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -180,3 +182,139 @@ def test_make_run_handles_module_removed_without_an_error(short_tmp: Path) -> No
     finally:
         router.close()
     assert " ERROR " not in log, log
+
+
+# --- issue 15, "What a newcomer hit" -----------------------------------------------------------
+
+
+def _failure(**fields: object) -> Failure:
+    base: dict[str, object] = dict(
+        id="1-1", time=1.0, started=1.0, instance="h", route="certificate-reload",
+        route_file="r.yml", route_line=2, action="task reload-certificate on module/mail1",
+        action_index=1, step=None, status="task failed",
+        reason="agent module/mail1 is not listening", channel="x/event/y-changed",
+        payload="{}", payload_b64=None, tail=(),
+    )  # fmt: skip
+    base.update(fields)
+    return Failure(**base)  # type: ignore[arg-type]
+
+
+def _journal_file(state: Path, failures: list[Failure]) -> Path:
+    state.mkdir(mode=0o700, exist_ok=True)
+    lines = (json.dumps(item.to_json()) + "\n" for item in failures)
+    (state / "failures.jsonl").write_text("".join(lines))
+    return state
+
+
+def test_failures_shows_why_a_run_failed(tmp_path: Path) -> None:
+    state = _journal_file(
+        tmp_path / "state",
+        [
+            _failure(id="1-1"),
+            _failure(
+                id="2-1",
+                status="template error",
+                action="when",
+                action_index=0,
+                reason="when: 'dict object' has no attribute 'domain'",
+            ),
+        ],
+    )
+    done = run_cli("failures", "--state-dir", str(state))
+    assert done.returncode == 0, done.stderr
+    assert "  reason: agent module/mail1 is not listening\n" in done.stdout, done.stdout
+    assert "  reason: when: 'dict object' has no attribute 'domain'\n" in done.stdout
+
+
+def _closed_pipe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with its stdout a pipe whose reading end is already closed (`| head -0`)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "eventrouter", *args],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+            cwd=cwd,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write)
+
+
+EXAMPLES = [
+    "--routes",
+    "examples/ns8-cluster/routes.d",
+    "--events-dir",
+    "examples/ns8-cluster/events",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["--help"], 0),  # argparse's own printing ignores a closed pipe
+        (["routes", *EXAMPLES], 141),  # as a command killed by SIGPIPE: 128 + 13
+        (["explain", *EXAMPLES, "cluster/event/module-added", '{"module": "a", "node": 1}'], 141),
+        (["test", *EXAMPLES], 141),
+        (["failures", "--state-dir", "STATE"], 141),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else str(value),
+)
+def test_a_closed_pipe_ends_a_command_quietly(args: list[str], status: int, tmp_path: Path) -> None:
+    state = _journal_file(tmp_path / "state", [_failure(id=f"{n}-1") for n in range(1, 400)])
+    done = _closed_pipe(*(str(state) if arg == "STATE" else arg for arg in args))
+    assert done.stderr == ""
+    assert done.returncode == status
+
+
+def test_a_pipe_closed_after_the_first_line_ends_failures_quietly(tmp_path: Path) -> None:
+    state = _journal_file(tmp_path / "state", [_failure(id=f"{n}-1") for n in range(1, 2000)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventrouter", "failures", "--limit", "2000", "--state-dir", state],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(),
+        cwd=REPO,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()  # `| head -1`
+    proc.stdout.close()
+    with proc.stderr:
+        errors = proc.stderr.read().decode()
+    assert proc.wait(60) == 141
+    assert first.startswith(b"1999-1  ")
+    assert errors == ""
+
+
+def test_publish_warns_of_a_channel_no_route_can_name(redis_url: str) -> None:
+    done = run_cli("publish", "--redis", redis_url, "mail1/backup-finished", "{}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "published mail1/backup-finished: 0 receiver(s)\n"
+    assert "warning: 'mail1/backup-finished' is not an event channel" in done.stderr
+    assert "<source>/event/<name>" in done.stderr
+    assert "mail1/event/backup-finished" in done.stderr  # what was probably meant
+
+
+@pytest.mark.parametrize("channel", ["/event/x-changed", "a/event/"])
+def test_publish_warns_of_an_event_channel_with_a_part_missing(
+    channel: str, redis_url: str
+) -> None:
+    done = run_cli("publish", "--raw", "--redis", redis_url, channel, "{}")
+    assert done.returncode == 0, done.stderr
+    assert f"warning: {channel!r} is not an event channel" in done.stderr
+
+
+def test_publish_of_an_event_channel_says_nothing_more(redis_url: str) -> None:
+    done = run_cli("publish", "--redis", redis_url, "module/mail1/event/backup-finished", "{}")
+    assert (done.returncode, done.stderr) == (0, "")
+
+
+def test_a_router_that_does_not_answer_reads_as_english(redis_url: str) -> None:
+    done = run_cli("status", "--redis", redis_url, "--instance", "nosuch")
+    assert done.returncode == 1
+    assert "router 'nosuch' did not answer on " in done.stderr, done.stderr
+    assert "answered" not in done.stderr

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,6 +18,8 @@ from eventrouter.model import Settings
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: The defaults of the options that set the daemon's settings: written once, in Settings.
 DEFAULTS = Settings()
+#: The status of a command whose output pipe was closed: a shell's, for one killed by SIGPIPE.
+EXIT_CLOSED_PIPE = 128 + 13
 CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module-added"
 
 
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="the payload; '-' or none reads standard input",
     )
-    publish.set_defaults(handler="cmd_publish")
+    publish.set_defaults(handler="publish:cmd_publish")
     _add_journal_commands(commands)
     _add_reload(commands)
     observe.add_commands(commands)
@@ -450,7 +453,24 @@ def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (141 when its reader went away)."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # Flushed here, inside the try: a reader gone (`| head -1`) is then a
+            # BrokenPipeError caught below, not a traceback at the interpreter's exit.
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # Anything still buffered would fail again at exit: send it nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        os.close(devnull)
+        return EXIT_CLOSED_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from eventrouter.cli import logs  # logging: not what --help needs

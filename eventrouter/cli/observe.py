@@ -102,9 +102,9 @@ def _run(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
         print(f"eventrouter {query.op}: {exc}", file=sys.stderr)
         return []
     if not answers:
-        who = "no router" if every else f"router {query.instance!r} did not"
+        who = "no router answered" if every else f"router {query.instance!r} did not answer"
         print(
-            f"eventrouter {query.op}: {who} answered on {control.QUERY_CHANNEL}; "
+            f"eventrouter {query.op}: {who} on {control.QUERY_CHANNEL}; "
             "is `eventrouter run` running?",
             file=sys.stderr,
         )
