@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from eventrouter.redis.embedded import find_server_binary
 from eventrouter.runtime.journal import Failure
-from tests.conftest import free_port
+from tests.cluster import Topology
+from tests.conftest import _missing, free_port
 from tests.routerproc import REPO, Router, clean_env, run_cli
 
 ONE_ROUTE = """
@@ -318,3 +320,38 @@ def test_a_router_that_does_not_answer_reads_as_english(redis_url: str) -> None:
     assert done.returncode == 1
     assert "router 'nosuch' did not answer on " in done.stderr, done.stderr
     assert "answered" not in done.stderr
+
+
+def test_status_calls_a_replica_a_replica(tmp_path: Path) -> None:
+    binary = find_server_binary()
+    if binary is None:
+        _missing("redis-server/valkey-server")
+    topology = Topology(binary, size=2).start()
+    master, replica = topology.nodes
+    env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path / "state"))
+    args = ["run", "--redis", replica.url, "--publish-redis", master.url, "--instance", "n2"]
+    router = Router(args, tmp_path / "log", env)
+    try:
+        router.ready()
+        text = run_cli("status", "--redis", replica.url, "--instance", "n2")
+        answer = run_cli("status", "--redis", replica.url, "--instance", "n2", "--json")
+    finally:
+        router.close()
+        topology.stop()
+    assert text.returncode == 0, text.stderr
+    assert f"  subscribe {replica.url}: connected, replica, " in text.stdout, text.stdout
+    assert "slave" not in text.stdout
+    assert json.loads(answer.stdout)["redis"]["subscribe"]["role"] == "replica"
+
+
+def test_with_redis_unreachable_the_journal_line_names_the_file_in_use(tmp_path: Path) -> None:
+    url = f"redis://127.0.0.1:{free_port()}"
+    state = tmp_path / "s"
+    router = Router(["run", "--redis", url, "--state-dir", str(state)], tmp_path / "log")
+    try:
+        log = router.wait_log(r"INFO .*failure journal: ")
+    finally:
+        router.close()
+    [line] = [row for row in log.splitlines() if "failure journal: " in row and " INFO " in row]
+    assert f"failure journal: local file {state / 'failures.jsonl'} until " in line, line
+    assert f"Redis stream eventrouter/failures at {url} can be written" in line, line

@@ -607,7 +607,10 @@ class Dispatcher:
         # Jitter spreads the retries of many routes failing together over time.
         delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
         self.counters["retries"] += 1
-        log.warning("%s %d/%d failed (%s); retrying in %.2fs", what, attempt, attempts, why, delay)
+        # The attempt's own error line said why (``why`` is kept for the debug log): the
+        # reason once per attempt, not twice.
+        log.debug("%s %d/%d failed: %s", what, attempt, attempts, why)
+        log.warning("%s %d/%d failed; retrying in %.2fs", what, attempt, attempts, delay)
         await asyncio.sleep(delay)
 
     async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
