@@ -51,6 +51,7 @@ from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.runlines import RunLines
 from eventrouter.runtime.stats import Histograms
 from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
 
@@ -196,6 +197,7 @@ class _EmitReceipt:
             if item["channel"] == self.channel and "receivers" not in item:
                 item["receivers"] = receivers
                 break
+        self.dispatcher.lines.answered(self.job)
 
     def refused(self, reason: str) -> None:
         """Fail this emit alone: error with route and event, and the failure journal."""
@@ -240,6 +242,8 @@ class Dispatcher:
             on_drop=self._dropped,
         )
         self.chains = ChainTracker()
+        #: Each run's closing line, logged after the "emitted" lines of its emits.
+        self.lines = RunLines()
         #: The last events and what each route did with them (`eventrouter history`).
         self.history = History()
         #: The route table's generation: 1 at start, one more per reload that took effect.
@@ -445,7 +449,8 @@ class Dispatcher:
         if job.trace is not None:
             job.trace.set(outcome, job.trace.detail if failed is None else failed.reason)
             job.trace.duration, job.trace.steps, job.trace.status = seconds, steps, status
-        log.info(
+        self.lines.ended(
+            job,
             "route %s: event %r: run %s in %.3fs, %d step(s) run%s",
             name,
             job.event.channel,
@@ -474,6 +479,7 @@ class Dispatcher:
         self._journal_task(
             job, receipt.position, receipt.action.describe(), failed, receipt.started
         )
+        self.lines.answered(job)
 
     def _journal_task(
         self, job: Job, position: int, action: str, failed: Failed, started: float
@@ -699,6 +705,7 @@ class Dispatcher:
         message = (emit.channel, emit.data)
         if job.trace is not None and job.trace.owner is not None:
             self.history.emitting(job.trace.owner, route.name, emit.channel, emit.data)
+        self.lines.emitting(job)
         await self.publisher.publish(
             emit.channel, emit.data, _EmitReceipt(self, job, position, action, message)
         )
@@ -738,6 +745,7 @@ class Dispatcher:
             escalate.cancel()
         await self._journal_killed(self.scheduler.killed, grace)
         await recording
+        self.lines.flush()
         await asyncio.gather(*self._recording, return_exceptions=True)
 
     async def _kill_when(self, hurry: asyncio.Event) -> None:
