@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from eventrouter.cli.logs import escape
 from eventrouter.runtime import control
 
 
@@ -54,7 +55,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_common(history)
     history.add_argument(
-        "--route", metavar="R", help="only this route (a glob), 'did not match' included"
+        "--route",
+        metavar="R",
+        help="only the events this route (a glob) matched; with --verbose every event, "
+        "'did not match' included; a name no route has is an error",
     )
     history.add_argument(
         "--event", metavar="GLOB", help="only events whose channel or name matches"
@@ -188,6 +192,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     )
     answers = _run(args, query, every=False)
     if not answers:
+        return commands.EXIT_INVALID
+    if "unknown_route" in answers[0]:
+        known = ", ".join(str(name) for name in answers[0].get("routes", [])) or "none"
+        print(
+            escape(
+                f"eventrouter history: no route matches {args.route!r} on router "
+                f"{answers[0]['instance']!r}; its routes: {known}"
+            ),
+            file=sys.stderr,
+        )
         return commands.EXIT_INVALID
     events = answers[0].get("events", [])
     if args.json:
