@@ -355,3 +355,40 @@ def test_with_redis_unreachable_the_journal_line_names_the_file_in_use(tmp_path:
     [line] = [row for row in log.splitlines() if "failure journal: " in row and " INFO " in row]
     assert f"failure journal: local file {state / 'failures.jsonl'} until " in line, line
     assert f"Redis stream eventrouter/failures at {url} can be written" in line, line
+
+
+EXAMPLE_DIR = REPO / "examples" / "ns8-cluster"
+
+
+def test_the_shipped_module_added_route_announces_once_per_cluster(tmp_path: Path) -> None:
+    binary = find_server_binary()
+    if binary is None:
+        _missing("redis-server/valkey-server")
+    topology = Topology(binary, size=3).start()
+    routers: list[Router] = []
+    try:
+        for node in topology.nodes:  # as `make cluster` starts them
+            args = ["run", "--redis", node.url, "--publish-redis", topology.master.url]
+            args += ["--routes", str(EXAMPLE_DIR / "routes.d"), "--node", str(node.number)]
+            args += ["--instance", f"node{node.number}", "--log-level", "DEBUG"]
+            env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path / f"state{node.number}"))
+            routers.append(Router(args, tmp_path / f"log{node.number}", env).ready())
+        payload = '{"module": "traefik1", "node": 1}'
+        published = run_cli(
+            "publish", "--redis", topology.master.url, "cluster/event/module-added", payload
+        )
+        assert published.returncode == 0, published.stderr
+        # Each router has decided once its log names the event: emitted, or not run here.
+        for router in routers:
+            router.wait_log(
+                r"\(caused by 'cluster/event/module-added'\)|route module-added: event .* not run"
+            )
+        emitted = sum(
+            router.log.count("emitted 'cluster/event/module-domain-changed'") for router in routers
+        )
+    finally:
+        for router in routers:
+            router.close()
+        topology.stop()
+    assert emitted == 1
+    assert "emitted 'cluster/event/module-domain-changed'" in routers[0].log  # the leader's
