@@ -12,6 +12,11 @@ TEST_WORKERS ?= 4
 # The node `make run` plays in the shipped examples: their module-removed handler compares
 # the event's node with NODE_ID (examples/ns8-cluster/README.md). `NODE_ID=2 make run` plays 2.
 NODE_ID ?= 1
+# `make run` keeps its state (embedded server socket, lock, failure journal) in the checkout,
+# never in the machine-wide default (/run/eventrouter for root), where a router already
+# running on the box would make it refuse. Not read from $EVENTROUTER_STATE_DIR, which may
+# name a production router's folder; `make run RUN_STATE_DIR=DIR` picks another.
+RUN_STATE_DIR ?= $(CURDIR)/.state
 
 .PHONY: run cluster test lint lock bench clean
 
@@ -35,7 +40,8 @@ lock: | $(BIN)/uv
 	$(UV) lock --upgrade --python $(BIN)/python
 
 run: $(BIN)/.installed
-	NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
+	@echo "make: state folder $(RUN_STATE_DIR); for publish, status and the others, in another shell: export EVENTROUTER_STATE_DIR=$(RUN_STATE_DIR)"
+	EVENTROUTER_STATE_DIR='$(RUN_STATE_DIR)' NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
 
 # Three servers on loopback (a master, two replicas), a stand-in NS8 agent and one router per
 # node on the shipped examples (examples/ns8-cluster/README.md); Ctrl-C stops everything.

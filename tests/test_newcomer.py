@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tomllib
@@ -18,7 +19,7 @@ from eventrouter.redis.embedded import find_server_binary
 from eventrouter.runtime.journal import Failure
 from tests.cluster import Topology
 from tests.conftest import _missing, free_port
-from tests.routerproc import REPO, Router, clean_env, run_cli
+from tests.routerproc import REPO, Router, clean_env, run_cli, wait_for
 
 ONE_ROUTE = """
 routes:
@@ -160,7 +161,12 @@ def test_retry_says_retrying_only_once_asked(tmp_path: Path) -> None:
 def _make_run_command() -> tuple[dict[str, str], list[str]]:
     """Return the environment assignments and arguments of `make run`'s router command."""
     shown = subprocess.run(
-        ["make", "-n", "-s", "run"], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "-n", "-s", "run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
     ).stdout
     line = next(row for row in shown.splitlines() if "eventrouter run" in row)
     words = shlex.split(line)
@@ -172,7 +178,7 @@ def _make_run_command() -> tuple[dict[str, str], list[str]]:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_run_handles_module_removed_without_an_error(short_tmp: Path) -> None:
     assignments, args = _make_run_command()
-    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp), **assignments)
+    env = clean_env(**{**assignments, "EVENTROUTER_STATE_DIR": str(short_tmp)})
     router = Router(args, short_tmp / "log", env)
     try:
         router.wait_log(r"subscribed to \d+ pattern", timeout=20)
@@ -392,3 +398,70 @@ def test_the_shipped_module_added_route_announces_once_per_cluster(tmp_path: Pat
         topology.stop()
     assert emitted == 1
     assert "emitted 'cluster/event/module-domain-changed'" in routers[0].log  # the leader's
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_keeps_its_state_in_the_checkout() -> None:
+    assignments, _ = _make_run_command()
+    assert assignments["EVENTROUTER_STATE_DIR"] == str(REPO / ".state")
+    assert ".state/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_run_is_found_by_publish_and_status_the_documented_way(short_tmp: Path) -> None:
+    # The real `make run`, on a state folder of the test's own (the checkout's .state may be
+    # in use by a router the developer started), with this interpreter's environment.
+    venv = Path(sys.prefix)
+    log = short_tmp / "log"
+    with log.open("wb") as out:
+        command = ["make", "-s", "-o", f"{venv}/bin/.installed", "run", f"VENV={venv}"]
+        make = subprocess.Popen(
+            [*command, f"RUN_STATE_DIR={short_tmp}"],
+            cwd=REPO,
+            env=clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # make and the router: one group to stop
+        )
+    try:
+        wait_for(lambda: "subscribed to" in log.read_text(), 30, "the router of `make run`")
+        banner = log.read_text().splitlines()[0]
+        # What `make run` prints first: the line to type in the other shell.
+        assert f"export EVENTROUTER_STATE_DIR={short_tmp}" in banner, banner
+        env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp))
+        payload = '{"module": "traefik1", "node": 1}'
+        published = run_cli("publish", "cluster/event/module-added", payload, env=env)
+        status = run_cli("status", env=env)
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        make.wait(30)
+    assert published.returncode == 0, published.stderr
+    assert re.fullmatch(r"published cluster/event/module-added: [1-9]\d* receiver\(s\)\n", (
+        published.stdout
+    )), published.stdout  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"subscribe unix://{short_tmp}/redis.sock: connected, master" in status.stdout
+    assert "route module-added emitted 'cluster/event/module-domain-changed'" in log.read_text()
+
+
+def test_without_the_state_folder_the_cli_says_where_make_run_keeps_it(tmp_path: Path) -> None:
+    # A router answering in ./.state (as `make run` leaves it) while the command looks in its
+    # default folder: the error says how to point the command at it.
+    from eventrouter.redis.embedded import EmbeddedServer
+
+    binary = find_server_binary()
+    if binary is None:
+        _missing("redis-server/valkey-server")
+    (tmp_path / ".state").mkdir(mode=0o700)
+    server = EmbeddedServer(tmp_path / ".state", binary=binary)
+    server.start()
+    try:
+        env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path / "default"))
+        published = run_cli("publish", "--raw", "a/event/b", "{}", env=env, cwd=tmp_path)
+        status = run_cli("status", env=env, cwd=tmp_path)
+    finally:
+        server.stop()
+    for done in (published, status):
+        assert done.returncode == 1
+        assert "an embedded server answers at .state/redis.sock" in done.stderr, done.stderr
+        assert "export EVENTROUTER_STATE_DIR=$PWD/.state" in done.stderr

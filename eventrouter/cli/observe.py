@@ -81,15 +81,17 @@ def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
     """Send ``query``; return the answers (raise ConnectionError, LookupError)."""
     import asyncio
 
+    from eventrouter.cli import elsewhere
     from eventrouter.cli.commands import _state_dir, _write_url  # not what --help needs
     from eventrouter.redis import embedded
     from eventrouter.redis.ask import ask
 
     url = _write_url(args)
     if url is None:
+        socket = embedded.socket_path(_state_dir(args))
         raise LookupError(
-            f"no Redis configured and no embedded server answers at "
-            f"{embedded.socket_path(_state_dir(args))}; pass --redis URL"
+            f"no Redis configured and no embedded server answers at {socket}; pass --redis "
+            f"URL{elsewhere.hint(socket)}"
         )
     wait = control.COLLECT_ALL if every else control.WAIT_ONE
     raw = asyncio.run(

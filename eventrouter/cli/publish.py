@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from eventrouter.cli import elsewhere
 from eventrouter.cli.commands import EXIT_INVALID, EXIT_OK, _load, _payload, _state_dir, _write_url
 from eventrouter.cli.logs import escape
 from eventrouter.errors import PayloadError
@@ -54,10 +55,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         print(f"eventrouter publish: {exc}", file=sys.stderr)
         return EXIT_INVALID
     if url is None:
+        socket = embedded.socket_path(_state_dir(args))
         print(
             f"eventrouter publish: no Redis configured and no embedded server answers at "
-            f"{embedded.socket_path(_state_dir(args))}; start `eventrouter run` first or pass "
-            "--redis URL",
+            f"{socket}; start `eventrouter run` first or pass --redis URL{elsewhere.hint(socket)}",
             file=sys.stderr,
         )
         return EXIT_INVALID
