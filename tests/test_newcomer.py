@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,8 +15,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import redis
 
+from eventrouter.config import schemas
+from eventrouter.redis.ask import ask
 from eventrouter.redis.embedded import find_server_binary
+from eventrouter.runtime import control
 from eventrouter.runtime.journal import Failure
 from tests.cluster import Topology
 from tests.conftest import _missing, free_port
@@ -465,3 +470,92 @@ def test_without_the_state_folder_the_cli_says_where_make_run_keeps_it(tmp_path:
         assert done.returncode == 1
         assert "an embedded server answers at .state/redis.sock" in done.stderr, done.stderr
         assert "export EVENTROUTER_STATE_DIR=$PWD/.state" in done.stderr
+
+
+EXAMPLE_README = EXAMPLE_DIR / "README.md"
+
+
+def _section(title: str) -> str:
+    """Return the text of a section of the example README, up to the next heading."""
+    lines = EXAMPLE_README.read_text().splitlines()
+    start = lines.index(title)
+    fenced, end = False, len(lines)
+    for number, line in enumerate(lines[start + 1 :], start + 1):
+        fenced ^= line.startswith("```")
+        if not fenced and line.startswith("#"):
+            end = number
+            break
+    return "\n".join(lines[start:end]) + "\n"
+
+
+def _publish_lines(text: str) -> list[list[str]]:
+    """Return the arguments of every `eventrouter publish` line in the sh blocks of ``text``."""
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    rows = [line for block in blocks for line in block.splitlines()]
+    return [shlex.split(row)[1:] for row in rows if row.startswith(".venv/bin/eventrouter publish")]
+
+
+class _MakeRun:
+    """The router `make run` starts, on a state folder of the test's own."""
+
+    def __init__(self, state: Path) -> None:
+        assignments, args = _make_run_command()
+        self.env = clean_env(**{**assignments, "EVENTROUTER_STATE_DIR": str(state)})
+        self.url = f"unix://{state}/redis.sock"
+        self.router = Router(args, state / "log", self.env)
+        self.router.wait_log(r"subscribed to \d+ pattern", timeout=30)
+
+    def publish(self, args: list[str]) -> None:
+        """Do what `eventrouter publish ARGS` does, in process: check, then publish."""
+        raw = args[1] == "--raw"
+        channel, payload = args[2:] if raw else args[1:]
+        if not raw:
+            schemas.check_payload(channel, payload)
+        with redis.Redis.from_url(self.url) as client:
+            client.publish(channel, payload)
+
+    def settled(self, published: int) -> None:
+        """Wait until every event published, and those derived from them, has run its course."""
+
+        def done() -> bool:
+            query = control.Query("history", control.ALL, control.reply_channel(), limit=100)
+            answers = asyncio.run(
+                ask(self.url, control.QUERY_CHANNEL, query.to_bytes(), query.reply, wait=2.0,
+                    first=True)
+            )  # fmt: skip
+            events = json.loads(answers[0])["events"] if answers else []
+            derived = sum(len(event["derived"]) for event in events)
+            busy = any(t["outcome"] == "queued" for e in events for t in e["routes"])
+            return len(events) >= published + derived and not busy
+
+        wait_for(done, 30, "the events to be handled")
+
+
+def test_the_examples_to_try_show_no_error(short_tmp: Path) -> None:
+    lines = _publish_lines(_section("## Try it"))
+    assert len(lines) >= 8, lines
+    run = _MakeRun(short_tmp)
+    try:
+        for args in lines:
+            run.publish(args)
+        run.settled(len(lines))
+    finally:
+        run.router.close()
+    log = run.router.log
+    assert " ERROR " not in log, log
+    assert " WARNING " not in log, log
+
+
+def test_the_failing_task_example_says_beforehand_what_it_shows(short_tmp: Path) -> None:
+    text = _section("### A task that fails, then succeeds: the failure journal")
+    [first, *_] = _publish_lines(text)
+    announced = text[: text.index("```sh")]
+    run = _MakeRun(short_tmp)
+    try:
+        run.publish(first)
+        log = run.router.wait_log(r" ERROR ")
+    finally:
+        run.router.close()
+    [error, *_] = [line for line in log.splitlines() if " ERROR " in line]
+    reason = error.split("module/mail1: ", 1)[1].split(" (", 1)[0]
+    assert f"`{reason}`" in announced, (reason, announced)
