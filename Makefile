@@ -25,9 +25,11 @@ RUN_STATE_DIR ?= $(CURDIR)/.state
 UV_VERSION = 0.13.9
 UV = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv
 
+# Each slow step says what it does before it starts: on a busy 2-core machine the first
+# `make` took 50 s, about 15 s for the venv, 10 s for uv, 15 s for the lock's packages.
 $(BIN)/uv:
-	@echo "make: creating $(VENV) with $(PYTHON) and installing uv $(UV_VERSION)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) with $(PYTHON) (about 15 s)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing uv $(UV_VERSION) into $(VENV) with pip (about 10 s)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(BIN)/.installed: pyproject.toml uv.lock | $(BIN)/uv

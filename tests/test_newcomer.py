@@ -559,3 +559,23 @@ def test_the_failing_task_example_says_beforehand_what_it_shows(short_tmp: Path)
     [error, *_] = [line for line in log.splitlines() if " ERROR " in line]
     reason = error.split("module/mail1: ", 1)[1].split(" (", 1)[0]
     assert f"`{reason}`" in announced, (reason, announced)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_each_slow_step_of_the_first_make_is_announced(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"  # none yet: what a fresh clone's first `make run` does
+    shown = subprocess.run(
+        ["make", "-n", "-B", f"VENV={venv}", f"{venv}/bin/.installed"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=clean_env(),
+    ).stdout.splitlines()
+    slow = ("-m venv", "-m pip install", " sync ")
+    for number, line in enumerate(shown):
+        for what in (item for item in slow if item in line):
+            before = line[: line.index(what)]
+            said = 'echo "make: ' in before or shown[number - 1].startswith('echo "make: ')
+            assert said, f"{what.strip()} runs unannounced:\n" + "\n".join(shown)
+    assert sum(1 for line in shown if any(item in line for item in slow)) == 3, shown
