@@ -7,19 +7,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import observe
+from eventrouter.cli import observe, pipes
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 #: The defaults of the options that set the daemon's settings: written once, in Settings.
 DEFAULTS = Settings()
-#: The status of a command whose output pipe was closed: a shell's, for one killed by SIGPIPE.
-EXIT_CLOSED_PIPE = 128 + 13
 CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module-added"
 
 
@@ -454,20 +451,7 @@ def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status (141 when its reader went away)."""
-    try:
-        try:
-            return _main(argv)
-        finally:
-            # Flushed here, inside the try: a reader gone (`| head -1`) is then a
-            # BrokenPipeError caught below, not a traceback at the interpreter's exit.
-            sys.stdout.flush()
-    except BrokenPipeError:
-        # Anything still buffered would fail again at exit: send it nowhere.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.dup2(devnull, sys.stderr.fileno())
-        os.close(devnull)
-        return EXIT_CLOSED_PIPE
+    return pipes.quietly(lambda: _main(argv))
 
 
 def _main(argv: Sequence[str] | None) -> int:
