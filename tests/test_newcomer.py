@@ -383,7 +383,9 @@ def test_the_shipped_module_added_route_announces_once_per_cluster(tmp_path: Pat
             args += ["--routes", str(EXAMPLE_DIR / "routes.d"), "--node", str(node.number)]
             args += ["--instance", f"node{node.number}", "--log-level", "DEBUG"]
             env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path / f"state{node.number}"))
-            routers.append(Router(args, tmp_path / f"log{node.number}", env).ready())
+            routers.append(Router(args, tmp_path / f"log{node.number}", env))
+        for router in routers:  # started side by side, then waited for
+            router.wait_log(r"subscribed to \d+ pattern", timeout=30)
         payload = '{"module": "traefik1", "node": 1}'
         published = run_cli(
             "publish", "--redis", topology.master.url, "cluster/event/module-added", payload
