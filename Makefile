@@ -12,6 +12,11 @@ TEST_WORKERS ?= 4
 # The node `make run` plays in the shipped examples: their module-removed handler compares
 # the event's node with NODE_ID (examples/ns8-cluster/README.md). `NODE_ID=2 make run` plays 2.
 NODE_ID ?= 1
+# `make run` keeps its state (embedded server socket, lock, failure journal) in the checkout,
+# never in the machine-wide default (/run/eventrouter for root), where a router already
+# running on the box would make it refuse. Not read from $EVENTROUTER_STATE_DIR, which may
+# name a production router's folder; `make run RUN_STATE_DIR=DIR` picks another.
+RUN_STATE_DIR ?= $(CURDIR)/.state
 
 .PHONY: run cluster test lint lock bench clean
 
@@ -20,9 +25,11 @@ NODE_ID ?= 1
 UV_VERSION = 0.13.9
 UV = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(BIN)/uv
 
+# Each slow step says what it does before it starts: on a busy 2-core machine the first
+# `make` took 50 s, about 15 s for the venv, 10 s for uv, 15 s for the lock's packages.
 $(BIN)/uv:
-	@echo "make: creating $(VENV) with $(PYTHON) and installing uv $(UV_VERSION)"
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { echo "make: creating the virtual environment $(VENV) with $(PYTHON) (about 15 s)"; $(PYTHON) -m venv $(VENV); }
+	@echo "make: installing uv $(UV_VERSION) into $(VENV) with pip (about 10 s)"
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(BIN)/.installed: pyproject.toml uv.lock | $(BIN)/uv
@@ -35,7 +42,8 @@ lock: | $(BIN)/uv
 	$(UV) lock --upgrade --python $(BIN)/python
 
 run: $(BIN)/.installed
-	NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
+	@echo "make: state folder $(RUN_STATE_DIR); for publish, status and the others, in another shell: export EVENTROUTER_STATE_DIR=$(RUN_STATE_DIR)"
+	EVENTROUTER_STATE_DIR='$(RUN_STATE_DIR)' NODE_ID=$(NODE_ID) $(BIN)/eventrouter run --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
 
 # Three servers on loopback (a master, two replicas), a stand-in NS8 agent and one router per
 # node on the shipped examples (examples/ns8-cluster/README.md); Ctrl-C stops everything.

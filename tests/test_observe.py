@@ -166,10 +166,26 @@ def test_history_gives_every_outcome(
 
 
 def _check_filters(redis_url: str) -> None:
+    # --route: the events that route matched, not the newest events whatever they were.
     filtered = _cli(redis_url, "history", "--instance", "r", "--route", "fails", "--limit", "50")
-    by_channel = {event["channel"]: event["routes"] for event in filtered}
+    assert [event["channel"] for event in filtered] == ["a/event/fail"]
+    [trace] = filtered[0]["routes"]
+    assert (trace["route"], trace["outcome"], trace["status"]) == (
+        "fails",
+        "failed",
+        "exit status 3",
+    )
+    first = _cli(redis_url, "history", "--instance", "r", "--route", "sink", "--limit", "1")
+    assert [event["channel"] for event in first] == ["a/event/derived"]
+    every = _cli(redis_url, "history", "--instance", "r", "--route", "fails", "--verbose")
+    by_channel = {event["channel"]: event["routes"] for event in every}
     assert by_channel["a/event/ok"] == [{"route": "fails", "outcome": "did not match"}]
-    assert by_channel["a/event/fail"][0]["outcome"] == "failed"
+    unknown = run_cli("history", "--redis", redis_url, "--instance", "r", "--route", "nosuch")
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert "no route matches 'nosuch' on router 'r'; its routes: elsewhere, fails, " in (
+        unknown.stderr
+    ), unknown.stderr
     only = _cli(redis_url, "history", "--instance", "r", "--event", "fail")
     assert [event["channel"] for event in only] == ["a/event/fail"]
     verbose = _cli(redis_url, "history", "--instance", "r", "--event", "fail", "--verbose")

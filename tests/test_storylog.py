@@ -9,6 +9,7 @@ from pathlib import Path
 
 import redis
 
+from tests.conftest import free_port
 from tests.routerproc import Router, clean_env, write_routes, write_step
 
 ROUTES = """\
@@ -101,3 +102,36 @@ def test_start_says_each_thing_once_with_the_embedded_server(
         assert router.stop() == 0
     finally:
         router.kill()
+
+
+def test_a_run_that_emits_ends_after_its_emitted_line(
+    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+) -> None:
+    folder = _routes(tmp_path / "routes")
+    router = router_factory("--routes", str(folder))
+    publish = redis.Redis.from_url(redis_url).publish
+    for _ in range(5):  # each run's two lines, in the order they happened, every time
+        publish("a/event/added", "{}")
+    log = router.wait_log(r"route announces: event 'a/event/added': run ok", count=5)
+    router.wait_log(r"route announces emitted 'a/event/announced'", count=5)
+    log = router.log
+    story = [
+        "emitted" if " emitted " in line else "run ok"
+        for line in log.splitlines()
+        if "route announces" in line
+    ]
+    assert story == ["emitted", "run ok"] * 5, log
+
+
+def test_a_run_whose_emit_never_went_out_is_still_told_at_shutdown(
+    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+) -> None:
+    folder = _routes(tmp_path / "routes")
+    nowhere = f"redis://127.0.0.1:{free_port()}"  # the emit waits in the outbox for good
+    router = router_factory("--routes", str(folder), "--publish-redis", nowhere)
+    redis.Redis.from_url(redis_url).publish("a/event/added", "{}")
+    router.wait_log(r"cannot publish derived events to .*; 1 waiting")
+    assert router.stop() == 0
+    log = router.log
+    assert re.search(r"route announces: event 'a/event/added': run ok in ", log), log
+    assert " emitted 'a/event/announced'" not in log

@@ -22,13 +22,21 @@ UNITS = {
 BINARY = Path(sys.executable).with_name("eventrouter")
 
 
-def verify(unit: Path, scope: str, tmp_path: Path) -> str:
-    """Return what ``systemd-analyze verify`` says of ``unit`` (with our binary's real path)."""
+def verify(unit: Path, scope: str, tmp_path: Path, *, keep_path: bool = False) -> str:
+    """Return what ``systemd-analyze verify`` says of ``unit``.
+
+    Its ExecStart line, the one line the unit says to change, names our binary's real path
+    unless ``keep_path``.
+    """
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("systemd-analyze is not installed")
     copy = tmp_path / unit.name
-    copy.write_text(unit.read_text().replace("/usr/local/bin/eventrouter", str(BINARY)))
+    rows = unit.read_text().splitlines(keepends=True)
+    index, line = _exec_start(unit.read_text())
+    if not keep_path:
+        rows[index] = line.replace("/usr/local/bin/eventrouter", str(BINARY), 1) + "\n"
+    copy.write_text("".join(rows))
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     flags = ["--user"] if scope == "user" else []
@@ -75,3 +83,36 @@ def test_the_units_behave_as_a_notify_service_that_reloads(scope: str) -> None:
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["Restart"] == "on-failure"
     assert settings["KillMode"] == "mixed"
+
+
+def _exec_start(text: str) -> tuple[int, str]:
+    """Return the index and the text of the unit's ExecStart line."""
+    rows = text.splitlines()
+    index = next(i for i, row in enumerate(rows) if row.startswith("ExecStart="))
+    return index, rows[index]
+
+
+@pytest.mark.parametrize("scope", sorted(UNITS))
+def test_the_unit_says_the_one_line_to_change_for_the_command(scope: str) -> None:
+    rows = UNITS[scope].read_text().splitlines()
+    index, line = _exec_start(UNITS[scope].read_text())
+    # The comment right above it: pip's place for a command installed as root, and the fix.
+    comment = " ".join(row.lstrip("# ") for row in rows[index - 4 : index] if row.startswith("#"))
+    assert "/usr/local/bin" in comment and "pip install" in comment, comment
+    assert "command -v eventrouter" in comment and "the one line to change" in comment.lower(), (
+        comment
+    )
+    assert line.startswith("ExecStart=/usr/local/bin/eventrouter run ")
+    assert UNITS[scope].read_text().count("/usr/local/bin/eventrouter") == 1
+
+
+@pytest.mark.parametrize("scope", sorted(UNITS))
+def test_as_shipped_only_the_command_path_can_stand_in_the_way(scope: str, tmp_path: Path) -> None:
+    # As shipped: fine where the command is installed, else the one complaint is its path.
+    said = verify(UNITS[scope], scope, tmp_path, keep_path=True)
+    if Path("/usr/local/bin/eventrouter").exists():
+        assert said == "exit 0"
+    else:
+        name = UNITS[scope].name
+        expected = f"{name}: Command /usr/local/bin/eventrouter is not executable: No such file"
+        assert said == f"exit 1\n{expected} or directory", said

@@ -4,6 +4,8 @@ failure stops the route, is journaled and retried per ``retry:``; a silent agent
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -148,3 +150,50 @@ async def test_without_wait_the_route_goes_on_once_the_task_is_queued(
     assert lines(tmp_path / "after-ran") == ["after"]
     assert idle.llen("module/idle1/tasks") == 1
     assert journal.failures == []
+
+
+def _assert_retry_said(records: list[logging.LogRecord]) -> None:
+    """The retry line says what happens next; the attempt's own error line said why."""
+    [retry] = [record.getMessage() for record in records if "retrying in" in record.getMessage()]
+    assert re.search(r"[]:] attempt 1/2 failed; retrying in \d+\.\d\ds$", retry), retry
+
+
+def _reason_lines(records: list[logging.LogRecord], reason: str) -> list[str]:
+    return [record.getMessage() for record in records if reason in record.getMessage()]
+
+
+async def test_each_failed_task_attempt_logs_its_reason_once(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    do = "      - task: {agent: module/ghost1, action: ok}\n"
+    found, _, client = dispatcher(
+        tmp_path, redis_url, do, "    retry: {attempts: 2, backoff: 10ms}\n"
+    )
+    caplog.set_level(logging.INFO, logger="eventrouter")
+    try:
+        found.receive("a/event/x", b"{}")
+        await settle(found)
+    finally:
+        await client.close()
+    said = _reason_lines(caplog.records, "agent module/ghost1 is not listening")
+    assert len(said) == 2, said  # one line per attempt
+    _assert_retry_said(caplog.records)
+
+
+async def test_each_failed_handler_attempt_logs_its_reason_once(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_step(tmp_path / "broken" / "10fail", "exit 3")
+    do = "      - run: broken\n"
+    found, _, client = dispatcher(
+        tmp_path, redis_url, do, "    retry: {attempts: 2, backoff: 10ms}\n"
+    )
+    caplog.set_level(logging.INFO, logger="eventrouter")
+    try:
+        found.receive("a/event/x", b"{}")
+        await settle(found)
+    finally:
+        await client.close()
+    said = _reason_lines(caplog.records, "failed: exit status 3")
+    assert len(said) == 2, said
+    _assert_retry_said(caplog.records)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from eventrouter.cli.logs import escape
-from eventrouter.errors import Diagnostic, PayloadError
+from eventrouter.errors import Diagnostic
 from eventrouter.model import Route, RouterInfo, Settings
 
 # The tools (check, explain, test, routes) must not load the runtime: asyncio, redis-py and
@@ -183,45 +183,6 @@ def _journal_url(args: argparse.Namespace) -> str | None:
     return None
 
 
-def cmd_publish(args: argparse.Namespace) -> int:
-    """Check and publish one event; print how many subscribers received it."""
-    import asyncio
-
-    from eventrouter.config import schemas
-    from eventrouter.redis import bus, embedded
-
-    data = _payload(args.payload)
-    if not args.raw:
-        loaded, _ = _load(args)  # the operators' own event schemas, when the routes load
-        declared = loaded.schemas if loaded.ok else None
-        try:
-            schemas.check_payload(args.channel, data.decode("utf-8"), declared)
-        except (PayloadError, UnicodeDecodeError) as exc:
-            print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
-            return EXIT_INVALID
-    try:
-        url = _write_url(args)
-    except ValueError as exc:  # an unreadable password file
-        print(f"eventrouter publish: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    if url is None:
-        print(
-            f"eventrouter publish: no Redis configured and no embedded server answers at "
-            f"{embedded.socket_path(_state_dir(args))}; start `eventrouter run` first or pass "
-            "--redis URL",
-            file=sys.stderr,
-        )
-        return EXIT_INVALID
-    try:
-        receivers = asyncio.run(bus.publish_once(url, args.channel, data))
-    except ConnectionError as exc:
-        print(f"eventrouter publish: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    # Redis counts one receiver per matching pattern of each subscribed client.
-    print(f"published {args.channel}: {receivers} receiver(s)")
-    return EXIT_OK
-
-
 def _payload(argument: str | None) -> bytes:
     if argument == "-" or (argument is None and not sys.stdin.isatty()):
         return sys.stdin.buffer.read()
@@ -253,6 +214,8 @@ def _failure_lines(failure: Failure) -> list[str]:
         f"{failure.id}  {stamp}  {failure.instance}  {failure.route}  {failure.channel}  "
         f"{failure.status}{step}",
         f"  action {failure.action_index}: {failure.action}; payload: {payload}",
+        # The reason is what to act on: "task failed" alone does not say which task or why.
+        *([f"  reason: {failure.reason}"] if failure.reason != failure.status else []),
         *(f"    {line}" for line in failure.tail),
     ]
 

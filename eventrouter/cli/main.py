@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import observe
+from eventrouter.cli import observe, pipes
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         help="the payload; '-' or none reads standard input",
     )
-    publish.set_defaults(handler="cmd_publish")
+    publish.set_defaults(handler="publish:cmd_publish")
     _add_journal_commands(commands)
     _add_reload(commands)
     observe.add_commands(commands)
@@ -477,7 +477,11 @@ def _add_reload(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit status."""
+    """Run the command line; return the exit status (141 when its reader went away)."""
+    return pipes.quietly(lambda: _main(argv))
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from eventrouter.cli import logs  # logging: not what --help needs

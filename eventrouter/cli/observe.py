@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from eventrouter.cli.logs import escape
 from eventrouter.runtime import control
 
 
@@ -54,7 +55,10 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_common(history)
     history.add_argument(
-        "--route", metavar="R", help="only this route (a glob), 'did not match' included"
+        "--route",
+        metavar="R",
+        help="only the events this route (a glob) matched; with --verbose every event, "
+        "'did not match' included; a name no route has is an error",
     )
     history.add_argument(
         "--event", metavar="GLOB", help="only events whose channel or name matches"
@@ -77,15 +81,17 @@ def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
     """Send ``query``; return the answers (raise ConnectionError, LookupError)."""
     import asyncio
 
+    from eventrouter.cli import elsewhere
     from eventrouter.cli.commands import _state_dir, _write_url  # not what --help needs
     from eventrouter.redis import embedded
     from eventrouter.redis.ask import ask
 
     url = _write_url(args)
     if url is None:
+        socket = embedded.socket_path(_state_dir(args))
         raise LookupError(
-            f"no Redis configured and no embedded server answers at "
-            f"{embedded.socket_path(_state_dir(args))}; pass --redis URL"
+            f"no Redis configured and no embedded server answers at {socket}; pass --redis "
+            f"URL{elsewhere.hint(socket)}"
         )
     wait = control.COLLECT_ALL if every else control.WAIT_ONE
     raw = asyncio.run(
@@ -102,9 +108,9 @@ def _run(args: argparse.Namespace, query: control.Query, *, every: bool) -> list
         print(f"eventrouter {query.op}: {exc}", file=sys.stderr)
         return []
     if not answers:
-        who = "no router" if every else f"router {query.instance!r} did not"
+        who = "no router answered" if every else f"router {query.instance!r} did not answer"
         print(
-            f"eventrouter {query.op}: {who} answered on {control.QUERY_CHANNEL}; "
+            f"eventrouter {query.op}: {who} on {control.QUERY_CHANNEL}; "
             "is `eventrouter run` running?",
             file=sys.stderr,
         )
@@ -188,6 +194,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     )
     answers = _run(args, query, every=False)
     if not answers:
+        return commands.EXIT_INVALID
+    if "unknown_route" in answers[0]:
+        known = ", ".join(str(name) for name in answers[0].get("routes", [])) or "none"
+        print(
+            escape(
+                f"eventrouter history: no route matches {args.route!r} on router "
+                f"{answers[0]['instance']!r}; its routes: {known}"
+            ),
+            file=sys.stderr,
+        )
         return commands.EXIT_INVALID
     events = answers[0].get("events", [])
     if args.json:

@@ -49,12 +49,14 @@ async def ask(
 
 
 async def role(url: str, within: float = 1.0) -> str:
-    """Return the ROLE of the server at ``url`` (master, slave, ...), or why it is unknown."""
+    """Return the ROLE of the server at ``url`` (master, replica, ...), or why it is unknown."""
     connection = client(url, socket_connect_timeout=within)
     try:
         reply = await asyncio.wait_for(connection.role(), within)
         name = reply[0]
-        return name.decode() if isinstance(name, bytes) else str(name)
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        # ROLE still says "slave"; Redis has called it a replica since 5.0, and so do we.
+        return "replica" if text == "slave" else text
     except (RedisError, OSError, TimeoutError) as exc:
         return f"unknown ({type(exc).__name__})"
     finally:

@@ -175,6 +175,17 @@ async def open_journal(
     return stream
 
 
+def in_use(journal: Journal) -> str:
+    """Return where ``journal`` writes failures now, for the router's start-up line.
+
+    A stream that Redis cannot take yet writes to the local file meanwhile: saying "the
+    stream" right after the warning that it is the file would contradict it.
+    """
+    if isinstance(journal, StreamJournal) and journal._on_local and journal.local is not None:
+        return f"{journal.local.where} until {journal.where} can be written"
+    return journal.where
+
+
 def open_reader(url: str | None, key: str, state_dir: Path) -> Journal:
     """Open the journal for reading: the stream at ``url`` merged with the local file.
 

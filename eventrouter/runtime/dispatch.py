@@ -55,6 +55,7 @@ from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.runlines import RunLines
 from eventrouter.runtime.stats import Histograms
 from eventrouter.runtime.steps import StepRunner
 
@@ -175,6 +176,7 @@ class _EmitReceipt:
             if item["channel"] == self.channel and "receivers" not in item:
                 item["receivers"] = receivers
                 break
+        self.dispatcher.lines.answered(self.job)
 
     def refused(self, reason: str) -> None:
         """Fail this emit alone: error with route and event, and the failure journal."""
@@ -222,6 +224,8 @@ class Dispatcher:
             on_drop=self._dropped,
         )
         self.chains = ChainTracker()
+        #: Each run's closing line, logged after the "emitted" lines of its emits.
+        self.lines = RunLines()
         #: The last events and what each route did with them (`eventrouter history`).
         self.history = History()
         #: The route table's generation: 1 at start, one more per reload that took effect.
@@ -443,7 +447,8 @@ class Dispatcher:
         if job.trace is not None:
             job.trace.set(outcome, job.trace.detail if failed is None else failed.reason)
             job.trace.duration, job.trace.steps, job.trace.status = seconds, steps, status
-        log.info(
+        self.lines.ended(
+            job,
             "route %s: event %r: run %s in %.3fs, %d step(s) run%s",
             name,
             job.event.channel,
@@ -472,6 +477,7 @@ class Dispatcher:
         self._journal_task(
             job, receipt.position, receipt.action.describe(), failed, receipt.started
         )
+        self.lines.answered(job)
 
     def _journal_task(
         self, job: Job, position: int, action: str, failed: Failed, started: float
@@ -620,7 +626,10 @@ class Dispatcher:
         # Jitter spreads the retries of many routes failing together over time.
         delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
         self.counters["retries"] += 1
-        log.warning("%s %d/%d failed (%s); retrying in %.2fs", what, attempt, attempts, why, delay)
+        # The attempt's own error line said why (``why`` is kept for the debug log): the
+        # reason once per attempt, not twice.
+        log.debug("%s %d/%d failed: %s", what, attempt, attempts, why)
+        log.warning("%s %d/%d failed; retrying in %.2fs", what, attempt, attempts, delay)
         await asyncio.sleep(delay)
 
     async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
@@ -709,6 +718,7 @@ class Dispatcher:
         message = (emit.channel, emit.data)
         if job.trace is not None and job.trace.owner is not None:
             self.history.emitting(job.trace.owner, route.name, emit.channel, emit.data)
+        self.lines.emitting(job)
         await self.publisher.publish(
             emit.channel, emit.data, _EmitReceipt(self, job, position, action, message)
         )
@@ -748,6 +758,7 @@ class Dispatcher:
             escalate.cancel()
         await self._journal_killed(self.scheduler.killed, grace)
         await recording
+        self.lines.flush()
         await asyncio.gather(*self._recording, return_exceptions=True)
 
     async def _kill_when(self, hurry: asyncio.Event) -> None:

@@ -130,6 +130,10 @@ class History:
         self.events.append(trace)
         return trace
 
+    def names(self) -> set[str]:
+        """Return the names of the routes and events folders the kept events met."""
+        return {trace.route for item in self.events for trace in item.routes}
+
     def emitting(self, source: EventTrace, route: str, channel: str, data: bytes) -> None:
         """Record that ``route`` emits a derived event while handling ``source``."""
         while len(self._behind) >= PENDING_MAX:
@@ -148,8 +152,9 @@ class History:
     ) -> list[dict[str, Any]]:
         """Return up to ``limit`` events, newest first, filtered by route and event globs.
 
-        Routes that did not match are listed only when asked for: by ``route`` (every event,
-        with that route's outcome) or ``verbose`` (every route of the current ``table``).
+        ``route`` keeps the events a route of that name matched (ran, or why it did not);
+        with ``verbose`` every event comes, "did not match" where it did not. ``verbose``
+        alone adds every route of the current ``table`` that did not match.
         """
         found: list[dict[str, Any]] = []
         for item in reversed(self.events):
@@ -160,6 +165,8 @@ class History:
             routes = list(item.routes)
             if route is not None:
                 routes = [trace for trace in routes if fnmatchcase(trace.route, route)]
+                if not routes and not verbose:
+                    continue
                 if not routes:
                     routes = [RouteTrace(route, NO_MATCH)]
             elif verbose:

@@ -16,7 +16,7 @@ from eventrouter.engine.decide import decide_message, retry_decision
 from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
-from eventrouter.redis.journal import open_journal
+from eventrouter.redis.journal import in_use, open_journal
 from eventrouter.redis.role import RoleWatch
 from eventrouter.redis.tasks import TaskClient
 from eventrouter.runtime import control, statedir
@@ -318,7 +318,7 @@ class Daemon:
             self.settings, runner, publisher, index, journal=journal, tasks=tasks
         )
         role = await self._watch_role(dispatcher, sub_url)
-        log.info("failure journal: %s (this router is %r)", journal.where, dispatcher.instance)
+        log.info("failure journal: %s (this router is %r)", in_use(journal), dispatcher.instance)
         subscriber = bus.Subscriber(
             sub_url,
             self._on_message(dispatcher, role),

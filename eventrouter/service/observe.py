@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from eventrouter import __version__
@@ -117,6 +118,12 @@ async def status(parts: Parts) -> dict[str, Any]:
 def history(parts: Parts, query: Query) -> dict[str, Any]:
     """Return the `history` answer."""
     table = [route.name for route in parts.routes]
+    if query.route is not None:
+        known = sorted(set(table) | parts.dispatcher.history.names())
+        if not any(fnmatchcase(name, query.route) for name in known):
+            # A typo would otherwise read as "no events match": say which names there are.
+            return {"generation": parts.dispatcher.generation, "unknown_route": query.route,
+                    "routes": known}  # fmt: skip
     events = parts.dispatcher.history.query(
         route=query.route,
         event=query.event,

@@ -136,7 +136,7 @@ Publish on the master from another terminal:
       '{{"node_id": 2, "backup_id": 3, "module_id": "mail1"}}'
   # node 1's router asks module/mail1 to reload its certificate (task:)
   {publish} module/traefik1/event/certificate-changed '{{"domain": "mail.example.org"}}'
-  # every router handles module-added; each emits module-domain-changed to the master
+  # only the leader's router (node 1) announces module-domain-changed, once (runs_on: leader)
   {publish} cluster/event/module-added '{{"module": "traefik1", "node": 1}}'
 
 Ctrl-C stops everything.
