@@ -18,7 +18,17 @@ NODE_ID ?= 1
 # name a production router's folder; `make run RUN_STATE_DIR=DIR` picks another.
 RUN_STATE_DIR ?= $(CURDIR)/.state
 
-.PHONY: run cluster test lint lock bench clean
+.PHONY: help run cluster test lint lock bench clean
+
+# Plain `make` says what the targets are rather than doing one of them.
+help:
+	@echo "make run      the router on the shipped NS8 examples (embedded Redis, state in .state/)"
+	@echo "make test     the whole suite: ruff, mypy --strict, route tests, pytest with coverage"
+	@echo "make cluster  three nodes on loopback, one router each, on the same examples"
+	@echo "make lint     ruff and mypy only"
+	@echo "make lock     refresh uv.lock to the newest releases pyproject.toml allows"
+	@echo "make bench    the benchmarks (bench/README.md)"
+	@echo "make clean    remove .venv and the caches"
 
 # uv installs the lock; it is bootstrapped into the virtual environment at the version the lock
 # pins for it (tests/test_lock.py keeps the two equal), so `uv sync` keeps it there.
