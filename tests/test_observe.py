@@ -142,7 +142,7 @@ def test_history_gives_every_outcome(
     assert outcomes["ok"]["steps"] == 1
     assert outcomes["ok"]["status"] == "ok"
     assert outcomes["guarded"]["outcome"] == "condition false"
-    assert "payload.go is defined is false (false)" in outcomes["guarded"]["detail"]
+    assert "payload.go is defined is false" in outcomes["guarded"]["detail"]
     assert outcomes["elsewhere"]["outcome"] == "skipped here"
     assert "runs_on" in outcomes["elsewhere"]["detail"]
     assert ok["derived"] == [{"route": "ok", "channel": "a/event/derived", "receivers": 1}]

@@ -79,7 +79,7 @@ def test_runs_on_and_router_node_decide_where_a_route_acts(tmp_path: Path) -> No
     assert fired(index, RouterInfo(node=1, leader=True)) == {
         "on-leader": None,
         "on-named-node": "runs_on: node '2', and this router is node 1",
-        "here-by-condition": "when: payload.node == router.node is false (false)",
+        "here-by-condition": "when: payload.node == router.node is false",
     }
 
 
