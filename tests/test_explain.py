@@ -160,6 +160,18 @@ def test_a_false_condition_is_said_once(tmp_path: Path) -> None:
     assert "    when: payload.count -> 0 (false)\n" in done.stdout
 
 
+def test_a_failing_payload_template_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: r\n    on: a/event/b\n"
+        "    do: [{emit: {channel: out/event/c, payload: {a: '{{ foo }}'}}}]\n"
+    )
+    done = explain("--routes", str(tmp_path), "a/event/b", "{}")
+    assert (
+        "error: emit out/event/c: payload.a: template '{{ foo }}' failed: undefined: "
+        "'foo' is undefined\n" in done.stdout
+    ), done.stdout
+
+
 def test_payload_that_defeats_the_json_parser_is_not_json(tmp_path: Path) -> None:
     events = tmp_path / "events"
     write_step(events / "deep" / "10log", "cat")

@@ -152,9 +152,9 @@ def _text_template(value: Any) -> Text:
         raise _template_error("template", exc) from exc
 
 
-def _value_template(value: Any) -> Value:
+def _value_template(value: Any, what: str = "") -> Value:
     try:
-        return Value(value)
+        return Value(value, what)
     except TemplateSyntaxError as exc:
         raise _template_error("template", exc) from exc
 
@@ -214,7 +214,7 @@ EMIT_SCHEMA = vol.Schema(
         vol.Required("emit"): vol.Schema(
             {
                 vol.Required("channel"): wrap(_text_template),
-                vol.Optional("payload"): wrap(_value_template),
+                vol.Optional("payload"): wrap(partial(_value_template, what="payload")),
             }
         )
     }
@@ -225,8 +225,8 @@ TASK_SCHEMA = vol.Schema(
             {
                 vol.Required("agent"): wrap(_agent_id),
                 vol.Required("action"): wrap(_task_action),
-                vol.Optional("data"): wrap(_value_template),
-                vol.Optional("extra"): wrap(_value_template),
+                vol.Optional("data"): wrap(partial(_value_template, what="data")),
+                vol.Optional("extra"): wrap(partial(_value_template, what="extra")),
                 vol.Optional("timeout"): wrap(parse_duration),
                 vol.Optional("wait"): wrap(boolean),
             }
