@@ -683,8 +683,71 @@ def test_emit_and_env_templates_are_checked_at_their_action_line(tmp_path: Path)
         f"backup-status-changed does not carry {fields}",
         f"{path}:5: warning: route r: 'emit payload.ids[0]' uses payload.backup, which "
         f"backup-status-changed does not carry {fields}",
-        f"{path}:9: warning: route r: 'env NODE' uses match.nod, which pattern "
-        "node/{node}/event/backup-status-changed does not capture (captures: node)",
+        f"{path}:9: error: route r: 'env NODE' uses match.nod, which pattern "
+        "node/{node}/event/backup-status-changed does not capture (did you mean match.node?)",
+    ]
+
+
+def test_names_that_do_not_exist_are_errors_with_the_fix(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: module/{module}/event/backup-finished
+            do:
+              - emit:
+                  channel: cluster/event/x-happened
+                  payload:
+                    a: "{{ foo }}"
+                    b: "{{ match.modul }}"
+                    c: "{{ router.nod }}"
+                    d: "{{ env.ANYTHING }}"
+                    e: "{{ payload.anything }}"
+                    f: "{{ rooter.node }}"
+        """,
+    )
+    found = [str(d) for d in lint(tmp_path)]
+    context = "channel, source, name, payload, raw, match, route, router, env"
+    assert found == [
+        f"{path}:5: error: route r: 'emit payload.a' uses foo, which is not defined "
+        f"(templates see: {context})",
+        f"{path}:5: error: route r: 'emit payload.b' uses match.modul, which pattern "
+        "module/{module}/event/backup-finished does not capture (did you mean match.module?)",
+        f"{path}:5: error: route r: 'emit payload.c' uses router.nod, which the router does "
+        "not have (did you mean router.node?)",
+        f"{path}:5: error: route r: 'emit payload.f' uses rooter, which is not defined "
+        "(did you mean router?)",
+    ]
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 route checked: 4 errors, 0 warnings" in done.stderr
+
+
+def test_a_name_that_exists_for_only_some_patterns(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: ["module/{module}/event/x-happened", cluster/event/x-happened]
+            do:
+              - emit: {channel: "y/event/{{ match.module }}-happened"}
+          - name: guarded
+            on: ["module/{module}/event/x-happened", cluster/event/x-happened]
+            do:
+              - emit: {channel: "y/event/{{ match.module | default('cluster') }}-seen"}
+        """,
+    )
+    findings = lint(tmp_path)
+    assert [(d.severity, d.message) for d in findings] == [
+        (
+            "error",
+            "route r: 'emit channel' uses match.module, which pattern cluster/event/x-happened "
+            "does not capture (it captures nothing)",
+        )
     ]
 
 
@@ -710,7 +773,7 @@ def test_declared_schema_and_undefined_names(tmp_path: Path) -> None:
     assert having(
         findings, "payload.colour, which thing-happened does not carry (fields: size, label)"
     )
-    assert having(findings, "uses paylod, which is not defined")
+    assert having(findings, "uses paylod, which is not defined (did you mean payload?)")
 
 
 # --- patterns, duplicates, folders run twice ------------------------------------------------

@@ -161,7 +161,7 @@ def test_check_reports_bad_runs_on_and_task_keys(
     assert any(message in item.message for item in result.diagnostics), result.diagnostics
 
 
-def test_check_warns_about_an_unknown_router_field(
+def test_check_reports_an_unknown_router_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     routes = tmp_path / "routes.d"

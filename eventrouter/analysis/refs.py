@@ -26,8 +26,9 @@ from eventrouter.analysis.loops import (
     pattern_glob,
 )
 from eventrouter.config.schemas import EventSpec
+from eventrouter.config.suggest import close_match
 from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
-from eventrouter.errors import Diagnostic
+from eventrouter.errors import Diagnostic, Severity
 from eventrouter.model import EVENT_MARK, EmitAction, Route, RouterInfo, RunAction
 
 #: Parses only (lint never renders): a plain environment knows the same syntax.
@@ -38,7 +39,8 @@ _MARKERS = ("{{", "{%", "{#")
 
 
 #: Names a template sees (README "Routes"), and those Jinja2 itself provides.
-CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router")
+#: ``env`` is a mapping of variables: which ones exist is only known where the router runs.
+CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router", "env")
 
 
 _BUILTIN = frozenset(DEFAULT_NAMESPACE) | {"loop", "caller", "self", "varargs", "kwargs"}
@@ -56,6 +58,7 @@ _KEYWORDS = _CONSTANTS | {
 
 
 _ROUTER_FIELDS = tuple(RouterInfo().template_value())
+_ROUTER_LIST = f" (fields: {', '.join(_ROUTER_FIELDS)})"
 _KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests)
 
 
@@ -354,24 +357,42 @@ def _spec_of(pattern: str, schemas: dict[str, EventSpec]) -> EventSpec | None:
     return spec if overlap(pattern_glob(source), fits) else None
 
 
-def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[str]:
-    """Yield why a reference fails for some event the route can receive."""
+Problem = tuple[Severity, str]  # what is wrong
+
+
+def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[Problem]:
+    """Yield why a reference fails for some event the route can receive.
+
+    A name, router field or capture that does not exist fails at every such event: an error.
+    A payload field is data: an event may carry more than its schema says, so a warning.
+    """
     if key[0] not in CONTEXT:
-        yield f"{key[0]}, which is not defined (templates see: {', '.join(CONTEXT)})"
+        fix = did_you_mean(key[0], CONTEXT, "") or f" (templates see: {', '.join(CONTEXT)})"
+        yield "error", f"{key[0]}, which is not defined{fix}"
     elif key[0] == "router" and len(key) == 2 and key[1] not in _ROUTER_FIELDS:
-        fields = ", ".join(_ROUTER_FIELDS)
-        yield f"router.{key[1]}, which the router does not have (fields: {fields})"
+        fix = did_you_mean(key[1], _ROUTER_FIELDS, "router.")
+        yield "error", f"router.{key[1]}, which the router does not have{fix or _ROUTER_LIST}"
     elif key[0] == "match" and len(key) == 2:
         for pattern in route.patterns:
             captures = getattr(pattern, "captures", ())
             if key[1] not in captures:
                 have = f"captures: {', '.join(captures)}" if captures else "it captures nothing"
-                yield f"match.{key[1]}, which pattern {pattern.text} does not capture ({have})"
+                fix = did_you_mean(key[1], captures, "match.") or f" ({have})"
+                yield "error", f"match.{key[1]}, which pattern {pattern.text} does not capture{fix}"
     elif key[0] == "payload" and len(key) == 2:
         for spec in specs:
             if key[1] not in spec.fields:
                 fields = ", ".join(spec.fields) or "none"
-                yield f"payload.{key[1]}, which {spec.name} does not carry (fields: {fields})"
+                yield (
+                    "warning",
+                    f"payload.{key[1]}, which {spec.name} does not carry (fields: {fields})",
+                )
+
+
+def did_you_mean(word: str, known: Sequence[str], prefix: str) -> str:
+    """Return `` (did you mean PREFIX+name?)`` for a known name close to ``word``, else ""."""
+    close = close_match(word, known)
+    return f" (did you mean {prefix}{close}?)" if close is not None else ""
 
 
 def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagnostic]:
@@ -382,6 +403,7 @@ def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagn
     for label, line, source, expression in _templates(route):
         tree = _tree(source, expression, route, specs)
         for key in _all_references(tree) if tree is not None else ():
-            for problem in _problems(key, route, specs):
-                findings.append(warning(route, line, f"'{label}' uses {problem}"))
+            for severity, problem in _problems(key, route, specs):
+                message = f"route {route.name}: '{label}' uses {problem}"
+                findings.append(Diagnostic(route.file, line, severity, message))
     return findings
