@@ -466,9 +466,44 @@ def test_handler_folder_without_a_runnable_step(tmp_path: Path) -> None:
     )
     findings = lint(tmp_path / "routes.d")
     assert len(findings) == 1, listing(findings)
-    assert "route r: handler folder" in findings[0].message
-    assert findings[0].message.endswith("empty has no runnable step")
-    assert findings[0].line == 5
+    assert findings[0].message == (
+        f"route r: handler folder {tmp_path / 'handlers' / 'empty'} has nothing to run: it "
+        "holds no step (add executable steps, or remove the action)"
+    )
+    assert (findings[0].severity, findings[0].line) == ("error", 5)
+
+
+def test_handler_folder_whose_only_step_is_not_executable_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "handlers" / "h"
+    folder.mkdir(parents=True)
+    (folder / "10step").write_text("#!/bin/sh\n")  # not executable
+    (folder / ".hidden").write_text("")
+    write(
+        tmp_path / "routes.d",
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/happened
+            do:
+              - run: ../handlers/h
+        """,
+    )
+    findings = lint(tmp_path / "routes.d")
+    assert [(d.severity, d.message) for d in findings] == [
+        (
+            "warning",
+            f"route r: {folder / '10step'} is not executable; it is skipped (chmod +x to run it)",
+        ),
+        (
+            "error",
+            f"route r: handler folder {folder} has nothing to run: none of its entries is an "
+            "executable step at check time, and only a step that runs could make another one "
+            "executable (chmod +x the steps to run, or remove the action)",
+        ),
+    ]
+    done = run_cli("check", "--routes", str(tmp_path / "routes.d"))
+    assert done.returncode == 1, done.stdout + done.stderr
 
 
 def test_events_folders_are_checked(tmp_path: Path) -> None:

@@ -66,7 +66,12 @@ def deep_check(
 
 
 def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagnostic]:
-    """Report a handler folder with nothing runnable, or entries that will be skipped."""
+    """Report a handler folder with nothing runnable, or entries that will be skipped.
+
+    A route's folder with nothing runnable is an error: its action can never run a step
+    (a step made executable by an earlier step of the run needs an earlier step that runs).
+    An events folder only warns: NS8 modules create and fill those folders themselves.
+    """
     try:
         steps, skipped = list_steps(folder)
     except OSError as exc:
@@ -75,9 +80,18 @@ def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagno
     for entry in skipped:
         why = _SKIPPED.get(entry.reason, f"cannot run ({entry.reason}); it is skipped")
         findings.append(warning(where, line, f"{folder / entry.name} {why}"))
-    if not steps:
-        findings.append(warning(where, line, f"handler folder {folder} has no runnable step"))
-    return findings
+    if steps:
+        return findings
+    if not isinstance(where, Route):
+        return [*findings, warning(where, line, f"handler folder {folder} has no runnable step")]
+    why = (
+        "none of its entries is an executable step at check time, and only a step that runs "
+        "could make another one executable (chmod +x the steps to run, or remove the action)"
+        if skipped
+        else "it holds no step (add executable steps, or remove the action)"
+    )
+    message = f"route {where.name}: handler folder {folder} has nothing to run: {why}"
+    return [*findings, Diagnostic(where.file, line, "error", message)]
 
 
 def _event_folders(events_dirs: Sequence[Path]) -> Iterator[Path]:
