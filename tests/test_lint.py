@@ -316,6 +316,85 @@ def test_cycle_with_a_route_that_cannot_stop_is_an_error(tmp_path: Path, when: s
     assert "no when: condition can stop it at ponger;" in findings[0].message
 
 
+LITERAL_LOOP = """\
+routes:
+  - name: looping
+    on: x/event/job-finished
+    when: {when}
+    do:
+      - emit:
+          channel: x/event/job-finished
+          payload: {payload}
+"""
+
+
+def test_cycle_whose_when_holds_for_the_literal_emit_is_an_error(tmp_path: Path) -> None:
+    text = LITERAL_LOOP.format(when="payload.status == 'failed'", payload="{status: failed}")
+    path = write(tmp_path, "routes.yml", text)
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [str(d) for d in findings] == [
+        f"{path}:2: error: derived-event cycle: looping ({path}:2) emits x/event/job-finished "
+        "-> looping (the when: of looping (payload.status == 'failed') holds for every event "
+        'looping emits to it (payload.status = "failed"), so it cannot stop it: change the '
+        "condition or the emitted payload; only the runtime loop guard will)"
+    ]
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("when", "payload", "found"),
+    [
+        # the literal emit never passes the condition: no cycle at all
+        ("payload.status == 'failed'", "{status: ok}", []),
+        ("payload.status is defined", "{other: 1}", []),
+        ("match.what == 'ping'", "{}", []),
+        # a field read that is a template: the condition may stop it
+        ("payload.status == 'failed'", "{status: '{{ payload.status }}'}", ["warning"]),
+        # what check time cannot know: where the router runs
+        ("payload.status == 'failed' and router.leader", "{status: failed}", ["warning"]),
+        # it holds for the literal fields it reads, whatever the templated ones say
+        ("payload.status == 'failed'", "{status: failed, n: '{{ payload.n }}'}", ["error"]),
+        ("payload.n is not defined", "{status: failed}", ["error"]),
+        ("name == 'job-finished' and 'status' in payload", "{status: failed}", ["error"]),
+    ],
+)
+def test_cycle_whose_when_reads_only_literals_is_judged_on_them(
+    tmp_path: Path, when: str, payload: str, found: list[str]
+) -> None:
+    text = LITERAL_LOOP.format(when=f'"{when}"', payload=payload)
+    if "match." in when:
+        text = text.replace("on: x/event/job-finished", "on: x/event/{what}-finished")
+    write(tmp_path, "routes.yml", text)
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == found, listing(findings)
+
+
+def test_a_literal_when_on_one_hop_of_a_longer_cycle(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: first
+            on: x/event/pinged
+            when: payload.hops < 3
+            do:
+              - emit: {channel: x/event/ponged, payload: {phase: 2}}
+          - name: second
+            on: x/event/ponged
+            when: payload.phase == 2
+            do:
+              - emit: {channel: x/event/pinged, payload: {hops: "{{ payload.hops }}"}}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == ["error"], listing(findings)
+    assert "the when: of second (payload.phase == 2) holds for every event first emits" in (
+        findings[0].message
+    )
+
+
 def test_disabled_route_breaks_the_cycle(tmp_path: Path) -> None:
     write(
         tmp_path,

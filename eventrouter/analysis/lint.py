@@ -16,15 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from eventrouter.analysis.loops import (
-    Neighbours,
-    contains,
-    cycle_findings,
-    emit_graph,
-    overlap,
-    pattern_glob,
-)
-from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
+from eventrouter.analysis.cycles import cycle_findings
+from eventrouter.analysis.loops import Neighbours, contains, emit_graph, overlap, pattern_glob
+from eventrouter.analysis.refs import emit_glob, template_findings, warning
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
 from eventrouter.config.trust import Distrust, distrust, handler_distrust, is_ignored
@@ -50,7 +44,7 @@ def deep_check(
     routes = result.routes
     emits = [[emit_glob(a) for a in r.actions if isinstance(a, EmitAction)] for r in routes]
     graph = emit_graph(routes, emits)
-    findings = cycle_findings(routes, graph, [can_stop(route) for route in routes])
+    findings = cycle_findings(routes, graph)
     findings += folder_findings(routes, events_dirs)
     findings += events_trust_findings(events_dirs, euid)
     for route in routes:
