@@ -1076,6 +1076,28 @@ def test_event_names_not_in_the_past_tense(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("name", ["backup-alert", "disk-alerts", "backup-status", "node-health"])
+def test_a_name_ending_in_a_noun_gets_no_made_up_verb(tmp_path: Path, name: str) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: cluster/event/{name}
+            do:
+              - emit: {{channel: x/event/y-happened}}
+        """,
+    )
+    [finding] = having(lint(tmp_path), "past tense")
+    assert "did you mean" not in finding.message
+    assert finding.message == (
+        f"route r: event name {name!r} (pattern cluster/event/{name}) does not say what "
+        "happened: event names end in the past tense; end it with what happened to it, as in "
+        "backup-status-changed"
+    )
+
+
 # --- the shipped examples -------------------------------------------------------------------
 
 
