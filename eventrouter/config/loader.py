@@ -20,6 +20,7 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.config.excerpt import bound_message, excerpt
+from eventrouter.config.layout import ACTION_KEYS, FILE_KEYS, ROUTE_LAYOUT, action_kind_problem
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
     WELL_KNOWN,
@@ -71,32 +72,8 @@ __all__ = [
     "route_files",
 ]
 
-ROUTE_KEYS = (
-    "name",
-    "description",
-    "on",
-    "when",
-    "do",
-    "enabled",
-    "mode",
-    "max",
-    "key",
-    "debounce",
-    "throttle",
-    "retry",
-    "schema",
-    "runs_on",
-)
 #: Runs at once per key in ``parallel`` mode when ``max`` is not given.
 DEFAULT_PARALLEL_MAX = 10
-SCHEMA_KEYS = ("source", "fields", "description")
-ACTION_KEYS = {
-    "run": ("run", "timeout", "env"),
-    "emit": ("emit",),
-    "emit.": ("channel", "payload"),
-    "task": ("task",),
-    "task.": ("agent", "action", "data", "extra", "timeout", "wait"),
-}
 #: ``task:`` waits this long for the exit code when it sets no ``timeout``.
 DEFAULT_TASK_TIMEOUT = 3600.0
 NOT_A_ROUTE_FILE = (
@@ -255,7 +232,6 @@ ROUTE_SCHEMA = vol.Schema(
     }
 )
 FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"): dict})
-FILE_KEYS = ("routes", "schemas")
 
 
 def _event_name(value: Any) -> str:
@@ -294,15 +270,17 @@ def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     line = line_of(ctx.data, where, 1)
     kinds = [name for name in ("run", "emit", "task") if isinstance(raw, dict) and name in raw]
     if len(kinds) != 1:
+        problem = action_kind_problem(raw)
         ctx.error(
-            where, f"{key_path(where)}: an action is a mapping with one of 'run', 'emit', 'task'"
+            where,
+            f"{key_path(where)}: an action is a mapping with one of 'run', 'emit', 'task'{problem}",
         )
         return None
     schema = {"run": RUN_SCHEMA, "emit": EMIT_SCHEMA, "task": TASK_SCHEMA}[kinds[0]]
     try:
         valid = schema(raw)
     except vol.MultipleInvalid as exc:
-        report(ctx, where, exc, ACTION_KEYS)
+        report(ctx, where, exc, {**ROUTE_LAYOUT, "routes.do": ACTION_KEYS[kinds[0]]})
         return None
     if "task" in valid:
         return _task(valid["task"], line)
@@ -374,7 +352,7 @@ def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
     try:
         valid = ROUTE_SCHEMA(raw)
     except vol.MultipleInvalid as exc:
-        report(ctx, where, exc, ROUTE_KEYS)
+        report(ctx, where, exc, ROUTE_LAYOUT)
         valid = None
     steps = raw.get("do")
     actions = []
@@ -419,7 +397,7 @@ def _build_schemas(ctx: FileContext, raw: dict[str, Any]) -> dict[str, EventSpec
         try:
             valid = EVENT_SCHEMA(body)
         except vol.MultipleInvalid as exc:
-            report(ctx, where, exc, SCHEMA_KEYS)
+            report(ctx, where, exc, ROUTE_LAYOUT)
             continue
         found[name] = declared_spec(name, valid.get("source", "any"), valid["fields"])
     return found
@@ -510,7 +488,7 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
-        report(ctx, [], exc, ("routes", "schemas"))
+        report(ctx, [], exc, ROUTE_LAYOUT)
         return [], {}, ctx.diagnostics
     if "routes" not in data and "schemas" not in data:
         ctx.warning([], "file has neither 'routes' nor 'schemas'")
