@@ -839,6 +839,29 @@ def test_names_that_do_not_exist_are_errors_with_the_fix(tmp_path: Path) -> None
     assert "1 route checked: 4 errors, 0 warnings" in done.stderr
 
 
+def test_the_key_template_is_checked_too(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: module/{module}/event/x-happened
+            key: "{{ match.modul }}"
+            do:
+              - emit: {channel: y/event/z-happened}
+        """,
+    )
+    assert [(d.severity, d.line, d.message) for d in lint(tmp_path)] == [
+        (
+            "error",
+            2,
+            "route r: 'key' uses match.modul, which pattern module/{module}/event/x-happened "
+            "does not capture (did you mean match.module?)",
+        )
+    ]
+
+
 def test_a_name_that_exists_for_only_some_patterns(tmp_path: Path) -> None:
     write(
         tmp_path,

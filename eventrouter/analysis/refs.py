@@ -284,6 +284,8 @@ def _templates(route: Route) -> Iterator[Template]:
         yield "when", route.line, route.when.source, True
     if route.runs_on is not None:
         yield "runs_on", route.line, route.runs_on.source, False
+    if route.key is not None:
+        yield "key", route.line, route.key.source, False
     for action in route.actions:
         if isinstance(action, EmitAction):
             yield "emit channel", action.line, action.channel.source, False
