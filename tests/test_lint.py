@@ -335,8 +335,8 @@ def test_cycle_whose_when_holds_for_the_literal_emit_is_an_error(tmp_path: Path)
     assert [str(d) for d in findings] == [
         f"{path}:2: error: derived-event cycle: looping ({path}:2) emits x/event/job-finished "
         "-> looping (the when: of looping (payload.status == 'failed') holds for every event "
-        'looping emits to it (payload.status = "failed"), so it cannot stop it: change the '
-        "condition or the emitted payload; only the runtime loop guard will)"
+        'looping emits to it (payload.status = "failed"); only the runtime loop guard will '
+        "stop it: change a condition or an emitted payload)"
     ]
     done = run_cli("check", "--routes", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr

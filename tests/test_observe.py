@@ -49,8 +49,8 @@ routes:
     do: [{run: h-ok}]
   - name: loop
     on: a/event/loop
-    when: payload.stop is not defined
-    do: [{emit: {channel: a/event/loop, payload: {}}}]
+    when: payload.stop is not defined  # check cannot read a templated payload: it starts
+    do: [{emit: {channel: a/event/loop, payload: "{{ {} }}"}}]
 """
 
 

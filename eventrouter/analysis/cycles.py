@@ -192,7 +192,7 @@ def _passing(source: Route, target: Route, passage: Passage) -> str:
     when = target.when.source if target.when is not None else ""
     return (
         f"the when: of {target.name} ({when}) holds for every event {source.name} emits to it "
-        f"({passage.shown}), so it cannot stop it: change the condition or the emitted payload"
+        f"({passage.shown})"
     )
 
 
@@ -222,7 +222,10 @@ def cycle_findings(routes: Sequence[Route], graph: Graph) -> list[Diagnostic]:
             findings.append(Diagnostic(first.file, first.line, "warning", f"{text} ({note})"))
             continue
         reasons = [f"no when: condition can stop it at {', '.join(blind)}"] if blind else []
-        note = "; ".join([*reasons, *passing, "only the runtime loop guard will"])
+        end = "only the runtime loop guard will"
+        if passing:  # the condition is there, but reads what never changes
+            end += " stop it: change a condition or an emitted payload"
+        note = "; ".join([*reasons, *passing, end])
         findings.append(Diagnostic(first.file, first.line, "error", f"{text} ({note})"))
     if more:
         first = routes[cycles[-1][0]]
