@@ -16,17 +16,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import nodes
-from jinja2.defaults import DEFAULT_NAMESPACE
-
 from eventrouter.analysis.loops import MAX_CYCLES, Graph, elementary_cycles, overlap, pattern_glob
-from eventrouter.analysis.refs import can_stop, emit_glob, parse
+from eventrouter.analysis.refs import Key, can_stop, emit_glob, reads
 from eventrouter.config.templates import Constant, MappingPart, event_context
 from eventrouter.engine.decide import evaluate_when
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EmitAction, Event, Route
 
-Key = tuple[str, ...]
 #: What a condition reads that no emit can tell: where the router runs, its environment.
 _UNKNOWABLE = frozenset({"router", "env"})
 _CHANNEL_NAMES = frozenset({"channel", "source", "name", "match"})
@@ -42,32 +38,6 @@ class Passage:
 
 
 MAYBE = Passage("maybe")
-
-
-def _reads(source: str) -> set[Key] | None:
-    """Return what an expression reads: ``(name,)`` whole, ``(name, field)`` one field."""
-    tree = parse("{{ " + source + " }}")
-    if tree is None:
-        return None
-    found: set[Key] = set()
-
-    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
-        if isinstance(node, nodes.Name) and node.ctx == "load":
-            found.add(_read(node, parent))
-        for child in node.iter_child_nodes():
-            walk(child, node)
-
-    walk(tree, None)
-    return {key for key in found if key[0] not in DEFAULT_NAMESPACE}
-
-
-def _read(name: nodes.Name, parent: nodes.Node | None) -> Key:
-    if isinstance(parent, nodes.Getattr) and not hasattr(dict, parent.attr):
-        return (name.name, parent.attr)
-    field = parent.arg if isinstance(parent, nodes.Getitem) else None
-    if isinstance(field, nodes.Const) and isinstance(field.value, str):
-        return (name.name, field.value)
-    return (name.name,)  # the whole of it: payload.get(...), 'x' in payload, payload | length
 
 
 @dataclass(frozen=True)
@@ -135,13 +105,13 @@ def _emitted(action: EmitAction, target: Route) -> _Emitted | None:
 def judge(source: Route, target: Route) -> Passage:
     """Tell whether ``target``'s ``when:`` passes every event ``source`` emits to it."""
     when = target.when
-    reads = _reads(when.source) if when is not None else None
-    if when is None or reads is None:
+    read = reads(when.source) if when is not None else None
+    if when is None or read is None:
         return MAYBE
     verdicts = []
     for action in source.actions:
         if isinstance(action, EmitAction) and _reaches(action, target):
-            verdicts.append(_judge_emit(action, target, reads))
+            verdicts.append(_judge_emit(action, target, read))
     always = [item for item in verdicts if item.verdict == "always"]
     if always or MAYBE in verdicts or not verdicts:
         return always[0] if always else MAYBE

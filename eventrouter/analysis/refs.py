@@ -275,6 +275,33 @@ def _all_references(tree: nodes.Template) -> list[Key]:
     return list(keys)
 
 
+def reads(source: str) -> set[Key] | None:
+    """Return all an expression reads, guarded or not: ``(name,)`` whole, ``(name, field)``
+    one field (``payload.get(...)`` and ``'x' in payload`` read the whole payload)."""
+    tree = _expression(source)
+    if tree is None:
+        return None
+    found: set[Key] = set()
+
+    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            found.add(_read(node, parent))
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(tree, None)
+    return {key for key in found if key[0] not in DEFAULT_NAMESPACE}
+
+
+def _read(name: nodes.Name, parent: nodes.Node | None) -> Key:
+    if isinstance(parent, nodes.Getattr) and not hasattr(dict, parent.attr):
+        return (name.name, parent.attr)
+    field = parent.arg if isinstance(parent, nodes.Getitem) else None
+    if isinstance(field, nodes.Const) and isinstance(field.value, str):
+        return (name.name, field.value)
+    return (name.name,)  # the whole of it
+
+
 Template = tuple[str, int, str, bool]  # label, line, source, is a bare expression
 
 
