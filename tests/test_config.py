@@ -1250,3 +1250,164 @@ def test_check_explain_and_run_do_not_echo_a_secret_file(kind: str, tmp_path: Pa
         assert str(folder / "x.yml") in done.stdout + done.stderr
         quoted = SECRET if kind in NOT_ROUTE_FILES else LONG[:41]
         assert quoted not in done.stdout + done.stderr
+
+
+# --- editing mistakes: the right line, and the fix -------------------------------------------
+
+EDITING_MISTAKES = {
+    "missing-colon": (
+        """\
+        routes:
+          - name: a
+            on cluster/event/x-added
+            do:
+              - emit: {channel: cluster/event/y-added}
+        """,
+        [
+            (
+                3,
+                "invalid YAML: could not find the ':' after 'on cluster/event/x-added' (while "
+                "scanning a simple key): write 'key: value', with a space after the ':'",
+            )
+        ],
+    ),
+    "key-under-emit-not-indented": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emit:
+                channel: cluster/event/y-added
+        """,
+        [
+            (
+                5,
+                "routes[0].do[0].emit: expected a mapping, got nothing (null); 'channel' (line "
+                "6) is a key of 'emit:': indent it under 'emit:'",
+            ),
+            (
+                6,
+                "routes[0].do[0].channel: unknown key 'channel'; allowed keys: emit; 'channel' "
+                "is a key of 'emit:': indent it under 'emit:'",
+            ),
+        ],
+    ),
+    "payload-beside-emit": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emit:
+                  channel: cluster/event/y-added
+                payload: {a: 1}
+        """,
+        [
+            (
+                7,
+                "routes[0].do[0].payload: unknown key 'payload'; allowed keys: emit; 'payload' "
+                "is a key of 'emit:': indent it under 'emit:'",
+            )
+        ],
+    ),
+    "route-key-in-an-action": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emit:
+                  channel: cluster/event/y-added
+                mode: parallel
+        """,
+        [
+            (
+                7,
+                "routes[0].do[0].mode: unknown key 'mode'; allowed keys: emit; 'mode' is a key "
+                "of a route: outdent it one level, to line up with 'do:'",
+            )
+        ],
+    ),
+    "route-key-in-emit": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emit:
+                  channel: cluster/event/y-added
+                  when: payload.x is defined
+        """,
+        [
+            (
+                7,
+                "routes[0].do[0].emit.when: unknown key 'when'; allowed keys: channel, payload; "
+                "'when' is a key of a route: outdent it two levels, to line up with 'do:'",
+            )
+        ],
+    ),
+    "action-key-on-the-route": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emit:
+                  channel: cluster/event/y-added
+            channel: cluster/event/z-added
+        """,
+        [
+            (
+                7,
+                "routes[0].channel: unknown key 'channel'; allowed "
+                "keys: name, description, on, when, do, enabled, mode, max, key, debounce, "
+                "throttle, retry, schema, runs_on; 'channel' is a key of 'emit:': indent it "
+                "under 'emit:' of an action (an item of 'do:')",
+            )
+        ],
+    ),
+    "emitt": (
+        """\
+        routes:
+          - name: a
+            on: cluster/event/x-added
+            do:
+              - emitt:
+                  channel: cluster/event/y-added
+        """,
+        [
+            (
+                5,
+                "routes[0].do[0]: an action is a mapping with one of 'run', 'emit', 'task'; "
+                "'emitt' is not one (did you mean 'emit'?)",
+            )
+        ],
+    ),
+    "indented-too-far": (
+        """\
+        routes:
+          - name: a
+             on: cluster/event/x-added
+        """,
+        [
+            (
+                3,
+                "invalid YAML: mapping values are not allowed in this context: a 'key:' "
+                "where no key can start; check the indentation of this line against the "
+                "lines above, or quote a value that holds ': '",
+            )
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EDITING_MISTAKES))
+def test_editing_mistakes_are_reported_at_their_line_with_the_fix(
+    case: str, tmp_path: Path
+) -> None:
+    text, expected = EDITING_MISTAKES[case]
+    path = write(tmp_path, "routes.yml", text)
+    result = load_routes([tmp_path])
+    assert [(d.line, d.message) for d in errors(result)] == expected
+    assert all(d.file == str(path) for d in result.diagnostics)

@@ -131,14 +131,16 @@ def test_loop_guard_cuts_derived_chain(tmp_path: Path, router_factory, redis_cli
 routes:
   - name: ping
     on: x/event/ping
-    when: payload.stop is not defined  # a cycle no condition can stop does not start
+    # A cycle no condition can stop does not start: a payload check cannot read keeps
+    # `check` from seeing that this condition never stops it.
+    when: payload.stop is not defined
     do:
-      - emit: {channel: x/event/pong}
+      - emit: {channel: x/event/pong, payload: "{{ {} }}"}
   - name: pong
     on: x/event/pong
     when: payload.stop is not defined
     do:
-      - emit: {channel: x/event/ping}
+      - emit: {channel: x/event/ping, payload: "{{ {} }}"}
 """
     )
     router = router_factory("--routes", str(tmp_path), "--max-depth", "4")

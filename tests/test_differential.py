@@ -73,19 +73,20 @@ routes:
     do:
       - emit:
           channel: "m/event/{{ payload.next | default('a') }}"
-          payload: {v: "{{ payload.v | default(0) }}"}
+          # a payload check cannot read: it cannot tell the condition never stops the loop
+          payload: "{{ {'v': payload.v | default(0)} }}"
       - run: ../h/fwd
   - name: ping
     on: p/event/ping
     when: payload.stop is not defined
     do:
-      - emit: {channel: p/event/pong}
+      - emit: {channel: p/event/pong, payload: "{{ {} }}"}
       - run: ../h/ping
   - name: pong
     on: p/event/pong
     when: payload.stop is not defined
     do:
-      - emit: {channel: p/event/ping, payload: {n: 1}}
+      - emit: {channel: p/event/ping, payload: "{{ {'n': 1} }}"}
       - run: ../h/pong
 """
 HANDLERS = ["keys", "value", "deep", "whole", "nojson", "capture", "multi", "envbad"]

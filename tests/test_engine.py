@@ -143,6 +143,8 @@ def test_retry_runs_only_what_the_current_table_fires(tmp_path: Path) -> None:
 
     assert retry("t/event/x", b'{"ok": 1}', "guarded") == "runs guarded"
     assert retry("t/event/x", b'{"ok": 0}', "guarded") == "when: payload.ok is false (0)"
+    # false itself is said once, not "is false (false)"
+    assert retry("t/event/x", b'{"ok": false}', "guarded") == "when: payload.ok is false"
     assert retry("t/event/x", b"{}", "off") == "route off is disabled"
     assert retry("t/event/x", b"{}", "gone") == "route gone no longer exists"
     assert "no longer matches" in retry("u/event/x", b'{"ok": 1}', "guarded")

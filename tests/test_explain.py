@@ -148,6 +148,35 @@ def test_condition_judged_by_its_value_not_its_rendered_text(tmp_path: Path) -> 
     assert "+ route keys fires" in done.stdout
 
 
+def test_a_false_condition_is_said_once(tmp_path: Path) -> None:
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: failed\n    on: a/event/b\n    when: payload.status == 'failed'\n"
+        "    do: [{emit: {channel: out/event/c}}]\n"
+    )
+    done = explain("--routes", str(tmp_path), "a/event/b", '{"status": "ok"}')
+    assert "    when: payload.status == 'failed' -> false\n" in done.stdout
+    assert "(false)" not in done.stdout
+    # a value that is not a boolean is shown, and that it counts as false
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: zero\n    on: a/event/b\n    when: payload.count\n"
+        "    do: [{emit: {channel: out/event/c}}]\n"
+    )
+    done = explain("--routes", str(tmp_path), "a/event/b", '{"count": 0}')
+    assert "    when: payload.count -> 0 (false)\n" in done.stdout
+
+
+def test_a_failing_payload_template_is_named_as_such(tmp_path: Path) -> None:
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: r\n    on: a/event/b\n"
+        "    do: [{emit: {channel: out/event/c, payload: {a: '{{ foo }}'}}}]\n"
+    )
+    done = explain("--routes", str(tmp_path), "a/event/b", "{}")
+    assert (
+        "error: emit out/event/c: payload.a: template '{{ foo }}' failed: undefined: "
+        "'foo' is undefined\n" in done.stdout
+    ), done.stdout
+
+
 def test_payload_that_defeats_the_json_parser_is_not_json(tmp_path: Path) -> None:
     events = tmp_path / "events"
     write_step(events / "deep" / "10log", "cat")

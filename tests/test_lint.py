@@ -319,6 +319,85 @@ def test_cycle_with_a_route_that_cannot_stop_is_an_error(tmp_path: Path, when: s
     assert "no when: condition can stop it at ponger;" in findings[0].message
 
 
+LITERAL_LOOP = """\
+routes:
+  - name: looping
+    on: x/event/job-finished
+    when: {when}
+    do:
+      - emit:
+          channel: x/event/job-finished
+          payload: {payload}
+"""
+
+
+def test_cycle_whose_when_holds_for_the_literal_emit_is_an_error(tmp_path: Path) -> None:
+    text = LITERAL_LOOP.format(when="payload.status == 'failed'", payload="{status: failed}")
+    path = write(tmp_path, "routes.yml", text)
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [str(d) for d in findings] == [
+        f"{path}:2: error: derived-event cycle: looping ({path}:2) emits x/event/job-finished "
+        "-> looping (the when: of looping (payload.status == 'failed') holds for every event "
+        'looping emits to it (payload.status = "failed"); only the runtime loop guard will '
+        "stop it: change a condition or an emitted payload)"
+    ]
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("when", "payload", "found"),
+    [
+        # the literal emit never passes the condition: no cycle at all
+        ("payload.status == 'failed'", "{status: ok}", []),
+        ("payload.status is defined", "{other: 1}", []),
+        ("match.what == 'ping'", "{}", []),
+        # a field read that is a template: the condition may stop it
+        ("payload.status == 'failed'", "{status: '{{ payload.status }}'}", ["warning"]),
+        # what check time cannot know: where the router runs
+        ("payload.status == 'failed' and router.leader", "{status: failed}", ["warning"]),
+        # it holds for the literal fields it reads, whatever the templated ones say
+        ("payload.status == 'failed'", "{status: failed, n: '{{ payload.n }}'}", ["error"]),
+        ("payload.n is not defined", "{status: failed}", ["error"]),
+        ("name == 'job-finished' and 'status' in payload", "{status: failed}", ["error"]),
+    ],
+)
+def test_cycle_whose_when_reads_only_literals_is_judged_on_them(
+    tmp_path: Path, when: str, payload: str, found: list[str]
+) -> None:
+    text = LITERAL_LOOP.format(when=f'"{when}"', payload=payload)
+    if "match." in when:
+        text = text.replace("on: x/event/job-finished", "on: x/event/{what}-finished")
+    write(tmp_path, "routes.yml", text)
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == found, listing(findings)
+
+
+def test_a_literal_when_on_one_hop_of_a_longer_cycle(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: first
+            on: x/event/pinged
+            when: payload.hops < 3
+            do:
+              - emit: {channel: x/event/ponged, payload: {phase: 2}}
+          - name: second
+            on: x/event/ponged
+            when: payload.phase == 2
+            do:
+              - emit: {channel: x/event/pinged, payload: {hops: "{{ payload.hops }}"}}
+        """,
+    )
+    findings = having(lint(tmp_path), "derived-event cycle")
+    assert [d.severity for d in findings] == ["error"], listing(findings)
+    assert "the when: of second (payload.phase == 2) holds for every event first emits" in (
+        findings[0].message
+    )
+
+
 def test_disabled_route_breaks_the_cycle(tmp_path: Path) -> None:
     write(
         tmp_path,
@@ -470,9 +549,44 @@ def test_handler_folder_without_a_runnable_step(tmp_path: Path) -> None:
     )
     findings = lint(tmp_path / "routes.d")
     assert len(findings) == 1, listing(findings)
-    assert "route r: handler folder" in findings[0].message
-    assert findings[0].message.endswith("empty has no runnable step")
-    assert findings[0].line == 5
+    assert findings[0].message == (
+        f"route r: handler folder {tmp_path / 'handlers' / 'empty'} has nothing to run: it "
+        "holds no step (add executable steps, or remove the action)"
+    )
+    assert (findings[0].severity, findings[0].line) == ("error", 5)
+
+
+def test_handler_folder_whose_only_step_is_not_executable_is_an_error(tmp_path: Path) -> None:
+    folder = tmp_path / "handlers" / "h"
+    folder.mkdir(parents=True)
+    (folder / "10step").write_text("#!/bin/sh\n")  # not executable
+    (folder / ".hidden").write_text("")
+    write(
+        tmp_path / "routes.d",
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: x/event/happened
+            do:
+              - run: ../handlers/h
+        """,
+    )
+    findings = lint(tmp_path / "routes.d")
+    assert [(d.severity, d.message) for d in findings] == [
+        (
+            "warning",
+            f"route r: {folder / '10step'} is not executable; it is skipped (chmod +x to run it)",
+        ),
+        (
+            "error",
+            f"route r: handler folder {folder} has nothing to run: none of its entries is an "
+            "executable step at check time, and only a step that runs could make another one "
+            "executable (chmod +x the steps to run, or remove the action)",
+        ),
+    ]
+    done = run_cli("check", "--routes", str(tmp_path / "routes.d"))
+    assert done.returncode == 1, done.stdout + done.stderr
 
 
 def test_events_folders_are_checked(tmp_path: Path) -> None:
@@ -797,8 +911,94 @@ def test_emit_and_env_templates_are_checked_at_their_action_line(tmp_path: Path)
         f"backup-status-changed does not carry {fields}",
         f"{path}:5: warning: route r: 'emit payload.ids[0]' uses payload.backup, which "
         f"backup-status-changed does not carry {fields}",
-        f"{path}:9: warning: route r: 'env NODE' uses match.nod, which pattern "
-        "node/{node}/event/backup-status-changed does not capture (captures: node)",
+        f"{path}:9: error: route r: 'env NODE' uses match.nod, which pattern "
+        "node/{node}/event/backup-status-changed does not capture (did you mean match.node?)",
+    ]
+
+
+def test_names_that_do_not_exist_are_errors_with_the_fix(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: module/{module}/event/backup-finished
+            do:
+              - emit:
+                  channel: cluster/event/x-happened
+                  payload:
+                    a: "{{ foo }}"
+                    b: "{{ match.modul }}"
+                    c: "{{ router.nod }}"
+                    d: "{{ env.ANYTHING }}"
+                    e: "{{ payload.anything }}"
+                    f: "{{ rooter.node }}"
+        """,
+    )
+    found = [str(d) for d in lint(tmp_path)]
+    context = "channel, source, name, payload, raw, match, route, router, env"
+    assert found == [
+        f"{path}:5: error: route r: 'emit payload.a' uses foo, which is not defined "
+        f"(templates see: {context})",
+        f"{path}:5: error: route r: 'emit payload.b' uses match.modul, which pattern "
+        "module/{module}/event/backup-finished does not capture (did you mean match.module?)",
+        f"{path}:5: error: route r: 'emit payload.c' uses router.nod, which the router does "
+        "not have (did you mean router.node?)",
+        f"{path}:5: error: route r: 'emit payload.f' uses rooter, which is not defined "
+        "(did you mean router?)",
+    ]
+    done = run_cli("check", "--routes", str(tmp_path))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "1 route checked: 4 errors, 0 warnings" in done.stderr
+
+
+def test_the_key_template_is_checked_too(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: module/{module}/event/x-happened
+            key: "{{ match.modul }}"
+            do:
+              - emit: {channel: y/event/z-happened}
+        """,
+    )
+    assert [(d.severity, d.line, d.message) for d in lint(tmp_path)] == [
+        (
+            "error",
+            2,
+            "route r: 'key' uses match.modul, which pattern module/{module}/event/x-happened "
+            "does not capture (did you mean match.module?)",
+        )
+    ]
+
+
+def test_a_name_that_exists_for_only_some_patterns(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        """\
+        routes:
+          - name: r
+            on: ["module/{module}/event/x-happened", cluster/event/x-happened]
+            do:
+              - emit: {channel: "y/event/{{ match.module }}-happened"}
+          - name: guarded
+            on: ["module/{module}/event/x-happened", cluster/event/x-happened]
+            do:
+              - emit: {channel: "y/event/{{ match.module | default('cluster') }}-seen"}
+        """,
+    )
+    findings = lint(tmp_path)
+    assert [(d.severity, d.message) for d in findings] == [
+        (
+            "error",
+            "route r: 'emit channel' uses match.module, which pattern cluster/event/x-happened "
+            "does not capture (it captures nothing)",
+        )
     ]
 
 
@@ -824,7 +1024,7 @@ def test_declared_schema_and_undefined_names(tmp_path: Path) -> None:
     assert having(
         findings, "payload.colour, which thing-happened does not carry (fields: size, label)"
     )
-    assert having(findings, "uses paylod, which is not defined")
+    assert having(findings, "uses paylod, which is not defined (did you mean payload?)")
 
 
 # --- patterns, duplicates, folders run twice ------------------------------------------------
@@ -1011,6 +1211,28 @@ def test_event_names_not_in_the_past_tense(tmp_path: Path) -> None:
         "cluster/event/backup-finish) is not in the past tense; event names say what happened: "
         "did you mean 'backup-finished'?",
     ]
+
+
+@pytest.mark.parametrize("name", ["backup-alert", "disk-alerts", "backup-status", "node-health"])
+def test_a_name_ending_in_a_noun_gets_no_made_up_verb(tmp_path: Path, name: str) -> None:
+    write(
+        tmp_path,
+        "routes.yml",
+        f"""\
+        routes:
+          - name: r
+            on: cluster/event/{name}
+            do:
+              - emit: {{channel: x/event/y-happened}}
+        """,
+    )
+    [finding] = having(lint(tmp_path), "past tense")
+    assert "did you mean" not in finding.message
+    assert finding.message == (
+        f"route r: event name {name!r} (pattern cluster/event/{name}) does not say what "
+        "happened: event names end in the past tense; end it with what happened to it, as in "
+        "backup-status-changed"
+    )
 
 
 # --- the shipped examples -------------------------------------------------------------------

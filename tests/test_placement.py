@@ -79,7 +79,7 @@ def test_runs_on_and_router_node_decide_where_a_route_acts(tmp_path: Path) -> No
     assert fired(index, RouterInfo(node=1, leader=True)) == {
         "on-leader": None,
         "on-named-node": "runs_on: node '2', and this router is node 1",
-        "here-by-condition": "when: payload.node == router.node is false (false)",
+        "here-by-condition": "when: payload.node == router.node is false",
     }
 
 
@@ -161,7 +161,7 @@ def test_check_reports_bad_runs_on_and_task_keys(
     assert any(message in item.message for item in result.diagnostics), result.diagnostics
 
 
-def test_check_warns_about_an_unknown_router_field(
+def test_check_reports_an_unknown_router_field(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     routes = tmp_path / "routes.d"

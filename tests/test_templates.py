@@ -97,6 +97,23 @@ def test_undefined_is_an_error_in_a_value_and_a_condition(ctx: dict[str, Any]) -
         Condition("payload.nope == 1").evaluate(ctx)
 
 
+def test_a_failing_value_says_where_it_is_and_calls_itself_a_template(
+    ctx: dict[str, Any],
+) -> None:
+    value = Value({"a": "fine", "k": ["x", "{{ nope }}"]}, "payload")
+    with pytest.raises(TemplateRenderError) as failed:
+        value.render(ctx)
+    message = str(failed.value)
+    assert message.startswith("payload.k[1]: template '{{ nope }}' failed: undefined"), message
+    assert "condition" not in message
+    with pytest.raises(TemplateRenderError, match=r"^data\.n: template 'n={{ nope }}' failed"):
+        Value({"n": "n={{ nope }}"}, "data").render(ctx)
+    with pytest.raises(TemplateRenderError, match=r"^template '{{ nope }}' failed"):
+        Value("{{ nope }}").render(ctx)
+    with pytest.raises(TemplateRenderError, match=r"^condition 'nope' failed"):
+        Condition("nope").evaluate(ctx)
+
+
 def test_default_filter_and_is_defined_still_work(ctx: dict[str, Any]) -> None:
     assert Text("{{ payload.nope | default('x') }}").render(ctx) == "x"
     assert Value("{{ payload.nope | default([]) }}").render(ctx) == []
@@ -389,10 +406,28 @@ def test_context_match_is_a_copy() -> None:
 @pytest.mark.parametrize(
     ("build", "source", "message"),
     [
-        (Condition, "payload.x | defualt(1)", "no filter named 'defualt'"),
-        (Condition, "payload.x is definedd", "no test named 'definedd'"),
-        (Text, "a {{ payload.y | lenght }}", "no filter named 'lenght'"),
-        (Value, {"a": ["{{ payload.z | tojsn }}"]}, "no filter named 'tojsn'"),
+        (
+            Condition,
+            "payload.x | defualt(1)",
+            r"no filter named 'defualt' \(did you mean 'default'\?\)",
+        ),
+        (
+            Condition,
+            "payload.x is definedd",
+            r"no test named 'definedd' \(did you mean 'defined'\?\)",
+        ),
+        (
+            Text,
+            "a {{ payload.y | lenght }}",
+            r"no filter named 'lenght' \(did you mean 'length'\?\)",
+        ),
+        (Text, "a {{ payload.y | lowr }}", r"no filter named 'lowr' \(did you mean 'lower'\?\)"),
+        (
+            Value,
+            {"a": ["{{ payload.z | tojsn }}"]},
+            "no filter named 'tojsn' \\(did you mean 'tojson'",
+        ),
+        (Condition, "payload.x | zzzqqq", r"no filter named 'zzzqqq'; filters: .*\blower\b"),
     ],
 )
 def test_unknown_filters_and_tests_are_refused_at_load(

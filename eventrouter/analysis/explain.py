@@ -108,7 +108,9 @@ def _route_lines(route: RoutePlan) -> list[str]:
         elif route.key_error:
             reason = f"key: error: {route.key_error}"
         else:
-            reason = f"when: {route.when} -> {json.dumps(route.when_value)} (false)"
+            value = route.when_value
+            shown = "false" if value is False else f"{json.dumps(value)} (false)"
+            reason = f"when: {route.when} -> {shown}"
         return [
             f"- route {route.name} does not fire  ({where})",
             f"    matched {route.pattern}{captures}",

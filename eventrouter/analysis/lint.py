@@ -17,15 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from eventrouter.analysis.commands import command_findings
-from eventrouter.analysis.loops import (
-    Neighbours,
-    contains,
-    cycle_findings,
-    emit_graph,
-    overlap,
-    pattern_glob,
-)
-from eventrouter.analysis.refs import can_stop, emit_glob, template_findings, warning
+from eventrouter.analysis.cycles import cycle_findings
+from eventrouter.analysis.loops import Neighbours, contains, emit_graph, overlap, pattern_glob
+from eventrouter.analysis.refs import emit_glob, template_findings, warning
 from eventrouter.analysis.stepnotes import merge_findings, skipped_note
 from eventrouter.analysis.tense import tense_findings
 from eventrouter.config.loader import LoadResult
@@ -47,7 +41,7 @@ def deep_check(
     routes = result.routes
     emits = [[emit_glob(a) for a in r.actions if isinstance(a, EmitAction)] for r in routes]
     graph = emit_graph(routes, emits)
-    findings = cycle_findings(routes, graph, [can_stop(route) for route in routes])
+    findings = cycle_findings(routes, graph)
     findings += folder_findings(routes, events_dirs)
     findings += events_trust_findings(events_dirs, euid)
     for route in routes:
@@ -64,7 +58,12 @@ def deep_check(
 
 
 def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagnostic]:
-    """Report a handler folder with nothing runnable, or entries that will be skipped."""
+    """Report a handler folder with nothing runnable, or entries that will be skipped.
+
+    A route's folder with nothing runnable is an error: its action can never run a step
+    (a step made executable by an earlier step of the run needs an earlier step that runs).
+    An events folder only warns: NS8 modules create and fill those folders themselves.
+    """
     try:
         steps, skipped = list_steps(folder)
     except OSError as exc:
@@ -74,9 +73,18 @@ def _folder_findings(folder: Path, where: Route | str, line: int) -> list[Diagno
         findings.append(warning(where, line, skipped_note(folder, entry)))
         if entry.passed_over:  # named here, so in the log of `run` at start: not again by a run
             MENTIONS.first(os.path.join(os.path.abspath(folder), entry.name))
-    if not steps:
-        findings.append(warning(where, line, f"handler folder {folder} has no runnable step"))
-    return findings
+    if steps:
+        return findings
+    if not isinstance(where, Route):
+        return [*findings, warning(where, line, f"handler folder {folder} has no runnable step")]
+    why = (
+        "none of its entries is an executable step at check time, and only a step that runs "
+        "could make another one executable (chmod +x the steps to run, or remove the action)"
+        if skipped
+        else "it holds no step (add executable steps, or remove the action)"
+    )
+    message = f"route {where.name}: handler folder {folder} has nothing to run: {why}"
+    return [*findings, Diagnostic(where.file, line, "error", message)]
 
 
 def _event_folders(events_dirs: Sequence[Path]) -> Iterator[Path]:

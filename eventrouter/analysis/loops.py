@@ -18,7 +18,6 @@ from functools import lru_cache
 from typing import Generic, TypeVar
 
 from eventrouter.config.patterns import tokenize
-from eventrouter.errors import Diagnostic
 from eventrouter.model import Route
 
 T = TypeVar("T")
@@ -455,31 +454,3 @@ def elementary_cycles(graph: Graph, limit: int = MAX_CYCLES) -> tuple[list[list[
         pending.extend(c for c in _components(rest, graph) if len(c) > 1)
     cycles.sort(key=lambda cycle: (len(cycle), cycle))
     return cycles[:limit], len(cycles) > limit
-
-
-def cycle_findings(
-    routes: Sequence[Route], graph: Graph, can_stop: Sequence[bool]
-) -> list[Diagnostic]:
-    """Report every derived-event cycle: an error, or a warning when each route has a when:."""
-    cycles, more = elementary_cycles(graph)
-    findings: list[Diagnostic] = []
-    for cycle in cycles:
-        hops = [
-            f"{routes[node].name} ({routes[node].file}:{routes[node].line}) emits "
-            f"{graph[node][cycle[(k + 1) % len(cycle)]]}"
-            for k, node in enumerate(cycle)
-        ]
-        first = routes[cycle[0]]
-        text = f"derived-event cycle: {' -> '.join(hops)} -> {first.name}"
-        if all(can_stop[node] for node in cycle):
-            note = "every route on it has a when: condition that can stop it"
-            findings.append(Diagnostic(first.file, first.line, "warning", f"{text} ({note})"))
-        else:
-            names = ", ".join(routes[node].name for node in cycle if not can_stop[node])
-            note = f"no when: condition can stop it at {names}; only the runtime loop guard will"
-            findings.append(Diagnostic(first.file, first.line, "error", f"{text} ({note})"))
-    if more:
-        first = routes[cycles[-1][0]]
-        message = f"more than {MAX_CYCLES} derived-event cycles; only the first are listed"
-        findings.append(Diagnostic(first.file, first.line, "error", message))
-    return findings

@@ -27,8 +27,9 @@ from eventrouter.analysis.loops import (
 )
 from eventrouter.config.ns8 import TESTS
 from eventrouter.config.schemas import EventSpec
+from eventrouter.config.suggest import close_match
 from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
-from eventrouter.errors import Diagnostic
+from eventrouter.errors import Diagnostic, Severity
 from eventrouter.model import (
     EVENT_MARK,
     Action,
@@ -47,6 +48,7 @@ _MARKERS = ("{{", "{%", "{#")
 
 
 #: Names a template sees (README "Routes"), and those Jinja2 itself provides.
+#: ``env`` is a mapping of variables: which ones exist is only known where the router runs.
 CONTEXT = ("channel", "source", "name", "payload", "raw", "match", "route", "router", "env")
 
 
@@ -65,6 +67,7 @@ _KEYWORDS = _CONSTANTS | {
 
 
 _ROUTER_FIELDS = tuple(RouterInfo().template_value())
+_ROUTER_LIST = f" (fields: {', '.join(_ROUTER_FIELDS)})"
 _KNOWN = _KEYWORDS | set(CONTEXT) | _BUILTIN | set(_ENV.filters) | set(_ENV.tests) | set(TESTS)
 
 
@@ -281,6 +284,33 @@ def _all_references(tree: nodes.Template) -> list[Key]:
     return list(keys)
 
 
+def reads(source: str) -> set[Key] | None:
+    """Return all an expression reads, guarded or not: ``(name,)`` whole, ``(name, field)``
+    one field (``payload.get(...)`` and ``'x' in payload`` read the whole payload)."""
+    tree = _expression(source)
+    if tree is None:
+        return None
+    found: set[Key] = set()
+
+    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
+        if isinstance(node, nodes.Name) and node.ctx == "load":
+            found.add(_read(node, parent))
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(tree, None)
+    return {key for key in found if key[0] not in DEFAULT_NAMESPACE}
+
+
+def _read(name: nodes.Name, parent: nodes.Node | None) -> Key:
+    if isinstance(parent, nodes.Getattr) and not hasattr(dict, parent.attr):
+        return (name.name, parent.attr)
+    field = parent.arg if isinstance(parent, nodes.Getitem) else None
+    if isinstance(field, nodes.Const) and isinstance(field.value, str):
+        return (name.name, field.value)
+    return (name.name,)  # the whole of it
+
+
 Template = tuple[str, int, str, bool]  # label, line, source, is a bare expression
 
 
@@ -290,6 +320,8 @@ def _templates(route: Route) -> Iterator[Template]:
         yield "when", route.line, route.when.source, True
     if route.runs_on is not None:
         yield "runs_on", route.line, route.runs_on.source, False
+    if route.key is not None:
+        yield "key", route.line, route.key.source, False
     for action in route.actions:
         yield from _action_templates(action)
 
@@ -372,24 +404,42 @@ def _spec_of(pattern: str, schemas: dict[str, EventSpec]) -> EventSpec | None:
     return spec if overlap(pattern_glob(source), fits) else None
 
 
-def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[str]:
-    """Yield why a reference fails for some event the route can receive."""
+Problem = tuple[Severity, str]  # what is wrong
+
+
+def _problems(key: Key, route: Route, specs: Sequence[EventSpec]) -> Iterator[Problem]:
+    """Yield why a reference fails for some event the route can receive.
+
+    A name, router field or capture that does not exist fails at every such event: an error.
+    A payload field is data: an event may carry more than its schema says, so a warning.
+    """
     if key[0] not in CONTEXT:
-        yield f"{key[0]}, which is not defined (templates see: {', '.join(CONTEXT)})"
+        fix = did_you_mean(key[0], CONTEXT, "") or f" (templates see: {', '.join(CONTEXT)})"
+        yield "error", f"{key[0]}, which is not defined{fix}"
     elif key[0] == "router" and len(key) == 2 and key[1] not in _ROUTER_FIELDS:
-        fields = ", ".join(_ROUTER_FIELDS)
-        yield f"router.{key[1]}, which the router does not have (fields: {fields})"
+        fix = did_you_mean(key[1], _ROUTER_FIELDS, "router.")
+        yield "error", f"router.{key[1]}, which the router does not have{fix or _ROUTER_LIST}"
     elif key[0] == "match" and len(key) == 2:
         for pattern in route.patterns:
             captures = getattr(pattern, "captures", ())
             if key[1] not in captures:
                 have = f"captures: {', '.join(captures)}" if captures else "it captures nothing"
-                yield f"match.{key[1]}, which pattern {pattern.text} does not capture ({have})"
+                fix = did_you_mean(key[1], captures, "match.") or f" ({have})"
+                yield "error", f"match.{key[1]}, which pattern {pattern.text} does not capture{fix}"
     elif key[0] == "payload" and len(key) == 2:
         for spec in specs:
             if key[1] not in spec.fields:
                 fields = ", ".join(spec.fields) or "none"
-                yield f"payload.{key[1]}, which {spec.name} does not carry (fields: {fields})"
+                yield (
+                    "warning",
+                    f"payload.{key[1]}, which {spec.name} does not carry (fields: {fields})",
+                )
+
+
+def did_you_mean(word: str, known: Sequence[str], prefix: str) -> str:
+    """Return `` (did you mean PREFIX+name?)`` for a known name close to ``word``, else ""."""
+    close = close_match(word, known)
+    return f" (did you mean {prefix}{close}?)" if close is not None else ""
 
 
 def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagnostic]:
@@ -400,6 +450,7 @@ def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagn
     for label, line, source, expression in _templates(route):
         tree = _tree(source, expression, route, specs)
         for key in _all_references(tree) if tree is not None else ():
-            for problem in _problems(key, route, specs):
-                findings.append(warning(route, line, f"'{label}' uses {problem}"))
+            for severity, problem in _problems(key, route, specs):
+                message = f"route {route.name}: '{label}' uses {problem}"
+                findings.append(Diagnostic(route.file, line, severity, message))
     return findings

@@ -44,6 +44,19 @@ _DOUBLING = {
 _VOWELS = "aeiou"
 
 
+#: Words that end event names as nouns: adding -ed to them makes up a verb (backup-alerted).
+_NOUNS = {
+    "acl", "alarm", "alert", "backup", "cert", "certificate", "cleanup", "config", "data",
+    "deadline", "digest", "domain", "error", "event", "expiry", "failover", "failure", "group",
+    "health", "heartbeat", "incident", "info", "issue", "job", "key", "leader", "log", "login",
+    "logout", "message", "metric", "module", "node", "notice", "outage", "password", "policy",
+    "problem", "progress", "quota", "release", "reminder", "result", "rule", "setup", "snapshot",
+    "state", "status", "success", "summary", "task", "threshold", "timeout", "token", "user",
+    "version", "warning",
+}  # fmt: skip
+_NOUN_ENDINGS = ("tion", "sion", "ment", "ness", "ity", "ance", "ence", "ship")
+
+
 def _doubles(word: str) -> bool:
     """Return True when ``word`` doubles its last consonant: stop -> stopped."""
     if word in _DOUBLING:
@@ -77,12 +90,26 @@ def past_tense(word: str) -> str:
     return base + (base[-1] if _doubles(base) else "") + "ed"
 
 
-def _tense_problem(name: str) -> str | None:
-    """Return the suggested name when the last word of ``name`` is not in the past tense."""
+def _is_noun(word: str) -> bool:
+    """Return True for a word that ends event names as a noun (alert, status, expiration)."""
+    return any(w in _NOUNS or w.endswith(_NOUN_ENDINGS) for w in (word, _base(word)))
+
+
+def _tense_problem(name: str, where: str) -> str | None:
+    """Return what to say when the last word of ``name`` is not in the past tense."""
     word = re.split(r"[-_.]", name)[-1].lower()
     if not word.isalpha() or word.endswith("ed") or word in _PAST:
         return None
-    return name[: len(name) - len(word)] + past_tense(word)
+    if _is_noun(word):
+        return (
+            f"event name {name!r} ({where}) does not say what happened: event names end in "
+            "the past tense; end it with what happened to it, as in backup-status-changed"
+        )
+    suggestion = name[: len(name) - len(word)] + past_tense(word)
+    return (
+        f"event name {name!r} ({where}) is not in the past tense; event names say what "
+        f"happened: did you mean {suggestion!r}?"
+    )
 
 
 def _literal_name(channel: str) -> str | None:
@@ -101,11 +128,7 @@ def tense_findings(route: Route) -> list[Diagnostic]:
     findings = []
     for line, where, channel in places:
         name = _literal_name(channel)
-        suggestion = _tense_problem(name) if name else None
-        if name and suggestion:
-            message = (
-                f"event name {name!r} ({where}) is not in the past tense; event names say "
-                f"what happened: did you mean {suggestion!r}?"
-            )
+        message = _tense_problem(name, where) if name else None
+        if message is not None:
             findings.append(warning(route, line, message))
     return findings

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import observe, pipes
+from eventrouter.cli import observe, pipes, schema
 from eventrouter.model import Settings
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -393,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_journal_commands(commands)
     _add_reload(commands)
     observe.add_commands(commands)
+    schema.add_command(commands)
     for name in ("status", "history"):  # they reach Redis as `publish` does
         _add_password_file(commands.choices[name])
     for sub in commands.choices.values():  # also accepted after the command

@@ -25,6 +25,7 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.config.excerpt import bound_message, excerpt
+from eventrouter.config.layout import ROUTE_LAYOUT
 from eventrouter.config.templates import TemplateSyntaxError, Text
 from eventrouter.config.validation import (
     FileContext,
@@ -37,8 +38,6 @@ from eventrouter.config.validation import (
 )
 from eventrouter.model import ExecAction
 
-#: The keys of the mapping form.
-EXEC_KEYS = ("command", "timeout", "env")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MARKERS = ("{{", "{%", "{#")
 _SHAPE = "a list of arguments: exec: [systemctl, --user, reload, mail1.service]"
@@ -139,7 +138,7 @@ def build_exec(ctx: FileContext, where: list[Any], raw: dict[str, Any], line: in
         try:
             options = EXEC_SCHEMA(value)
         except vol.MultipleInvalid as exc:
-            report(ctx, at, exc, EXEC_KEYS)
+            report(ctx, at, exc, ROUTE_LAYOUT)
             return None
         value, at = options["command"], [*at, "command"]
     try:

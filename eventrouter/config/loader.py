@@ -20,6 +20,7 @@ import voluptuous as vol
 
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.execs import build_exec, env_entries
+from eventrouter.config.layout import ACTION_KEYS, FILE_KEYS, ROUTE_LAYOUT, action_kind_problem
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.schemas import (
     WELL_KNOWN,
@@ -71,32 +72,8 @@ __all__ = [
     "route_files",
 ]
 
-ROUTE_KEYS = (
-    "name",
-    "description",
-    "on",
-    "when",
-    "do",
-    "enabled",
-    "mode",
-    "max",
-    "key",
-    "debounce",
-    "throttle",
-    "retry",
-    "schema",
-    "runs_on",
-)
 #: Runs at once per key in ``parallel`` mode when ``max`` is not given.
 DEFAULT_PARALLEL_MAX = 10
-SCHEMA_KEYS = ("source", "fields", "description")
-ACTION_KEYS = {
-    "run": ("run", "timeout", "env"),
-    "emit": ("emit",),
-    "emit.": ("channel", "payload"),
-    "task": ("task",),
-    "task.": ("agent", "action", "data", "extra", "timeout", "wait"),
-}
 #: ``task:`` waits this long for the exit code when it sets no ``timeout``.
 DEFAULT_TASK_TIMEOUT = 3600.0
 NOT_A_ROUTE_FILE = (
@@ -151,9 +128,9 @@ def _text_template(value: Any) -> Text:
         raise _template_error("template", exc) from exc
 
 
-def _value_template(value: Any) -> Value:
+def _value_template(value: Any, what: str = "") -> Value:
     try:
-        return Value(value)
+        return Value(value, what)
     except TemplateSyntaxError as exc:
         raise _template_error("template", exc) from exc
 
@@ -207,7 +184,7 @@ EMIT_SCHEMA = vol.Schema(
         vol.Required("emit"): vol.Schema(
             {
                 vol.Required("channel"): wrap(_text_template),
-                vol.Optional("payload"): wrap(_value_template),
+                vol.Optional("payload"): wrap(partial(_value_template, what="payload")),
             }
         )
     }
@@ -218,8 +195,8 @@ TASK_SCHEMA = vol.Schema(
             {
                 vol.Required("agent"): wrap(_agent_id),
                 vol.Required("action"): wrap(_task_action),
-                vol.Optional("data"): wrap(_value_template),
-                vol.Optional("extra"): wrap(_value_template),
+                vol.Optional("data"): wrap(partial(_value_template, what="data")),
+                vol.Optional("extra"): wrap(partial(_value_template, what="extra")),
                 vol.Optional("timeout"): wrap(parse_duration),
                 vol.Optional("wait"): wrap(boolean),
             }
@@ -248,7 +225,6 @@ ROUTE_SCHEMA = vol.Schema(
     }
 )
 FILE_SCHEMA = vol.Schema({vol.Optional("routes"): list, vol.Optional("schemas"): dict})
-FILE_KEYS = ("routes", "schemas")
 
 
 def _event_name(value: Any) -> str:
@@ -287,8 +263,9 @@ def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     line = line_of(ctx.data, where, 1)
     kinds = [k for k in ("run", "emit", "task", "exec") if isinstance(raw, dict) and k in raw]
     if len(kinds) != 1:
+        problem = action_kind_problem(raw)
         what = "one of 'run', 'emit', 'task', 'exec'"
-        ctx.error(where, f"{key_path(where)}: an action is a mapping with {what}")
+        ctx.error(where, f"{key_path(where)}: an action is a mapping with {what}{problem}")
         return None
     if kinds[0] == "exec":
         return build_exec(ctx, where, raw, line)
@@ -296,7 +273,7 @@ def _build_action(ctx: FileContext, where: list[Any], raw: Any) -> Any:
     try:
         valid = schema(raw)
     except vol.MultipleInvalid as exc:
-        report(ctx, where, exc, ACTION_KEYS)
+        report(ctx, where, exc, {**ROUTE_LAYOUT, "routes.do": ACTION_KEYS[kinds[0]]})
         return None
     if "task" in valid:
         return _task(valid["task"], line)
@@ -363,7 +340,7 @@ def _build_route(ctx: FileContext, index: int, raw: Any) -> Route | None:
     try:
         valid = ROUTE_SCHEMA(raw)
     except vol.MultipleInvalid as exc:
-        report(ctx, where, exc, ROUTE_KEYS)
+        report(ctx, where, exc, ROUTE_LAYOUT)
         valid = None
     steps = raw.get("do")
     actions = []
@@ -408,7 +385,7 @@ def _build_schemas(ctx: FileContext, raw: dict[str, Any]) -> dict[str, EventSpec
         try:
             valid = EVENT_SCHEMA(body)
         except vol.MultipleInvalid as exc:
-            report(ctx, where, exc, SCHEMA_KEYS)
+            report(ctx, where, exc, ROUTE_LAYOUT)
             continue
         found[name] = declared_spec(name, valid.get("source", "any"), valid["fields"])
     return found
@@ -499,7 +476,7 @@ def _load_text(path: Path, text: str) -> tuple[list[Route], dict[str, EventSpec]
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
-        report(ctx, [], exc, ("routes", "schemas"))
+        report(ctx, [], exc, ROUTE_LAYOUT)
         return [], {}, ctx.diagnostics
     if "routes" not in data and "schemas" not in data:
         ctx.warning([], "file has neither 'routes' nor 'schemas'")

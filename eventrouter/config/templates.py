@@ -23,6 +23,7 @@ from jinja2.parser import Parser
 from eventrouter.config.budget import WATCHDOG, BudgetExceeded
 from eventrouter.config.sandbox import MAX_SIZE, make_environment
 from eventrouter.config.stepenv import step_env
+from eventrouter.config.suggest import did_you_mean
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 
@@ -67,7 +68,8 @@ def _check_names(tree: nodes.Node) -> None:
         known = _ENV.filters if isinstance(node, nodes.Filter) else _ENV.tests
         if node.name not in known:
             kind = "filter" if isinstance(node, nodes.Filter) else "test"
-            raise TemplateSyntaxError(f"no {kind} named {node.name!r}", node.lineno or 1)
+            hint = did_you_mean(node.name, known) or f"; {kind}s: {', '.join(sorted(known))}"
+            raise TemplateSyntaxError(f"no {kind} named {node.name!r}{hint}", node.lineno or 1)
 
 
 def _simple_expression(source: str) -> bool:
@@ -221,12 +223,17 @@ def _lookup(context: Mapping[str, Any], path: tuple[str, ...]) -> Any:
 
 
 class Condition:
-    """A ``when:`` expression (implements ``model.Expression``)."""
+    """A ``when:`` expression (implements ``model.Expression``).
 
-    __slots__ = ("path", "source")
+    ``label`` names it in messages when it is not a condition: the ``{{ expression }}`` of
+    an emitted payload is a template, and its failure must say so.
+    """
 
-    def __init__(self, source: str) -> None:
+    __slots__ = ("label", "path", "source")
+
+    def __init__(self, source: str, label: str | None = None) -> None:
         self.source = source
+        self.label = label
         _check_expression(source)
         stripped = source.strip()
         # A bare ``payload.module`` is the commonest expression: look it up directly.
@@ -244,16 +251,17 @@ class Condition:
             value = _lookup(context, self.path)
             if value is not _MISSING:
                 return value
-        return _budgeted("condition", self.source, lambda: self._evaluate(context))
+        kind, shown = ("condition", self.source) if self.label is None else ("template", self.label)
+        return _budgeted(kind, shown, lambda: self._evaluate(context, kind, shown))
 
-    def _evaluate(self, context: Mapping[str, Any]) -> Any:
+    def _evaluate(self, context: Mapping[str, Any], kind: str, shown: str) -> Any:
         try:
             value = _compiled_expression(self.source)(**context)
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()
             return value
         except Exception as exc:
-            raise _fail("condition", self.source, exc) from exc
+            raise _fail(kind, shown, exc) from exc
 
 
 def _single_expression(source: str) -> str | None:
@@ -328,7 +336,7 @@ def _part(data: Any) -> Part:
     if isinstance(data, str):
         expression = _single_expression(data)
         if expression is not None:
-            return NativePart(Condition(expression))
+            return NativePart(Condition(expression, data))
         if any(marker in data for marker in _MARKERS):
             return TextPart(Text(data))
         return Constant(data)
@@ -341,18 +349,29 @@ def _part(data: Any) -> Part:
     return Constant(data)
 
 
+class _Where(TemplateRenderError):
+    """A failure inside a structure, with the key path to it (``.k[1]``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path.lstrip('.')}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 class Value:
     """A structure whose strings are templates (implements ``model.ValueTemplate``).
 
     A string that is exactly one ``{{ expression }}`` yields the expression's native value;
-    any other string yields text; mappings and lists keep their shape.
+    any other string yields text; mappings and lists keep their shape. ``what`` names the
+    structure (``payload``) in the message of a failure, with the key path inside it.
     """
 
-    __slots__ = ("part", "source")
+    __slots__ = ("part", "source", "what")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, what: str = "") -> None:
         self.source = data if isinstance(data, str) else ""
         self.part = _part(data)
+        self.what = what
 
     def fingerprint(self) -> Any:
         """Return what the structure says, hashable, mapping order left out."""
@@ -371,7 +390,14 @@ class Value:
         """Return the rendered JSON value; raise TemplateRenderError."""
         if isinstance(self.part, Constant):
             return self.part.value
-        return _budgeted("template", self.source or "<payload>", lambda: self._render(context))
+        shown = self.source or f"<{self.what or 'payload'}>"
+        try:
+            return _budgeted("template", shown, lambda: self._render(context))
+        except TemplateRenderError as exc:
+            if not self.what:
+                raise
+            path, reason = (exc.path, exc.reason) if isinstance(exc, _Where) else ("", str(exc))
+            raise TemplateRenderError(f"{self.what}{path}: {reason}") from exc
 
     def _render(self, context: Mapping[str, Any]) -> Any:
         part = self.part
@@ -382,8 +408,18 @@ class Value:
         if isinstance(part, NativePart):
             return _check_json(part.expression.evaluate(context), self.source)
         if isinstance(part, MappingPart):
-            return {key: item.render(context) for key, item in part.items}
-        return [item.render(context) for item in part.items]
+            return {key: _item(f".{key}", item, context) for key, item in part.items}
+        return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
+
+
+def _item(step: str, item: Value, context: Mapping[str, Any]) -> Any:
+    """Render one item of a structure; a failure gains ``step`` in its key path."""
+    try:
+        return item.render(context)
+    except _Where as exc:
+        raise _Where(step + exc.path, exc.reason) from exc
+    except TemplateRenderError as exc:
+        raise _Where(step, str(exc)) from exc
 
 
 def _has_template(data: Any) -> bool:

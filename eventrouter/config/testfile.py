@@ -16,9 +16,9 @@ import voluptuous as vol
 from eventrouter.config.validation import (  # route files' validators and wording: both read alike
     FileContext,
     boolean,
-    explain,
     key_path,
     kind,
+    report,
     text,
     wrap,
 )
@@ -186,13 +186,6 @@ class RouteTest:
     env: tuple[tuple[str, str], ...] | None = None
 
 
-def _report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid) -> None:
-    for error in exc.errors:
-        where = prefix + list(error.path)
-        keys = KEYS.get(".".join(str(s) for s in where[:-1] if not isinstance(s, int)), ())
-        ctx.error(where, f"{key_path(where) or 'file'}: {explain(error, keys)}")
-
-
 def _unknown(name: str, known: set[str]) -> str:
     close = difflib.get_close_matches(name, sorted(known), n=1)
     if close:
@@ -231,7 +224,7 @@ def _build(ctx: FileContext, index: int, known: set[str], seen: set[str]) -> Rou
     try:
         valid = TEST_SCHEMA(ctx.data["tests"][index])
     except vol.MultipleInvalid as exc:
-        _report(ctx, where, exc)
+        report(ctx, where, exc, KEYS)
         return None
     expect = dict(valid["expect"])
     if "emits" in expect:
@@ -267,7 +260,7 @@ def load_tests(path: Path, known: set[str]) -> tuple[list[RouteTest], list[Diagn
     try:
         FILE_SCHEMA(data)
     except vol.MultipleInvalid as exc:
-        _report(ctx, [], exc)
+        report(ctx, [], exc, KEYS)
         return [], ctx.diagnostics
     seen: set[str] = set()
     tests = [_build(ctx, index, known, seen) for index in range(len(data["tests"]))]

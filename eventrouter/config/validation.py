@@ -8,7 +8,6 @@ naming the key path, with a did-you-mean for unknown keys.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from collections.abc import Callable, Iterable
@@ -19,7 +18,9 @@ from typing import Any
 import voluptuous as vol
 
 from eventrouter.config.excerpt import excerpt
+from eventrouter.config.layout import Layout, empty_mapping, misplaced, place, value_at
 from eventrouter.config.patterns import PatternError
+from eventrouter.config.suggest import did_you_mean
 from eventrouter.config.templates import TemplateSyntaxError
 from eventrouter.config.yamlload import line_of
 from eventrouter.errors import Diagnostic
@@ -168,30 +169,41 @@ def _key_name(key: Any) -> str:
     return name if name is not None else excerpt(key)
 
 
-def explain(error: vol.Invalid, allowed: Iterable[str]) -> str:
-    """Rewrite a voluptuous message into one that says what to do."""
+def explain(error: vol.Invalid, allowed: Iterable[str], hint: str = "") -> str:
+    """Rewrite a voluptuous message into one that says what to do.
+
+    ``hint`` says where an unknown key belongs when it is in the wrong place; a
+    did-you-mean would then only mislead.
+    """
     key = error.path[-1] if error.path else None
     if isinstance(key, vol.Marker):
         key = key.schema
     message = error.error_message
     if message == "extra keys not allowed":
-        close = difflib.get_close_matches(str(key), list(allowed), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        return f"unknown key {excerpt(key)}{hint}; allowed keys: {', '.join(allowed)}"
+        close = "" if hint else did_you_mean(key, allowed)
+        where = f"; {hint}" if hint else ""
+        return f"unknown key {excerpt(key)}{close}; allowed keys: {', '.join(allowed)}{where}"
     if message == "required key not provided":
         return f"missing required key {excerpt(key)}"
-    if message.startswith("expected dict"):
+    if message.startswith(("expected dict", "expected a dictionary")):
         return "expected a mapping"
     if message.startswith("expected list"):
         return "expected a list"
     return message
 
 
-def report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid, allowed: Any) -> None:
+def report(ctx: FileContext, prefix: list[Any], exc: vol.MultipleInvalid, layout: Layout) -> None:
+    """Report each voluptuous error at its line: its key path, what is wrong, what to do."""
     for error in exc.errors:
         where = prefix + list(error.path)
-        keys = allowed
-        if isinstance(allowed, dict):  # action keys depend on the action kind and depth
-            head = str(error.path[0]) if error.path else "run"
-            keys = allowed.get(head + "." if len(error.path) > 1 else head, allowed["run"])
-        ctx.error(where, f"{key_path(where)}: {explain(error, keys)}")
+        position = place(layout, where[:-1])
+        keys = layout.get(position, ()) if position is not None else ()
+        hint = ""
+        if error.error_message == "extra keys not allowed" and position is not None:
+            hint = misplaced(layout, position, plain_key(where[-1]))
+        message = explain(error, keys, hint)
+        if error.error_message.startswith(("expected dict", "expected a dictionary")):
+            got = kind(value_at(ctx.data, where))
+            inside = empty_mapping(layout, ctx.data, where)
+            message = f"expected a mapping, got {got}" + (f"; {inside}" if inside else "")
+        ctx.error(where, f"{key_path(where) or 'file'}: {message}")

@@ -145,6 +145,32 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+_MISPLACED_KEY = (
+    ": a 'key:' where no key can start; check the indentation of this line against the lines "
+    "above, or quote a value that holds ': '"
+)
+#: What to do about the YAML errors an edit makes most, by the parser's problem.
+_FIXES = {
+    "could not find expected ':'": ": write 'key: value', with a space after the ':'",
+    "mapping values are not allowed here": _MISPLACED_KEY,  # PyYAML's parser
+    "mapping values are not allowed in this context": _MISPLACED_KEY,  # libyaml's
+}
+
+
+def _where(text: str, exc: yaml.MarkedYAMLError) -> tuple[yaml.Mark | None, str]:
+    """Return where a YAML error is, and its problem as an operator reads it."""
+    mark = exc.problem_mark or exc.context_mark
+    if exc.context_mark is not None and mark is not None and mark.index >= len(text):
+        mark = exc.context_mark  # an unterminated construct: point where it opens
+    problem = bound_message(exc.problem or "")
+    if problem == "could not find expected ':'" and exc.context_mark is not None:
+        # The key without its ':' is where the scan started, not the line where it gave up.
+        mark = exc.context_mark
+        key = text[mark.index :].split("\n", 1)[0].strip()
+        problem = f"could not find the ':' after {excerpt(key)}"
+    return mark, problem
+
+
 def loads(text: str) -> Any:
     """Parse one YAML document with line-stamped containers; raise YamlError."""
     loader = _Loader(text)
@@ -161,11 +187,9 @@ def loads(text: str) -> Any:
             )
         return loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        if exc.context_mark is not None and mark is not None and mark.index >= len(text):
-            mark = exc.context_mark  # an unterminated construct: point where it opens
+        mark, problem = _where(text, exc)
         line = mark.line + 1 if mark is not None else 1
-        problem = bound_message(exc.problem or "")
+        fix = _FIXES.get(exc.problem or "", "")
         if problem == "found undefined alias" and exc.problem_mark is not None:
             # libyaml does not name the alias; the mark points at it.
             alias = re.match(r"\*([^\s,\]}]+)", text[exc.problem_mark.index :])
@@ -173,8 +197,8 @@ def loads(text: str) -> Any:
         context = f" ({bound_message(exc.context)})" if exc.context else ""
         tab = _tab_at(text, exc.problem_mark)
         if tab:
-            line, problem, context = exc.problem_mark.line + 1, tab, ""  # type: ignore[union-attr]
-        raise YamlError(line, f"invalid YAML: {problem}{context}") from exc
+            line, problem, context, fix = exc.problem_mark.line + 1, tab, "", ""  # type: ignore[union-attr]
+        raise YamlError(line, f"invalid YAML: {problem}{context}{fix}") from exc
     except yaml.YAMLError as exc:
         raise YamlError(1, f"invalid YAML: {bound_message(str(exc))}") from exc
     except RecursionError as exc:

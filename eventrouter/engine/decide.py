@@ -104,7 +104,9 @@ class RouteDecision:
         if self.condition is not None and not self.condition.holds:
             if self.condition.error is not None:
                 return f"when: {self.condition.error}"
-            return f"when: {self.condition.source} is false ({_shown(self.condition.value)})"
+            value = self.condition.value
+            shown = "" if value is False else f" ({_shown(value)})"  # never "false (false)"
+            return f"when: {self.condition.source} is false{shown}"
         if self.key_error is not None:
             return f"key: {self.key_error}"
         return None
