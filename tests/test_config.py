@@ -335,13 +335,13 @@ def bad_load(tmp_path: Path) -> tuple[LoadResult, Path]:
         ("20-bad.yml", 18, ("routes[3].on", "module/{module/event/x", "unclosed '{'")),
         ("20-bad.yml", 19, ("routes[3].when", "without {{ }}")),
         ("20-bad.yml", 21, ("routes[3].do[0].run", "missing-handler", "does not exist")),
-        ("20-bad.yml", 22, ("routes[3].do[1]", "one of 'run', 'emit', 'task'")),
+        ("20-bad.yml", 22, ("routes[3].do[1]", "one of 'run', 'emit', 'task', 'exec'")),
         ("20-bad.yml", 26, ("routes[3].do[2].emit.channel", "syntax error")),
         ("20-bad.yml", 29, ("routes[3].do[3].emit.payload", "syntax error")),
         ("20-bad.yml", 32, ("routes[3].do[4].timeout", "'soon'", "duration")),
         ("20-bad.yml", 34, ("routes[3].do[5].emit.chanel", "did you mean 'channel'")),
         ("20-bad.yml", 33, ("routes[3].do[5].emit.channel", "missing required key 'channel'")),
-        ("20-bad.yml", 35, ("routes[3].do[6]", "one of 'run', 'emit', 'task'")),
+        ("20-bad.yml", 35, ("routes[3].do[6]", "one of 'run', 'emit', 'task', 'exec'")),
         ("20-bad.yml", 36, ("routes[4]", "a route is a mapping")),
         ("20-bad.yml", 39, ("routes[5].when", "condition syntax error")),
         ("20-bad.yml", 42, ("routes[6].name", "missing required key 'name'")),
@@ -602,7 +602,7 @@ def test_action_with_both_run_and_emit(tmp_path: Path) -> None:
     routes, diagnostics = load_file_routes(path)
 
     assert routes == []
-    find(diagnostics, path, 5, "routes[0].do[0]", "one of 'run', 'emit', 'task'")
+    find(diagnostics, path, 5, "routes[0].do[0]", "one of 'run', 'emit', 'task', 'exec'")
 
 
 def test_emit_payload_may_be_any_json_shape(tmp_path: Path) -> None:
@@ -1379,7 +1379,7 @@ EDITING_MISTAKES = {
         [
             (
                 5,
-                "routes[0].do[0]: an action is a mapping with one of 'run', 'emit', 'task'; "
+                "routes[0].do[0]: an action is a mapping with one of 'run', 'emit', 'task', 'exec'; "
                 "'emitt' is not one (did you mean 'emit'?)",
             )
         ],

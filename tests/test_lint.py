@@ -576,6 +576,11 @@ def test_handler_folder_whose_only_step_is_not_executable_is_an_error(tmp_path: 
     assert [(d.severity, d.message) for d in findings] == [
         (
             "warning",
+            f"route r: {folder / '.hidden'} is a hidden name (leading .): it is never run "
+            "(rename it to make it a step)",
+        ),
+        (
+            "warning",
             f"route r: {folder / '10step'} is not executable; it is skipped (chmod +x to run it)",
         ),
         (
