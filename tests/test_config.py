@@ -1379,8 +1379,8 @@ EDITING_MISTAKES = {
         [
             (
                 5,
-                "routes[0].do[0]: an action is a mapping with one of 'run', 'emit', 'task', 'exec'; "
-                "'emitt' is not one (did you mean 'emit'?)",
+                "routes[0].do[0]: an action is a mapping with one of 'run', 'emit', 'task', "
+                "'exec'; 'emitt' is not one (did you mean 'emit'?)",
             )
         ],
     ),
