@@ -102,6 +102,8 @@ def test_a_file_that_keeps_changing_keeps_the_old_routes(
 
 
 EVENTS = 300
+#: Rounds of rewrites (each file once) while events flow, at least.
+ROUNDS = 8
 #: How long a reload of the old rule waited for a file to be quiet before reading it.
 QUIET = 0.25
 NAMES = ("a", "b")
@@ -153,6 +155,42 @@ class _Bursts(threading.Thread):
                     self.router.signal(signal.SIGHUP)
 
 
+class _Rewrites(threading.Thread):
+    """Rewrite the route files in place, round after round, until stopped."""
+
+    def __init__(self, folder: Path, texts: dict[str, bytes], router: Router) -> None:
+        super().__init__()
+        self.folder, self.texts, self.router = folder, texts, router
+        self.stop = threading.Event()
+        self.rounds = 0
+
+    def run(self) -> None:
+        order = NAMES
+        while not self.stop.is_set():
+            order = order[::-1]  # the file written last opens the next round
+            for name in order:
+                last = _rewrite(self.folder / f"{name}.yml", self.texts[name], self.router)
+            self.rounds += 1
+            # A reload that met that file waits for it to be quiet, then reads it again: cut
+            # it about then, 0 to 5 ms later in turn: the reload wakes up a little late.
+            time.sleep(max(0.0, last + QUIET + 0.001 * (self.rounds % 6) - time.monotonic()))
+
+
+def _end_marks(client: redis.Redis, out: dict[str, Path]) -> None:
+    """Publish an end mark on each route until it has run: a queued route runs its events in
+    order, so every event sent before it has run by then, or never will."""
+    for name in NAMES:
+
+        def ended(name: str = name) -> bool:
+            if "end" in lines(out[name]):
+                return True
+            client.publish(f"x/event/{name}-changed", "end")
+            time.sleep(0.1)
+            return False
+
+        wait_for(ended, timeout=30, what=f"the end mark on route r{name}")
+
+
 def test_in_place_rewrites_amid_signal_bursts_lose_no_event(
     tmp_path: Path, router_factory: Callable[..., Router], redis_url: str
 ) -> None:
@@ -171,53 +209,27 @@ def test_in_place_rewrites_amid_signal_bursts_lose_no_event(
     router = router_factory("--routes", str(folder))
     client = redis.Redis.from_url(redis_url)
     sent: dict[str, set[str]] = {name: set() for name in NAMES}
-    flowing = threading.Event()
-    flowing.set()
-
-    rounds: list[int] = []
-
-    def write() -> None:
-        order = NAMES
-        while flowing.is_set():
-            order = order[::-1]  # the file written last opens the next round
-            for name in order:
-                last = _rewrite(folder / f"{name}.yml", texts[name], router)
-            rounds.append(len(rounds))
-            # A reload that met that file waits for it to be quiet, then reads it again: cut
-            # it about then (a little later each round: the reload wakes a little late).
-            time.sleep(max(0.0, last + QUIET + 0.0005 * (len(rounds) % 6) - time.monotonic()))
-
-    bursts = _Bursts(router)
-    writer = threading.Thread(target=write)
+    bursts, writer = _Bursts(router), _Rewrites(folder, texts, router)
     bursts.start()
     writer.start()
     try:
-        for number in range(EVENTS):
+        number = 0
+        # EVENTS at least, and for as long as the writer needs for ROUNDS rounds.
+        while number < EVENTS or (writer.rounds < ROUNDS and writer.is_alive()):
             name = NAMES[number % 2]
             client.publish(f"x/event/{name}-changed", str(number))
             sent[name].add(str(number))
+            number += 1
             time.sleep(0.004)
     finally:
-        flowing.clear()
-        writer.join()
-        bursts.stop.set()
-        bursts.join()
+        for thread in (writer, bursts):
+            thread.stop.set()
+            thread.join()
 
-    # The files are whole now: a last reload loads them, then an end mark runs on each route
-    # after every event sent before it (a queued route runs its events in order).
-    router.signal(signal.SIGHUP)
-    for name in NAMES:
-
-        def ended(name: str = name) -> bool:
-            if "end" in lines(out[name]):
-                return True
-            client.publish(f"x/event/{name}-changed", "end")
-            time.sleep(0.1)
-            return False
-
-        wait_for(ended, timeout=30, what=f"the end mark on route r{name}")
+    router.signal(signal.SIGHUP)  # the files are whole now: this reload loads them
+    _end_marks(client, out)
     client.close()
-    assert len(rounds) >= 3, "the files were rewritten while events flowed"
+    assert writer.rounds >= ROUNDS, "the writer stopped early"
     lost = {name: sorted(sent[name] - set(lines(out[name])), key=int) for name in NAMES}
     reloads = re.findall(r"reloaded: .*|reload failed.*|warning: file is empty.*", router.log)
     assert not any(lost.values()), f"events lost: {lost}; reloads: {sorted(set(reloads))}"
