@@ -374,3 +374,5 @@ class Settings:
     agent: str | None = None
     #: How often the role of the subscribe server is read (leader or not).
     role_interval: float = 2.0
+    #: Reload when a route file is created, changed, replaced or removed (--watch).
+    watch: bool = False

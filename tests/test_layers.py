@@ -34,6 +34,8 @@ LIBRARIES = {
     "yaml": {"config"},
     # The metrics endpoint, an optional extra, served by the daemon.
     "prometheus_client": {"service"},
+    # Reload on save (`run --watch`), an optional extra.
+    "watchfiles": {"service"},
 }
 
 

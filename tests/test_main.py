@@ -19,6 +19,7 @@ RUN_FIELDS = (
     "journal_size",
     "instance",
     "control_channel",
+    "watch",
 )
 
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
+from eventrouter.config.stable import being_written
 from eventrouter.config.yamlload import (
     LineDict,
     LineList,
@@ -328,6 +333,99 @@ def test_an_empty_document_is_none(text: str, tmp_path: Path) -> None:
 
 # --- reading a file that is being written -------------------------------------------------------
 
+#: A modification time well past any quiet rule: what ext4 shows for a while after a
+#: truncating open (size 0, time not yet updated).
+LONG_AGO = time.time() - 3600
+
+
+@pytest.fixture(params=["lease", "proc"])
+def writers_seen_by(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Recognise writers by a read lease (SIGIO taken in hand, as the daemon does), or
+    without one by the scan of /proc."""
+    if request.param == "proc":
+        yield "proc"
+        return
+    previous = signal.signal(signal.SIGIO, lambda *_: None)
+    try:
+        probe = tmp_path / "probe"
+        probe.write_text("")
+        with probe.open("rb") as handle:  # leases work here: the case is what it says
+            fcntl.fcntl(handle.fileno(), fcntl.F_SETLEASE, fcntl.F_RDLCK)
+            fcntl.fcntl(handle.fileno(), fcntl.F_SETLEASE, fcntl.F_UNLCK)
+        yield "lease"
+    finally:
+        signal.signal(signal.SIGIO, previous)
+
+
+def _cut_open(path: Path, whole: bytes) -> BinaryIO:
+    """Rewrite ``path`` in place, stop a third of the way, and date it long ago."""
+    writer = path.open("r+b")
+    writer.truncate(0)
+    writer.write(whole[: len(whole) // 3])
+    writer.flush()
+    os.utime(path, (LONG_AGO, LONG_AGO))
+    return writer
+
+
+def test_a_file_open_for_writing_is_not_read_however_old_it_looks(
+    tmp_path: Path, writers_seen_by: str
+) -> None:
+    path = tmp_path / "r.yml"
+    whole = b"# a long comment\n" * 20 + b"routes: []\n"
+    path.write_bytes(whole)
+    with _cut_open(path, whole), pytest.raises(YamlError) as caught:
+        read_text(path, settle=0.25, patience=0.3)
+
+    assert caught.value.message == (
+        "file still open for writing after 0.3s; not loaded: reload once its writer has closed it"
+    )
+    assert caught.value.line == 1
+
+
+def test_a_file_open_for_writing_is_read_once_closed(tmp_path: Path, writers_seen_by: str) -> None:
+    path = tmp_path / "r.yml"
+    whole = b"# a long comment\n" * 20 + b"routes: []\n"
+    path.write_bytes(whole)
+    writer = _cut_open(path, whole)
+
+    def finish() -> None:
+        time.sleep(0.1)
+        writer.write(whole[len(whole) // 3 :])
+        os.utime(writer.fileno(), (LONG_AGO, LONG_AGO))  # not the quiet rule at work, then
+        writer.close()
+
+    finishing = threading.Thread(target=finish)
+    finishing.start()
+    text = read_text(path, settle=0.25)
+    finishing.join()
+
+    assert text == whole.decode()
+
+
+def test_a_file_emptied_on_purpose_is_read_empty(tmp_path: Path, writers_seen_by: str) -> None:
+    path = tmp_path / "r.yml"
+    path.write_text("routes: []\n")
+    with path.open("r+b") as writer:  # the author empties it, and closes it
+        writer.truncate(0)
+    os.utime(path, (LONG_AGO, LONG_AGO))
+
+    assert read_text(path, settle=0.25) == ""
+
+
+def test_being_written_is_true_while_a_writer_holds_the_file(
+    tmp_path: Path, writers_seen_by: str
+) -> None:
+    path = tmp_path / "r.yml"
+    path.write_text("routes: []\n")
+
+    assert not being_written(path)
+    with path.open("rb"):
+        assert not being_written(path)  # a reader is no writer
+    with path.open("ab"):
+        assert being_written(path)
+    assert not being_written(path)
+    assert not being_written(tmp_path / "gone.yml")
+
 
 def _write_later(path: Path, chunks: list[bytes], pause: float) -> threading.Thread:
     """Append ``chunks`` to ``path`` in place, ``pause`` seconds apart, in a thread."""
@@ -357,16 +455,25 @@ def test_a_file_written_in_place_is_read_once_quiet(tmp_path: Path) -> None:
 
 def test_a_file_that_keeps_changing_is_an_error_after_a_bound(tmp_path: Path) -> None:
     path = tmp_path / "r.yml"
-    path.write_bytes(b"")
-    writer = _write_later(path, [b"# more\n"] * 40, pause=0.02)
-    started = time.monotonic()
+    path.write_bytes(b"routes: []\n")
+    stop = threading.Event()
 
-    with pytest.raises(YamlError, match="kept changing while it was read") as caught:
-        read_text(path, settle=0.1, patience=0.3)
+    def touch() -> None:  # modified again and again, by writers that each close it
+        while not stop.wait(0.02):
+            os.utime(path)
+
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(YamlError, match="kept changing while it was read") as caught:
+            read_text(path, settle=0.1, patience=0.3)
+    finally:
+        stop.set()
+        toucher.join()
 
     assert time.monotonic() - started < 0.6
     assert caught.value.line == 1
-    writer.join()
 
 
 def test_without_settle_a_fresh_file_is_read_at_once(tmp_path: Path) -> None:

@@ -368,7 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eventrouter.analysis.validate import validate, where_errors_are
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
-    from eventrouter.service import metrics
+    from eventrouter.service import metrics, watch
     from eventrouter.service.daemon import Daemon, log_diagnostics
 
     address = None
@@ -382,6 +382,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"eventrouter run: --metrics: {exc}", file=sys.stderr)
             return EXIT_INVALID
+
+    if args.watch and watch.missing() is not None:
+        print(f"eventrouter run: {watch.missing()}", file=sys.stderr)
+        return EXIT_INVALID
 
     cache: FileCache = {}
     result, folders = _load(args, cache)
@@ -426,6 +430,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         node=args.node,
         agent=args.agent,
         role_interval=args.role_interval,
+        watch=args.watch,
     )
     set_timeout(settings.template_timeout)
     try:

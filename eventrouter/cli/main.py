@@ -280,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="the daemon: subscribe, route events, run handlers",
-        description="Route events until SIGTERM/SIGINT; SIGHUP reloads the route files.",
+        description="Route events until SIGTERM/SIGINT; SIGHUP (and, with --watch, saving a "
+        "route file) reloads the route files.",
     )
     _add_route_options(run)
     _add_run_options(run)
@@ -292,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="read whether this router's Redis is the master this often, and on reconnect "
         "and leader-changed (default: %(default)gs)",
+    )
+    run.add_argument(
+        "--watch",
+        action="store_true",
+        default=DEFAULTS.watch,
+        help="reload when a route file is created, changed, replaced or removed, as SIGHUP "
+        "does (needs the 'watch' extra: watchfiles; default: off)",
     )
     run.set_defaults(handler="cmd_run")
 

@@ -10,21 +10,20 @@ All of PyYAML lives here. Two departures from PyYAML's ``SafeLoader``:
 
 from __future__ import annotations
 
-import os
 import re
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from eventrouter.config.excerpt import bound_message, excerpt
+from eventrouter.config.stable import ReadError, read_whole
 
 #: Most nodes a document may expand to once its aliases are followed.
 MAX_EXPANDED_NODES = 100_000
 #: Largest route file read, in bytes.
 MAX_FILE_SIZE = 8 * 1024 * 1024
-#: Longest a route file is waited for while it keeps changing, in seconds.
+#: Longest a route file is waited for while it is being written, in seconds.
 PATIENCE = 2.0
 
 
@@ -215,43 +214,16 @@ def load_file(path: Path) -> Any:
 
 
 def read_text(path: Path, settle: float = 0.0, patience: float = PATIENCE) -> str:
-    """Read a YAML file as text once it is stable; raise YamlError when it cannot be read,
-    is not UTF-8, or keeps changing for ``patience`` seconds.
+    """Read a YAML file as text once it is whole; raise YamlError when it cannot be read,
+    is not UTF-8, or is still being written after ``patience`` seconds.
 
-    A file changed while it was read is read again; with ``settle`` (a reload), so is a file
-    modified less than ``settle`` seconds ago, once it has been quiet that long: a file being
-    written in place may look complete (a cut inside a comment parses) and drop routes.
+    With ``settle`` (a reload), a file is never read while a process has it open for
+    writing, nor within ``settle`` seconds of its last change (see ``stable``).
     """
-    deadline = time.monotonic() + patience
-    while True:
-        data, stable, age = _read_once(path)
-        recent = abs(age) < settle  # a future mtime is not a write going on, unless near
-        if stable and not recent:
-            return _decode(data)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise YamlError(
-                1,
-                f"file kept changing while it was read (for {patience:g}s); not loaded: "
-                "reload once it is written",
-            )
-        time.sleep(min(max(settle - age if recent else settle, 0.01), left))
-
-
-def _read_once(path: Path) -> tuple[bytes, bool, float]:
-    """Read the file; return its bytes, whether it stayed the same file and size and
-    mtime while read, and how many seconds ago it was last modified."""
     try:
-        with path.open("rb") as handle:
-            before = os.fstat(handle.fileno())
-            data = handle.read(MAX_FILE_SIZE + 1)
-            after = os.fstat(handle.fileno())
-        now = os.stat(path)  # renamed over meanwhile: another file now
-    except OSError as exc:
-        raise YamlError(1, f"cannot read file: {exc.strerror or exc}") from exc
-    stamps = {(i.st_ino, i.st_dev, i.st_size, i.st_mtime_ns) for i in (before, after, now)}
-    stable = len(stamps) == 1 and len(data) == min(after.st_size, MAX_FILE_SIZE + 1)
-    return data, stable, time.time() - now.st_mtime_ns / 1e9
+        return _decode(read_whole(path, MAX_FILE_SIZE, settle, patience))
+    except ReadError as exc:
+        raise YamlError(1, str(exc)) from exc
 
 
 def _decode(data: bytes) -> str:

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.config.patterns import RouteIndex, glob_escape
@@ -27,14 +27,16 @@ from eventrouter.runtime.journal import Journal, JournalError, parse_retry_messa
 from eventrouter.runtime.spawn import WARDEN
 from eventrouter.runtime.steps import StepRunner
 from eventrouter.runtime.stopping import cancel_until_done
-from eventrouter.service import metrics, observe, sdnotify
+from eventrouter.service import metrics, observe, sdnotify, watch
+from eventrouter.service.intents import Intents
 from eventrouter.service.statefiles import StateFiles
 
 log = logging.getLogger(__name__)
 
 #: The subscription convention folders need (as the NS8 agent's).
 CONVENTION_GLOB = "*/event/*"
-#: On reload, a route file modified less than this many seconds ago is read once quiet.
+#: On reload, a route file modified less than this many seconds ago is read once quiet (for
+#: writers that close and reopen it; one that keeps it open is known for certain).
 RELOAD_SETTLE = 0.25
 #: Published when a node becomes the leader: the role is read again at once.
 LEADER_CHANGED = "cluster/event/leader-changed"
@@ -84,31 +86,6 @@ def _watch_children_with_pidfd() -> None:
     watcher = asyncio.PidfdChildWatcher()
     watcher.attach_loop(asyncio.get_running_loop())
     asyncio.set_child_watcher(watcher)
-
-
-@dataclass
-class Intents:
-    """What the signal handlers asked for; the main loop acts on it."""
-
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    reload: bool = False
-    stop: str | None = None
-    #: A second SIGTERM/SIGINT while stopping: skip what is left of the grace period.
-    hurry: asyncio.Event = field(default_factory=asyncio.Event)
-    hurried_by: str = ""
-
-    def ask_reload(self) -> None:
-        """Record a SIGHUP (several coalesce into one reload)."""
-        self.reload = True
-        self.wake.set()
-
-    def ask_stop(self, name: str) -> None:
-        """Record SIGTERM/SIGINT; a second one asks to kill at once."""
-        if self.stop is not None:
-            self.hurried_by = name
-            self.hurry.set()
-        self.stop = self.stop or name
-        self.wake.set()
 
 
 class Daemon:
@@ -348,6 +325,9 @@ class Daemon:
                 )
         sdnotify.notify(f"STATUS=waiting for Redis at {bus.redact(sub_url)}")
         ready = asyncio.create_task(self._ready_when(subscribed, subscriber), name="ready")
+        watching = None
+        if self.settings.watch:  # reload on save, by the rules of SIGHUP
+            watching = watch.start(self.settings.routes_dirs, self.intents.ask_reload)
         try:
             while self.intents.stop is None:
                 await self.intents.wake.wait()
@@ -357,6 +337,8 @@ class Daemon:
                     await self.reload(dispatcher, subscriber)
         finally:
             ready.cancel()
+            if watching is not None:
+                await watching()
             await cancel_until_done(role_task, "the role watch")
             if server is not None:
                 await server.close()
@@ -435,7 +417,10 @@ class Daemon:
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.intents.ask_reload)
+        loop.add_signal_handler(signal.SIGHUP, self.intents.ask_reload, "SIGHUP")
+        # The kernel signals a read lease broken by a writer (config/stable.py); the reload
+        # gives the lease back as soon as it has read the file, so there is nothing to do.
+        loop.add_signal_handler(signal.SIGIO, lambda: None)
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.intents.ask_stop, signum.name)
 
@@ -451,10 +436,11 @@ class Daemon:
         """Re-read every route file; swap the table atomically, or keep the old one on error."""
         sdnotify.reloading()
         log.info(
-            "SIGHUP: reloading routes from %s",
+            "%s: reloading routes from %s",
+            self.intents.reload_by or "SIGHUP",
             ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
         )
-        # A file being written in place may parse with fewer routes: read each once quiet.
+        # Never a file being written (it may parse with fewer routes): see config/stable.py.
         result = await asyncio.to_thread(self._load, RELOAD_SETTLE)
         log_diagnostics(result)
         findings = [str(item) for item in result.diagnostics]
