@@ -222,12 +222,12 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         try:
-            for sig, handler in swapped.items():
-                signal.signal(sig, handler)
+            for number, handler in swapped.items():
+                signal.signal(number, handler)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    for sig in arrived:
-        signal.raise_signal(sig)
+    for number in arrived:
+        signal.raise_signal(number)
 
 
 def _spawn_server(argv: list[str], log_fd: int) -> _ServerProcess:
