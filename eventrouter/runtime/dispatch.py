@@ -14,8 +14,9 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
@@ -50,9 +51,9 @@ from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
-from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.lanes import Clock, Job, Scheduler
 from eventrouter.runtime.stats import Histograms
-from eventrouter.runtime.steps import HandlerResult, StepRunner, describe_status
+from eventrouter.runtime.steps import HandlerResult, describe_status
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,38 @@ class TaskSubmitter(Protocol):
         parent: str = "",
     ) -> TaskResult:
         """Submit a task; unless ``wait`` is false, wait for its exit code; raise TaskError."""
+        ...
+
+
+class Runner(Protocol):
+    """What runs handler folders: ``steps.StepRunner``, or a test's stand-in."""
+
+    @property
+    def running(self) -> int:
+        """Return how many step processes are running now."""
+        ...
+
+    async def run_handler(
+        self,
+        directory: Path,
+        *,
+        payload: bytes,
+        env: Mapping[str, str],
+        event_name: str,
+        event_source: str,
+        timeout: float | None,  # noqa: ASYNC109 (per step, not for the whole call)
+        tag: str,
+        group: str = "",
+    ) -> HandlerResult:
+        """Run the steps of ``directory`` in order, stopping at the first that fails."""
+        ...
+
+    async def terminate_all(self) -> int:
+        """Stop every running step (TERM, then KILL); return how many."""
+        ...
+
+    def kill_now(self) -> int:
+        """Kill every running step at once and start no more; return how many."""
         ...
 
 
@@ -208,7 +241,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        runner: StepRunner,
+        runner: Runner,
         publisher: Publisher,
         index: RouteIndex,
         *,
@@ -216,6 +249,7 @@ class Dispatcher:
         instance: str | None = None,
         router: RouterInfo | None = None,
         tasks: TaskSubmitter | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -231,8 +265,13 @@ class Dispatcher:
         where = router if router is not None else RouterInfo(instance=self.instance)
         self.context = router_context(settings, where)
         self._recording: set[asyncio.Task[None]] = set()
+        #: Waits out retry backoff: asyncio's, or a test's clock.
+        self._sleep: Callable[[float], Awaitable[None]] = (
+            clock.sleep if clock is not None else asyncio.sleep
+        )
         self.scheduler = Scheduler(
             self.execute,
+            call_later=clock.call_later if clock is not None else None,
             queue_limit=settings.queue_limit,
             max_pending=settings.max_pending,
             counters=self.counters,
@@ -263,6 +302,11 @@ class Dispatcher:
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
         self.index = index
+
+    @property
+    def recording(self) -> list[asyncio.Task[None]]:
+        """Return the failure journal writes in flight."""
+        return list(self._recording)
 
     @property
     def busy(self) -> int:
@@ -608,7 +652,7 @@ class Dispatcher:
         delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
         self.counters["retries"] += 1
         log.warning("%s %d/%d failed (%s); retrying in %.2fs", what, attempt, attempts, why, delay)
-        await asyncio.sleep(delay)
+        await self._sleep(delay)
 
     async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event
