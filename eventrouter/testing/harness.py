@@ -140,6 +140,11 @@ class Harness:
         return self.daemon.parts
 
     @property
+    def serving(self) -> bool:
+        """Return True while the daemon routes (it did not stop or fail)."""
+        return self._serving is not None and not self._serving.done()
+
+    @property
     def dispatcher(self) -> Dispatcher:
         """Return the running daemon's dispatcher."""
         return self.parts.dispatcher
@@ -155,7 +160,7 @@ class Harness:
         trace: TracebackType | None,
     ) -> None:
         try:
-            if self._serving is not None and not self._serving.done():
+            if self.serving:
                 await self.stop(hurry=error is not None)  # a failed test: no grace period
         finally:
             self.close()
