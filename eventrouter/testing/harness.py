@@ -40,7 +40,7 @@ URL = "memory://bus"
 SETTLE_WITHIN = 10.0
 #: The harness's default ``stop_timeout``: runs a test left held should not keep it 30 s.
 STOP_TIMEOUT = 1.0
-#: The package's logger: at INFO while a harness runs, as `run` logs by default.
+#: The package's logger: at INFO while a harness runs (``log_level``), as `run` logs.
 LOGGER = logging.getLogger("eventrouter")
 
 
@@ -99,7 +99,7 @@ class Harness:
     ``routes`` and ``events`` are folders, as ``--routes`` and ``--events-dir``; ``settings``
     are ``model.Settings`` fields (``max_depth=3``, ``stop_timeout=0.1``, ...; the stop
     timeout is ``STOP_TIMEOUT`` unless given). Steps run through ``FakeRunner`` unless a
-    runner (``steps.StepRunner()``) is given. The package logs at INFO meanwhile.
+    runner (``steps.StepRunner()``) is given. The package logs at ``log_level`` meanwhile.
     """
 
     def __init__(
@@ -109,6 +109,7 @@ class Harness:
         events: Sequence[Path] = (),
         runner: Runner | None = None,
         bus: MemoryBus | None = None,
+        log_level: int = logging.INFO,
         **settings: Any,
     ) -> None:
         self.beacon = bus.beacon if bus is not None else Beacon()
@@ -124,7 +125,7 @@ class Harness:
         self._state: Path | None = None
         self._serving: asyncio.Task[int] | None = None
         self._timeout = WATCHDOG.timeout
-        self._level = LOGGER.level
+        self._level, self._log_level = LOGGER.level, log_level
         self.daemon: Daemon | None = None
 
     @property
@@ -180,7 +181,7 @@ class Harness:
             **self._settings,
         )
         WATCHDOG.timeout = settings.template_timeout  # `run --template-timeout` sets it so
-        LOGGER.setLevel(logging.INFO)
+        LOGGER.setLevel(self._log_level)
         self.daemon = Daemon(settings, result, cache, wiring=self.wiring)
         self._serving = asyncio.create_task(self.daemon.serve(URL, URL), name="harness")
         ready = asyncio.create_task(self.daemon.ready.wait())
