@@ -18,6 +18,7 @@ from types import CodeType
 from typing import Any, NoReturn
 
 import pytest
+import redis
 
 from eventrouter.redis.embedded import (
     EmbeddedServer,
@@ -48,7 +49,9 @@ _keep_bytecode()
 
 RedisCli = Callable[..., subprocess.CompletedProcess[str]]
 #: Fixtures that start a server or routers.
-E2E_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cli", "router_factory"})
+E2E_FIXTURES = frozenset(
+    {"shared_server", "redis_server", "redis_url", "redis_cli", "router_factory"}
+)
 #: What starts a server, or the CLI or another program in a subprocess.
 E2E_HELPERS: tuple[Any, ...] = (run_cli, Router, subprocess, EmbeddedServer, ensure_server)
 
@@ -109,18 +112,53 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def redis_server(short_tmp: Path) -> Iterator[EmbeddedServer]:
-    """Yield a started embedded server on a socket in a short temp dir and a free port."""
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[EmbeddedServer]:
+    """Yield this test process's server, started once (see ``redis_server``)."""
     binary = find_server_binary()
     if binary is None:
         _missing("redis-server/valkey-server")
-    server = EmbeddedServer(short_tmp, binary=binary, port=free_port())
-    server.start()
+    folder = Path(tempfile.mkdtemp(prefix="er-", dir="/tmp"))
+    server = EmbeddedServer(folder, binary=binary, port=free_port())
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _reset(server: EmbeddedServer) -> bool:
+    """Put the server back as it started: no data, user, password or other client."""
+    try:
+        with redis.Redis(unix_socket_path=str(server.socket), socket_timeout=5) as client:
+            client.flushall()
+            client.config_set("requirepass", "")
+            for user in client.acl_users():
+                if user != "default":
+                    client.acl_deluser(user)
+            client.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass")
+            client.execute_command("ACL", "SETUSER", "default", "~*", "&*", "+@all")
+            client.execute_command("REPLICAOF", "NO", "ONE")
+            for kind in ("normal", "pubsub"):
+                client.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")
+    except redis.RedisError:  # e.g. a password set through another connection
+        return False
+    return True
+
+
+@pytest.fixture
+def redis_server(shared_server: EmbeddedServer) -> Iterator[EmbeddedServer]:
+    """Yield a started server on a socket in a short temp dir and a free port.
+
+    One server per test process, made clean after each test (emptied; users, password and
+    clients gone) rather than one per test: a start costs more than the reset. A test may
+    stop it, restart it or lock it with a password: it is started again, or replaced.
+    """
+    if shared_server.pid is None:
+        shared_server.start()
+    yield shared_server
+    if shared_server.pid is not None and not _reset(shared_server):
+        shared_server.stop()
 
 
 @pytest.fixture
