@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eventrouter.redis.embedded import (
     EmbeddedServer,
@@ -130,7 +132,9 @@ def shared_server() -> Iterator[EmbeddedServer]:
 def _reset(server: EmbeddedServer) -> bool:
     """Put the server back as it started: no data, user, password or other client."""
     try:
-        with redis.Redis(unix_socket_path=str(server.socket), socket_timeout=5) as client:
+        with redis.Redis(
+            unix_socket_path=str(server.socket), socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        ) as client:
             client.flushall()
             client.config_set("requirepass", "")
             for user in client.acl_users():

@@ -80,7 +80,7 @@ def test_waits_for_redis_not_reachable_at_start(tmp_path: Path, short_tmp: Path)
         router.wait_log("reachable again", timeout=15)
         router.ready()
         redis.Redis(port=port).publish("a/event/b", "late")
-        wait_for(out.exists, what="the event after Redis came up")
+        wait_for(lambda: out.exists() and out.read_text(), what="the event after Redis came up")
         assert out.read_text() == "late"
         assert router.log.count("cannot reach Redis") == 1
         assert router.stop() == 0
