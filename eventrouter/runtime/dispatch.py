@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from eventrouter.config.patterns import RouteIndex
@@ -52,6 +51,7 @@ from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Clock, Job, Scheduler
+from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.stats import Histograms
 from eventrouter.runtime.steps import HandlerResult, describe_status
 
@@ -102,38 +102,6 @@ class TaskSubmitter(Protocol):
         parent: str = "",
     ) -> TaskResult:
         """Submit a task; unless ``wait`` is false, wait for its exit code; raise TaskError."""
-        ...
-
-
-class Runner(Protocol):
-    """What runs handler folders: ``steps.StepRunner``, or a test's stand-in."""
-
-    @property
-    def running(self) -> int:
-        """Return how many step processes are running now."""
-        ...
-
-    async def run_handler(
-        self,
-        directory: Path,
-        *,
-        payload: bytes,
-        env: Mapping[str, str],
-        event_name: str,
-        event_source: str,
-        timeout: float | None,  # noqa: ASYNC109 (per step, not for the whole call)
-        tag: str,
-        group: str = "",
-    ) -> HandlerResult:
-        """Run the steps of ``directory`` in order, stopping at the first that fails."""
-        ...
-
-    async def terminate_all(self) -> int:
-        """Stop every running step (TERM, then KILL); return how many."""
-        ...
-
-    def kill_now(self) -> int:
-        """Kill every running step at once and start no more; return how many."""
         ...
 
 

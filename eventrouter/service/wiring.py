@@ -19,9 +19,10 @@ from eventrouter.redis import ask, bus
 from eventrouter.redis.journal import open_journal
 from eventrouter.redis.role import RoleWatch
 from eventrouter.redis.tasks import TaskClient
-from eventrouter.runtime.dispatch import Receipt, Runner, TaskSubmitter
+from eventrouter.runtime.dispatch import Receipt, TaskSubmitter
 from eventrouter.runtime.journal import Journal
 from eventrouter.runtime.lanes import Clock
+from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.steps import StepRunner
 
 

@@ -25,9 +25,10 @@ from eventrouter.config.budget import WATCHDOG
 from eventrouter.config.loader import FileCache, load_routes
 from eventrouter.model import Settings
 from eventrouter.runtime import control
-from eventrouter.runtime.dispatch import Dispatcher, Runner
+from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.journal import Journal
 from eventrouter.runtime.lanes import Clock
+from eventrouter.runtime.runner import Runner
 from eventrouter.service.daemon import Daemon
 from eventrouter.service.observe import Parts
 from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, Role, Tasks
