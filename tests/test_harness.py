@@ -143,3 +143,10 @@ async def test_a_refused_publication_fails_that_emit_alone(tmp_path: Path) -> No
         assert [channel for channel, _ in router.bus.published] == ["a/event/x", "open/event/yes"]
         [failure] = router.journal.failures
         assert failure.status == "publish refused" and "NOPERM" in failure.reason
+
+
+async def test_routes_that_run_would_refuse_do_not_start(tmp_path: Path) -> None:
+    text = "routes:\n  - name: r\n    on: a/event/x\n    bogus: 1\n    do: [{run: ../h}]\n"
+    with pytest.raises(ValueError, match=r"r\.yml:4: error: routes\[0\]\.bogus: unknown key"):
+        async with Harness(routes(tmp_path, text)):
+            raise AssertionError("started")

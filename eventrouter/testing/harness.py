@@ -118,7 +118,7 @@ class Harness:
         self.clock = FakeClock(self.beacon)
         self.runner: Runner = runner if runner is not None else FakeRunner(self.beacon)
         self.tasks = FakeTasks()
-        self.journal = MemoryJournal(settings.get("journal_payload", 64 * 1024))
+        self.journal = MemoryJournal(settings.get("journal_payload", Settings.journal_payload))
         self.wiring = MemoryWiring(self.bus, self.runner, self.journal, self.tasks, self.clock)
         self._routes = (routes,) if isinstance(routes, Path) else tuple(routes)
         self._events = tuple(events)
@@ -183,14 +183,18 @@ class Harness:
         )
         WATCHDOG.timeout = settings.template_timeout  # `run --template-timeout` sets it so
         LOGGER.setLevel(self._log_level)
-        self.daemon = Daemon(settings, result, cache, wiring=self.wiring)
-        self._serving = asyncio.create_task(self.daemon.serve(URL, URL), name="harness")
-        ready = asyncio.create_task(self.daemon.ready.wait())
-        await asyncio.wait([ready, self._serving], return_when=asyncio.FIRST_COMPLETED)
-        if self._serving.done():
-            ready.cancel()
-            self._serving.result()  # raises what stopped it
-            raise RuntimeError("the router stopped while starting")
+        try:
+            self.daemon = Daemon(settings, result, cache, wiring=self.wiring)
+            self._serving = asyncio.create_task(self.daemon.serve(URL, URL), name="harness")
+            ready = asyncio.create_task(self.daemon.ready.wait())
+            await asyncio.wait([ready, self._serving], return_when=asyncio.FIRST_COMPLETED)
+            if self._serving.done():
+                ready.cancel()
+                self._serving.result()  # raises what stopped it
+                raise RuntimeError("the router stopped while starting")
+        except BaseException:
+            self.close()
+            raise
         self.dispatcher.scheduler.on_worker_end = self.beacon.fire
 
     def close(self) -> None:
