@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,9 @@ from types import CodeType
 from typing import Any, NoReturn
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from eventrouter.redis.embedded import (
     EmbeddedServer,
@@ -26,9 +30,30 @@ from eventrouter.redis.embedded import (
 )
 from tests.routerproc import Router, run_cli
 
+
+def _keep_bytecode() -> None:
+    """Let this process and the ones the tests start keep their compiled bytecode.
+
+    Where PYTHONDONTWRITEBYTECODE is set, every test worker, CLI run and router compiled
+    each module it imports again: about half the time of a short CLI run, and most of
+    pytest's collection. The caches go into the virtual environment, not beside the sources.
+    """
+    if not sys.dont_write_bytecode and not os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(Path(sys.prefix) / "pycache")
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    sys.dont_write_bytecode = False
+    sys.pycache_prefix = prefix
+
+
+_keep_bytecode()
+
 RedisCli = Callable[..., subprocess.CompletedProcess[str]]
 #: Fixtures that start a server or routers.
-E2E_FIXTURES = frozenset({"redis_server", "redis_url", "redis_cli", "router_factory"})
+E2E_FIXTURES = frozenset(
+    {"shared_server", "redis_server", "redis_url", "redis_cli", "router_factory"}
+)
 #: What starts a server, or the CLI or another program in a subprocess.
 E2E_HELPERS: tuple[Any, ...] = (run_cli, Router, subprocess, EmbeddedServer, ensure_server)
 
@@ -89,18 +114,55 @@ def short_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def redis_server(short_tmp: Path) -> Iterator[EmbeddedServer]:
-    """Yield a started embedded server on a socket in a short temp dir and a free port."""
+@pytest.fixture(scope="session")
+def shared_server() -> Iterator[EmbeddedServer]:
+    """Yield this test process's server, started once (see ``redis_server``)."""
     binary = find_server_binary()
     if binary is None:
         _missing("redis-server/valkey-server")
-    server = EmbeddedServer(short_tmp, binary=binary, port=free_port())
-    server.start()
+    folder = Path(tempfile.mkdtemp(prefix="er-", dir="/tmp"))
+    server = EmbeddedServer(folder, binary=binary, port=free_port())
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _reset(server: EmbeddedServer) -> bool:
+    """Put the server back as it started: no data, user, password or other client."""
+    try:
+        with redis.Redis(
+            unix_socket_path=str(server.socket), socket_timeout=5, retry=Retry(NoBackoff(), 0)
+        ) as client:
+            client.flushall()
+            client.config_set("requirepass", "")
+            for user in client.acl_users():
+                if user != "default":
+                    client.acl_deluser(user)
+            client.execute_command("ACL", "SETUSER", "default", "reset", "on", "nopass")
+            client.execute_command("ACL", "SETUSER", "default", "~*", "&*", "+@all")
+            client.execute_command("REPLICAOF", "NO", "ONE")
+            for kind in ("normal", "pubsub"):
+                client.execute_command("CLIENT", "KILL", "TYPE", kind, "SKIPME", "yes")
+    except redis.RedisError:  # e.g. a password set through another connection
+        return False
+    return True
+
+
+@pytest.fixture
+def redis_server(shared_server: EmbeddedServer) -> Iterator[EmbeddedServer]:
+    """Yield a started server on a socket in a short temp dir and a free port.
+
+    One server per test process, made clean after each test (emptied; users, password and
+    clients gone) rather than one per test: a start costs more than the reset. A test may
+    stop it, restart it or lock it with a password: it is started again, or replaced.
+    """
+    if shared_server.pid is None:
+        shared_server.start()
+    yield shared_server
+    if shared_server.pid is not None and not _reset(shared_server):
+        shared_server.stop()
 
 
 @pytest.fixture

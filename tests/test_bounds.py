@@ -1,6 +1,7 @@
 """Memory bounded in bytes: queued runs (--max-queued-bytes) and journal entries (payload cut).
 
-The scheduler alone with a fake run (no subprocess, no sleep), then the real CLI."""
+The scheduler alone with a fake run (no subprocess, no sleep), then the whole router in
+process (eventrouter.testing)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ import re
 from collections import Counter
 from pathlib import Path
 
-import redis
+import pytest
 
+from eventrouter.cli.commands import _failure_lines
 from eventrouter.engine.events import convention_route
 from eventrouter.model import Event
 from eventrouter.runtime.journal import MAX_PAYLOAD, FileJournal
 from eventrouter.runtime.lanes import Job, Scheduler
-from tests.conftest import RedisCli
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
+from eventrouter.testing import Harness
+from tests.routerproc import handler, write_routes
 from tests.test_journal import failure
 
 
@@ -73,97 +75,70 @@ def test_journal_entries_cut_large_payloads_and_say_so(tmp_path: Path) -> None:
     assert len((tmp_path / "failures.jsonl").read_bytes()) < MAX_PAYLOAD + 4096
 
 
-def test_runs_past_max_queued_bytes_are_dropped_counted_and_journaled(
-    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+async def test_runs_past_max_queued_bytes_are_dropped_counted_and_journaled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    gate, out, started = tmp_path / "gate", tmp_path / "out", tmp_path / "started"
-    write_step(
-        tmp_path / "h" / "10",
-        f"echo go >> {started}\nwhile [ ! -e {gate} ]; do sleep 0.02; done\necho run >> {out}",
-    )
-    (tmp_path / "routes").mkdir()
-    (tmp_path / "routes" / "r.yml").write_text(
-        "routes:\n  - name: big\n    on: a/event/b\n    do: [{run: ../h}]\n"
-    )
-    args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
-    router = Router([*args, "--max-queued-bytes", "3000"], tmp_path / "log")
-    client = redis.Redis.from_url(redis_url)
-    try:
-        router.ready()
+    handler(tmp_path / "h")
+    routes = write_routes(
+        tmp_path / "routes",
+        "r.yml",
+        "routes:\n  - name: big\n    on: a/event/b\n    do: [{run: ../h}]\n",
+    ).parent
+    async with Harness(routes, max_queued_bytes=3000) as router:
+        gate = router.fake.hold("h")
         payloads = [json.dumps({"n": n, "pad": "x" * 990}) for n in range(4)]
-        client.publish("a/event/b", payloads[0])
-        wait_for(lambda: len(lines(started)) == 1, what="the first run")  # its bytes left
+        await router.send("a/event/b", payloads[0])  # running: its bytes left the queue
         for payload in payloads[1:]:  # ~1,010 bytes each: two fit in 3,000, not three
-            client.publish("a/event/b", payload)
-        log = router.wait_log(r"dropped event 'a/event/b' for route big: queue full of payload")
-        assert log.count("queue full of payload") == 1
-        gate.touch()
-        wait_for(lambda: len(lines(out)) == 3, what="the three runs kept")
-        assert router.stop() == 0
-        summary = r"stopped: 4 events, 3 runs ok, 0 failed, 0 derived emitted, 1 dropped"
-        assert re.search(summary, router.log)
-    finally:
-        gate.touch()
-        router.kill()
-        client.close()
-    listed = run_cli("failures", "--redis", redis_url, "--json")
-    entries = json.loads(listed.stdout)
-    assert [(e["route"], e["status"]) for e in entries] == [("big", "dropped")]
-    assert json.loads(entries[0]["payload"])["n"] == 3
+            router.publish("a/event/b", payload)
+        await router.settle()
+        assert (
+            caplog.text.count("dropped event 'a/event/b' for route big: queue full of payload") == 1
+        )
+        gate.open()
+        await router.settle()
+        assert len(router.fake.calls) == 3
+        assert await router.stop() == 0
+    summary = r"stopped: 4 events, 3 runs ok, 0 failed, 0 derived emitted, 1 dropped"
+    assert re.search(summary, caplog.text)
+    entries = router.journal.failures
+    assert [(e.route, e.status) for e in entries] == [("big", "dropped")]
+    assert json.loads(entries[0].payload)["n"] == 3
 
 
-def test_a_failure_whose_payload_was_cut_is_not_retried(
-    tmp_path: Path, redis_url: str, short_tmp: Path
+async def test_a_failure_whose_payload_was_cut_is_not_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    write_step(tmp_path / "h" / "10", f"cat > {out}; exit 3")
-    (tmp_path / "routes").mkdir()
-    (tmp_path / "routes" / "r.yml").write_text(
-        "routes:\n  - name: big\n    on: a/event/b\n    do: [{run: ../h}]\n"
-    )
-    env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp))
-    args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
-    router = Router([*args, "--instance", "n1"], tmp_path / "log", env)
+    handler(tmp_path / "h")
+    routes = write_routes(
+        tmp_path / "routes",
+        "r.yml",
+        "routes:\n  - name: big\n    on: a/event/b\n    do: [{run: ../h}]\n",
+    ).parent
     big = json.dumps({"pad": "z" * (MAX_PAYLOAD + 10)})
-    try:
-        router.ready()
-        redis.Redis.from_url(redis_url).publish("a/event/b", big)
-        log = router.wait_log("failure recorded as")
-        failure_id = log.split("failure recorded as ")[1].split()[0]
-        assert out.read_text() == big  # the run itself had the whole payload
-        [entry] = json.loads(run_cli("failures", "--redis", redis_url, "--json", env=env).stdout)
-        assert entry["payload_cut"] == len(big)
-        assert len(entry["payload"]) == MAX_PAYLOAD
-        shown = run_cli("failures", "--redis", redis_url, env=env).stdout
+    async with Harness(routes, instance="n1") as router:
+        router.fake.exits("h", 3)
+        await router.send("a/event/b", big)
+        assert router.fake.calls[0].payload == big.encode()  # the run had the whole payload
+        [entry] = router.journal.failures
+        assert entry.payload_cut == len(big)
+        assert len(entry.payload) == MAX_PAYLOAD
+        shown = "\n".join(_failure_lines(entry))  # as `eventrouter failures` prints it
         assert f"[the journal kept {MAX_PAYLOAD} of {len(big)} bytes]" in shown
-        out.unlink()
-        retried = run_cli("retry", "--redis", redis_url, failure_id, env=env)
-        assert retried.returncode == 0, retried.stderr
-        router.wait_log(f"retry {failure_id}: the journal kept {MAX_PAYLOAD} of the payload")
-        assert not out.exists()  # a truncated event is never run
-        assert router.stop() == 0
-    finally:
-        router.kill()
+        await router.retry(entry.id)
+        assert f"retry {entry.id}: the journal kept {MAX_PAYLOAD} of the payload" in caplog.text
+        assert len(router.fake.calls) == 1  # a truncated event is never run
 
 
-def test_the_journal_keeps_the_configured_payload_bytes(
-    tmp_path: Path, redis_url: str, redis_cli: RedisCli
-) -> None:
-    write_step(tmp_path / "h" / "10", "exit 3")
-    (tmp_path / "routes").mkdir()
-    (tmp_path / "routes" / "r.yml").write_text(
-        "routes:\n  - name: fails\n    on: a/event/b\n    do: [{run: ../h}]\n"
-    )
-    args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
-    router = Router([*args, "--journal-payload", "100"], tmp_path / "log")
-    try:
-        router.ready()
+async def test_the_journal_keeps_the_configured_payload_bytes(tmp_path: Path) -> None:
+    handler(tmp_path / "h")
+    routes = write_routes(
+        tmp_path / "routes",
+        "r.yml",
+        "routes:\n  - name: fails\n    on: a/event/b\n    do: [{run: ../h}]\n",
+    ).parent
+    async with Harness(routes, journal_payload=100) as router:
+        router.fake.exits("h", 3)
         big = json.dumps({"pad": "z" * 1000})
-        assert redis_cli("PUBLISH", "a/event/b", big).stdout.strip() != "0"
-        router.wait_log(r"failure recorded as")
-    finally:
-        router.close()
-    listed = run_cli("failures", "--redis", redis_url, "--json")
-    assert listed.returncode == 0, listed.stderr
-    entry = json.loads(listed.stdout)[0]
-    assert (entry["payload_cut"], entry["payload"]) == (len(big), big[:100])
+        assert await router.send("a/event/b", big) == 1
+    [entry] = router.journal.failures
+    assert (entry.payload_cut, entry.payload) == (len(big), big[:100])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,8 @@ from eventrouter.config.budget import WATCHDOG
 from eventrouter.config.templates import Condition, Text, Value, event_context, set_timeout
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
-from tests.routerproc import REPO, Router, clean_env, run_cli, wait_for, write_routes, write_step
+from eventrouter.testing import Harness
+from tests.routerproc import REPO, Router, clean_env, write_routes, write_step
 
 #: ``when:`` nesting a loop over the payload list in a loop over it: quadratic, C ops each small.
 QUADRATIC = "payload.l | select('in', payload.l) | list | length > 0"
@@ -179,28 +181,20 @@ def runaway_routes(folder: Path, out: Path) -> Path:
     ).parent
 
 
-def test_runaway_when_is_aborted_and_the_next_event_runs(
-    tmp_path: Path, redis_url: str, short_tmp: Path
+async def test_runaway_when_is_aborted_and_the_next_event_runs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    routes = runaway_routes(tmp_path, out)
-    args = ["run", "--redis", redis_url, "--routes", str(routes), "--state-dir", str(short_tmp)]
-    router = Router([*args, "--template-timeout", "500ms"], tmp_path / "log")
-    try:
-        router.ready()
-        client = redis.Redis.from_url(redis_url)
-        client.publish("cluster/event/runaway", json.dumps({"l": BIG_LIST}))
-        client.publish("cluster/event/normal", '{"n": 1}')
-
-        wait_for(lambda: out.exists() and out.read_text() == '{"n": 1}', 5, "the normal event")
-        log = router.wait_log(r"route runaway .*'cluster/event/runaway'.*took longer than 0\.5s")
-        assert "--template-timeout" in log
-        listed = run_cli("failures", "--redis", redis_url, "--state-dir", str(short_tmp))
-        assert listed.returncode == 0, listed.stderr
-        assert "runaway" in listed.stdout and "cluster/event/runaway" in listed.stdout
-        assert router.stop() == 0
-    finally:
-        router.kill()
+    routes = runaway_routes(tmp_path, tmp_path / "out")
+    async with Harness(routes, template_timeout=0.5) as router:
+        router.publish("cluster/event/runaway", json.dumps({"l": BIG_LIST}))
+        router.publish("cluster/event/normal", '{"n": 1}')
+        await router.settle()
+    assert [(call.name, call.payload) for call in router.fake.calls] == [("normal", b'{"n": 1}')]
+    pattern = r"route runaway .*'cluster/event/runaway'.*took longer than 0\.5s"
+    assert re.search(pattern, caplog.text)
+    assert "--template-timeout" in caplog.text
+    [failure] = router.journal.failures
+    assert (failure.route, failure.channel) == ("runaway", "cluster/event/runaway")
 
 
 def test_sigterm_during_a_runaway_render_exits_zero(

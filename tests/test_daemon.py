@@ -1,19 +1,39 @@
-"""End to end: the real CLI in a subprocess, a real Redis server, real step scripts."""
+"""The daemon's behaviour, each in its tier.
+
+End to end (the real CLI in a subprocess, a real Redis server, real step scripts) what needs
+them: a PUBLISH from redis-cli running a handler, one run per PUBLISH however many patterns
+match, signals, reconnecting, the embedded server. In process (eventrouter.testing) what
+lives in the dispatcher and the daemon: actions, derived events, the loop guard, events
+folders, reload, bad input.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from eventrouter.redis.embedded import EmbeddedServer
+from eventrouter.runtime.steps import StepRunner
+from eventrouter.testing import Harness
 from tests.conftest import RedisCli
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    handler,
+    lines,
+    run_cli,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 
 def test_route_runs_handler_for_redis_cli_publish(
@@ -62,31 +82,33 @@ routes:
     assert router.stop() == 0
 
 
-def test_failing_step_aborts_handler_and_actions(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+async def test_failing_step_aborts_handler_and_actions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    write_step(tmp_path / "h" / "10fail", "exit 3")
-    write_step(tmp_path / "h" / "20never", f"touch {out}.never")
-    write_step(tmp_path / "after" / "10", f"touch {out}.after")
-    (tmp_path / "r.yml").write_text(
+    ran = tmp_path / "ran"
+    write_step(tmp_path / "h" / "10fail", f"echo 10fail >> {ran}; exit 3")
+    write_step(tmp_path / "h" / "20never", f"echo 20never >> {ran}")
+    write_step(tmp_path / "after" / "10", f"echo after >> {ran}")
+    write_routes(
+        tmp_path / "routes",
+        "r.yml",
         "routes:\n  - name: failing\n    on: x/event/go\n    do:\n"
-        "      - run: h\n      - run: after\n"
+        "      - run: ../h\n      - run: ../after\n",
     )
-    router = router_factory("--routes", str(tmp_path))
-    redis_cli("PUBLISH", "x/event/go", "{}")
-    log = router.wait_log("1 later action")
-    assert "step 10fail of handler" in log and "exit status 3" in log
-    assert not Path(f"{out}.never").exists()
-    assert not Path(f"{out}.after").exists()
+    async with Harness(tmp_path / "routes", runner=StepRunner()) as router:
+        await router.send("x/event/go")
+    assert "1 later action" in caplog.text
+    assert "step 10fail of handler" in caplog.text and "exit status 3" in caplog.text
+    assert lines(ran) == ["10fail"]  # neither the later step nor the later action ran
 
 
-def test_emit_derived_event_is_handled_in_turn(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+async def test_emit_derived_event_is_handled_in_turn(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "derived.json"
-    write_step(tmp_path / "h" / "10save", f"cat > {out}")
-    (tmp_path / "r.yml").write_text(
+    handler(tmp_path / "h")
+    write_routes(
+        tmp_path / "routes",
+        "r.yml",
         """
 routes:
   - name: module-added-announces-domains
@@ -104,29 +126,32 @@ routes:
   - name: domain-changed
     on: cluster/event/module-domain-changed
     do:
-      - run: h
-"""
+      - run: ../h
+""",
     )
-    router = router_factory("--routes", str(tmp_path))
     payload = {"module": "mail1", "node": 2, "domains": ["a.org"], "text": "{{ 7 * 7 }}"}
-    redis_cli("PUBLISH", "cluster/event/module-added", json.dumps(payload))
-    wait_for(lambda: out.exists() and out.read_text(), what="the derived event's handler")
-    assert json.loads(out.read_text()) == {
+    async with Harness(tmp_path / "routes") as router:
+        await router.send("cluster/event/module-added", json.dumps(payload))
+    [run] = router.fake.calls
+    assert json.loads(run.payload) == {
         "modules": ["mail1"],
         "domains": ["a.org"],
         "node": 2,
         "label": "node 2",
         "untouched": "{{ 7 * 7 }}",
     }
-    log = router.wait_log("emitted")
     assert (
         "route module-added-announces-domains emitted 'cluster/event/module-domain-changed' "
-        "(caused by 'cluster/event/module-added'" in log
+        "(caused by 'cluster/event/module-added'" in caplog.text
     )
 
 
-def test_loop_guard_cuts_derived_chain(tmp_path: Path, router_factory, redis_cli: RedisCli) -> None:
-    (tmp_path / "r.yml").write_text(
+async def test_loop_guard_cuts_derived_chain(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_routes(
+        tmp_path,
+        "r.yml",
         """
 routes:
   - name: ping
@@ -141,15 +166,14 @@ routes:
     when: payload.stop is not defined
     do:
       - emit: {channel: x/event/ping, payload: "{{ {} }}"}
-"""
+""",
     )
-    router = router_factory("--routes", str(tmp_path), "--max-depth", "4")
-    redis_cli("PUBLISH", "x/event/ping", "{}")
-    log = router.wait_log("loop guard")
-    assert "chain deeper than 4" in log
-    assert "ping emitted x/event/pong -> pong emitted x/event/ping" in log
-    time.sleep(0.5)  # nothing more happens after the cut
-    assert router.log.count(" emitted 'x/event/") == 4
+    async with Harness(tmp_path, max_depth=4) as router:
+        await router.send("x/event/ping")  # settled: nothing more happens after the cut
+    assert "chain deeper than 4" in caplog.text
+    assert "ping emitted x/event/pong -> pong emitted x/event/ping" in caplog.text
+    assert caplog.text.count(" emitted 'x/event/") == 4
+    assert router.dispatcher.counters["loops_cut"] == 1
 
 
 def test_each_publish_handled_once_despite_overlapping_patterns(
@@ -177,34 +201,32 @@ routes:
     assert router.log.count("route other emitted") == 5
 
 
-def test_convention_folders_without_yaml(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+async def test_convention_folders_without_yaml(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     events = tmp_path / "events"
-    out = tmp_path / "out"
-    write_step(
-        events / "certificate-changed" / "10save",
-        f'echo "$AGENT_EVENT_NAME $AGENT_EVENT_SOURCE $(cat)" >> {out}',
-    )
-    escaped = tmp_path / "actions" / "y"
-    write_step(escaped / "10escape", f"touch {tmp_path}/escaped")
+    handler(events / "certificate-changed")
+    handler(tmp_path / "actions" / "y")
     (tmp_path / "empty").mkdir()
-    router = router_factory("--events-dir", str(events), "--routes", str(tmp_path / "empty"))
-    redis_cli("PUBLISH", "module/traefik1/event/certificate-changed", "plain text")
-    redis_cli("PUBLISH", "module/x/event/../actions/y", "{}")
-    redis_cli("PUBLISH", "no-event-here", "{}")
-    wait_for(lambda: lines(out), what="the convention handler")
-    assert lines(out) == ["certificate-changed module/traefik1 plain text"]
-    log = router.wait_log("refused event name")
-    assert "'../actions/y'" in log
-    assert not (tmp_path / "escaped").exists()
+    async with Harness(tmp_path / "empty", events=[events]) as router:
+        router.publish("module/traefik1/event/certificate-changed", "plain text")
+        router.publish("module/x/event/../actions/y", "{}")
+        router.publish("no-event-here", "{}")
+        await router.settle()
+    [run] = router.fake.calls
+    assert (run.name, run.event_name, run.event_source, run.payload) == (
+        "certificate-changed",
+        "certificate-changed",
+        "module/traefik1",
+        b"plain text",
+    )
+    assert "refused event name" in caplog.text and "'../actions/y'" in caplog.text
 
 
-def test_sighup_reload_applies_changes_and_keeps_old_on_error(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+async def test_sighup_reload_applies_changes_and_keeps_old_on_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    write_step(tmp_path / "h" / "10", f'echo "$WHO $AGENT_EVENT_NAME" >> {out}')
+    handler(tmp_path / "h")
     routes = tmp_path / "routes.d"
     routes.mkdir()
     first = routes / "10.yml"
@@ -212,39 +234,42 @@ def test_sighup_reload_applies_changes_and_keeps_old_on_error(
         "routes:\n  - name: one\n    on: x/event/a\n    do: [{run: ../h, env: {WHO: old}}]\n"
         "  - name: gone\n    on: x/event/gone\n    do: [{run: ../h}]\n"
     )
-    router = router_factory("--routes", str(routes))
-    first.write_text(
-        "routes:\n  - name: one\n    on: x/event/a\n    do: [{run: ../h, env: {WHO: new}}]\n"
-    )
-    (routes / "20.yml").write_text(
-        "routes:\n  - name: two\n    on: x/event/b\n    do: [{run: ../h, env: {WHO: two}}]\n"
-    )
-    router.signal(signal.SIGHUP)
-    router.wait_log(r"reloaded: 2 routes \(\+1 -1 ~1\)")
-    redis_cli("PUBLISH", "x/event/a", "{}")
-    redis_cli("PUBLISH", "x/event/b", "{}")
-    wait_for(lambda: len(lines(out)) >= 2, what="two runs")
-    assert sorted(lines(out)) == ["new a", "two b"]
 
-    (routes / "30.yml").write_text(
-        "routes:\n  - name: three\n    on: x/event/c\n    do: [{run: ../missing}]\n    bogus: 1\n"
-    )
-    router.signal(signal.SIGHUP)
-    log = router.wait_log("reload failed with 2 error")
-    assert f"{routes / '30.yml'}:4: error: routes[0].do[0].run: handler folder" in log
-    assert f"{routes / '30.yml'}:5: error: routes[0].bogus: unknown key 'bogus'" in log
-    redis_cli("PUBLISH", "x/event/a", "{}")
-    wait_for(lambda: len(lines(out)) >= 3, what="the old routes still working")
-    assert lines(out)[-1] == "new a"
+    def who() -> list[str]:
+        return [f"{call.env['WHO']} {call.event_name}" for call in router.fake.calls]
 
-    (routes / "30.yml").unlink()
-    (routes / "40.yml").symlink_to(tmp_path / "vanished.yml")  # unreadable: dangling
-    router.signal(signal.SIGHUP)
-    log = router.wait_log("reload failed with 1 error")
-    assert f"{routes / '40.yml'}:1: error: cannot read file" in log
-    redis_cli("PUBLISH", "x/event/b", "{}")
-    wait_for(lambda: len(lines(out)) >= 4, what="the old routes after an unreadable file")
-    assert lines(out)[-1] == "two b"
+    async with Harness(routes) as router:
+        first.write_text(
+            "routes:\n  - name: one\n    on: x/event/a\n    do: [{run: ../h, env: {WHO: new}}]\n"
+        )
+        (routes / "20.yml").write_text(
+            "routes:\n  - name: two\n    on: x/event/b\n    do: [{run: ../h, env: {WHO: two}}]\n"
+        )
+        assert await router.reload()
+        assert re.search(r"reloaded: 2 routes \(\+1 -1 ~1\)", caplog.text)
+        router.publish("x/event/a")
+        router.publish("x/event/b")
+        await router.settle()
+        assert sorted(who()) == ["new a", "two b"]
+
+        (routes / "30.yml").write_text(
+            "routes:\n  - name: three\n    on: x/event/c\n    do: [{run: ../missing}]\n"
+            "    bogus: 1\n"
+        )
+        assert not await router.reload()
+        assert "reload failed with 2 error" in caplog.text
+        assert f"{routes / '30.yml'}:4: error: routes[0].do[0].run: handler folder" in caplog.text
+        assert f"{routes / '30.yml'}:5: error: routes[0].bogus: unknown key 'bogus'" in caplog.text
+        await router.send("x/event/a")
+        assert who()[-1] == "new a"  # the old routes still working
+
+        (routes / "30.yml").unlink()
+        (routes / "40.yml").symlink_to(tmp_path / "vanished.yml")  # unreadable: dangling
+        assert not await router.reload()
+        assert "reload failed with 1 error" in caplog.text
+        assert f"{routes / '40.yml'}:1: error: cannot read file" in caplog.text
+        await router.send("x/event/b")
+        assert who()[-1] == "two b"  # the old routes after an unreadable file
 
 
 def test_no_event_lost_during_a_sighup_storm(
@@ -319,31 +344,32 @@ def test_reconnects_after_redis_restart(
     assert router.log.count("lost the connection to Redis") == 1
 
 
-def test_bad_input_is_logged_and_next_event_handled(
-    tmp_path: Path, router_factory, redis_cli: RedisCli
+async def test_bad_input_is_logged_and_next_event_handled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    write_step(tmp_path / "h" / "10", f"cat >> {out}; echo >> {out}")
-    (tmp_path / "r.yml").write_text(
+    handler(tmp_path / "h")
+    write_routes(
+        tmp_path / "routes",
+        "r.yml",
         """
 routes:
   - name: strict
     on: x/event/*
     when: payload.wanted is defined or payload == none
     do:
-      - run: h
+      - run: ../h
         env: {FIELD: "{{ payload.wanted }}"}
-"""
+""",
     )
-    router = router_factory("--routes", str(tmp_path), "--max-payload", "64")
-    redis_cli("PUBLISH", "x/event/big", "x" * 100)
-    redis_cli("PUBLISH", "x/event/notjson", "{not json")
-    redis_cli("PUBLISH", "x/event/good", '{"wanted": 1}')
-    wait_for(lambda: lines(out), what="the good event")
-    log = router.wait_log("undefined")
-    assert "payload of 100 bytes exceeds the 64-byte limit" in log
-    assert "env of" in log  # the non-JSON event failed at its template, with a reason
-    assert lines(out) == ['{"wanted": 1}']
+    async with Harness(tmp_path / "routes", max_payload=64) as router:
+        router.publish("x/event/big", "x" * 100)
+        router.publish("x/event/notjson", "{not json")
+        router.publish("x/event/good", '{"wanted": 1}')
+        await router.settle()
+    assert "payload of 100 bytes exceeds the 64-byte limit" in caplog.text
+    assert "env of" in caplog.text  # the non-JSON event failed at its template, with a reason
+    assert "undefined" in caplog.text
+    assert [call.payload for call in router.fake.calls] == [b'{"wanted": 1}']
 
 
 def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path) -> None:

@@ -1,31 +1,30 @@
 """`explain` and the daemon give the same answer: the same events through both, compared.
 
-One side is the engine's plan (what `explain` and `eventrouter test` print); the other a real
-router on a real server whose steps write markers. The routes that fired, the derived events
-and the steps that ran must be the same, for a battery of hand-picked events and for events
-Hypothesis generates.
+One side is the engine's plan (what `explain` and `eventrouter test` print); the other the
+real daemon, in process on an in-memory bus (eventrouter.testing), whose real steps write
+markers. The routes that fired, the derived events and the steps that ran must be the same,
+for a battery of hand-picked events and for events Hypothesis generates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
-import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventrouter.analysis.explain import EventPlan, Explainer
 from eventrouter.config.loader import load_routes
-from tests.routerproc import Router, write_step
+from eventrouter.runtime.steps import StepRunner
+from eventrouter.testing import Harness
+from tests.routerproc import write_step
 
 MAX_DEPTH = 3
-#: How long the router must stay quiet once it did what explain expects.
-QUIET = 0.15
 
 ROUTES = """
 routes:
@@ -165,64 +164,78 @@ def planned(plan: EventPlan) -> Seen:
 
 
 class Daemon:
-    """The real router's side: publish one event, collect what its steps and log say."""
+    """The router's side: the real daemon and real steps in process (eventrouter.testing).
 
-    def __init__(self, router: Router, url: str, marks: Path) -> None:
-        self.router, self.marks = router, marks
-        self.client = redis.Redis.from_url(url)
+    Each event is published, then the router settles: every message handled and every run
+    ended, so whatever it would do has been done once ``run`` returns.
+    """
+
+    def __init__(self, routes: Path, events: Path, marks: Path) -> None:
+        self.marks = marks
+        self.loop = asyncio.new_event_loop()
+        self.router = Harness(routes, events=[events], runner=StepRunner(), max_depth=MAX_DEPTH)
+        self.log = Lines()
+        logging.getLogger("eventrouter").addHandler(self.log)
+        self.loop.run_until_complete(self.router.start())
 
     def seen(self, offset: int) -> Seen:
         lines = self.marks.read_text().splitlines() if self.marks.exists() else []
         steps = Counter(tuple(STEP_LINE.fullmatch(line).groups()) for line in lines)  # type: ignore[union-attr]
-        emits = Counter(EMITTED.findall(self.router.log[offset:]))
+        emits = Counter(EMITTED.findall("\n".join(self.log.lines[offset:])))
         return steps, emits  # type: ignore[return-value]
 
-    def run(self, channel: str, data: bytes, expected: Seen) -> Seen:
+    def run(self, channel: str, data: bytes) -> Seen:
         self.marks.unlink(missing_ok=True)
-        offset = len(self.router.log)
-        self.client.publish(channel, data)
-        total = sum(expected[0].values()) + sum(expected[1].values())
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            got = self.seen(offset)
-            if sum(got[0].values()) + sum(got[1].values()) >= total:
-                break
-            time.sleep(0.02)
-        time.sleep(QUIET)  # then nothing more may happen
+        offset = len(self.log.lines)
+        self.loop.run_until_complete(self.router.send(channel, data))
         return self.seen(offset)
 
+    def stop(self) -> int:
+        try:
+            return self.loop.run_until_complete(self.router.stop())
+        finally:
+            self.router.close()
+            logging.getLogger("eventrouter").removeHandler(self.log)
+            self.loop.close()
 
-def sides(
-    tmp_path: Path, router_factory: Callable[..., Router], redis_url: str
-) -> tuple[Explainer, Daemon]:
+
+class Lines(logging.Handler):
+    """Keep the router's log lines."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def sides(tmp_path: Path) -> tuple[Explainer, Daemon]:
     routes, events, marks = build(tmp_path)
     result = load_routes([routes])
     assert result.ok, result.diagnostics
     explainer = Explainer(result.routes, [events], MAX_DEPTH)
-    router = router_factory(
-        "--routes", str(routes), "--events-dir", str(events), "--max-depth", str(MAX_DEPTH)
-    )
-    return explainer, Daemon(router, redis_url, marks)
+    return explainer, Daemon(routes, events, marks)
 
 
 def compare(explainer: Explainer, daemon: Daemon, channel: str, data: bytes) -> None:
     expected = planned(explainer.explain(channel, data))
-    got = daemon.run(channel, data, expected)
+    got = daemon.run(channel, data)
     shown = f"{channel} {data[:60]!r}"
     assert got[0] == expected[0], f"steps differ for {shown}"
     assert got[1] == expected[1], f"derived events differ for {shown}"
 
 
-def test_battery_explain_and_daemon_agree(
-    tmp_path: Path, router_factory: Callable[..., Router], redis_url: str
-) -> None:
-    explainer, daemon = sides(tmp_path, router_factory, redis_url)
-    fired = 0
-    for channel, data in BATTERY:
-        compare(explainer, daemon, channel, data)
-        fired += bool(explainer.explain(channel, data).fired)
-    assert fired > len(BATTERY) // 2  # the battery exercises both sides, not only silence
-    assert daemon.router.stop() == 0
+def test_battery_explain_and_daemon_agree(tmp_path: Path) -> None:
+    explainer, daemon = sides(tmp_path)
+    try:
+        fired = 0
+        for channel, data in BATTERY:
+            compare(explainer, daemon, channel, data)
+            fired += bool(explainer.explain(channel, data).fired)
+        assert fired > len(BATTERY) // 2  # the battery exercises both sides, not only silence
+    finally:
+        assert daemon.stop() == 0
 
 
 VALUES = st.one_of(
@@ -245,15 +258,15 @@ CHANNELS = st.sampled_from(
 )
 
 
-def test_generated_events_explain_and_daemon_agree(
-    tmp_path: Path, router_factory: Callable[..., Router], redis_url: str
-) -> None:
-    explainer, daemon = sides(tmp_path, router_factory, redis_url)
+def test_generated_events_explain_and_daemon_agree(tmp_path: Path) -> None:
+    explainer, daemon = sides(tmp_path)
 
     @settings(max_examples=12, deadline=None, database=None)
     @given(CHANNELS, PAYLOADS)
     def agree(channel: str, data: bytes) -> None:
         compare(explainer, daemon, channel, data)
 
-    agree()
-    assert daemon.router.stop() == 0
+    try:
+        agree()
+    finally:
+        assert daemon.stop() == 0

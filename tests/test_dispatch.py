@@ -1,97 +1,69 @@
-"""The dispatcher without a server: a loop-back publisher stands in for Redis's delivery."""
+"""The dispatcher without a server: the in-memory bus (eventrouter.testing) brings derived
+events back, as Redis does for a subscriber."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
-from eventrouter.config.loader import load_routes
-from eventrouter.config.patterns import RouteIndex
-from eventrouter.model import Settings
-from eventrouter.runtime.dispatch import Dispatcher, Receipt
-from eventrouter.runtime.journal import Failure
-from eventrouter.runtime.steps import StepRunner
-from tests.routerproc import write_step
+from eventrouter.testing import Harness
+from tests.routerproc import handler, write_routes
 
 
-class LoopBack:
-    """Deliver every publish back to the dispatcher, as Redis does for a subscriber."""
-
-    def __init__(self) -> None:
-        self.dispatcher: Dispatcher | None = None
-        self.sent: list[tuple[str, bytes]] = []
-
-    async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
-        self.sent.append((channel, data))
-        assert self.dispatcher is not None
-        asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
-        if receipt is not None:
-            receipt.sent(1)
+def make(tmp_path: Path, text: str, **settings: object) -> Harness:
+    """Return a harness (not started) on the route file ``text``."""
+    write_routes(tmp_path / "routes", "r.yml", text)
+    events = settings.pop("events_dirs", ())
+    return Harness(tmp_path / "routes", events=events, **settings)
 
 
-def make(tmp_path: Path, text: str, **settings: object) -> tuple[Dispatcher, LoopBack]:
-    (tmp_path / "r.yml").write_text(text)
-    result = load_routes([tmp_path])
-    assert result.ok, result.diagnostics
-    publisher = LoopBack()
-    dispatcher = Dispatcher(
-        Settings(**settings),  # type: ignore[arg-type]
-        StepRunner(),
-        publisher,
-        RouteIndex(result.routes),
-    )
-    publisher.dispatcher = dispatcher
-    return dispatcher, publisher
-
-
-async def settle(dispatcher: Dispatcher) -> None:
-    for _ in range(200):
-        await asyncio.sleep(0.005)
-        if not dispatcher.busy:
-            return
+def sent(router: Harness) -> list[tuple[str, bytes]]:
+    """Return what the router published (the bus also carries what the test published)."""
+    return router.bus.published[len(router.bus.published) - router.parts.publisher.sent :]
 
 
 async def test_loop_guard_counts_the_chain_across_round_trips(tmp_path: Path) -> None:
-    dispatcher, publisher = make(
+    async with make(
         tmp_path,
-        "routes:\n  - name: echo\n    on: a/event/x\n    do: [{emit: {channel: a/event/x}}]\n",
+        "routes:\n  - name: echo\n    on: a/event/x\n    when: payload.stop is not defined\n"
+        "    do: [{emit: {channel: a/event/x}}]\n",
         max_depth=3,
-    )
-    dispatcher.receive("a/event/x", b"{}")
-    await settle(dispatcher)
-    assert len(publisher.sent) == 3  # depth 1, 2, 3; the 4th is cut
-    assert dispatcher.counters["loops_cut"] == 1
+    ) as router:
+        await router.send("a/event/x", b"{}")
+        assert len(sent(router)) == 3  # depth 1, 2, 3; the 4th is cut
+        assert router.dispatcher.counters["loops_cut"] == 1
 
 
 async def test_receive_says_whether_a_run_starts_at_once(tmp_path: Path) -> None:
     # The intake lets a run that starts at once go before its next read (bus.Subscriber).
-    dispatcher, publisher = make(
+    async with make(
         tmp_path,
         "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n",
-    )
-    assert dispatcher.receive("a/event/x", b"{}") is True  # the lane was idle
-    assert dispatcher.receive("a/event/x", b"{}") is False  # queued behind the first
-    assert dispatcher.receive("c/event/z", b"{}") is False  # no route
-    await settle(dispatcher)
-    assert len(publisher.sent) == 2
-    assert dispatcher.receive("a/event/x", b"{}") is True  # idle again
+    ) as router:
+        dispatcher = router.dispatcher
+        assert dispatcher.receive("a/event/x", b"{}") is True  # the lane was idle
+        assert dispatcher.receive("a/event/x", b"{}") is False  # queued behind the first
+        assert dispatcher.receive("c/event/z", b"{}") is False  # no route
+        await router.settle()
+        assert len(sent(router)) == 2
+        assert dispatcher.receive("a/event/x", b"{}") is True  # idle again
 
 
 async def test_someone_elses_identical_event_starts_a_fresh_chain(tmp_path: Path) -> None:
-    dispatcher, publisher = make(
+    async with make(
         tmp_path,
-        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n",
-    )
-    dispatcher.receive("a/event/x", b"{}")
-    await settle(dispatcher)
-    assert dispatcher.chains.adopt("b/event/y", b"{}") == ()  # consumed on its way back
-    assert len(publisher.sent) == 1
+        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n"
+        "  - name: listens\n    on: b/event/y\n    when: payload.never is defined\n"
+        "    do: [{emit: {channel: c/event/z}}]\n",
+    ) as router:
+        await router.send("a/event/x", b"{}")
+        assert router.dispatcher.chains.adopt("b/event/y", b"{}") == ()  # consumed coming back
+        assert len(sent(router)) == 1
 
 
 async def test_oversize_and_strict_schema_and_key_errors_are_counted(tmp_path: Path) -> None:
-    dispatcher, publisher = make(
+    async with make(
         tmp_path,
         """
 routes:
@@ -105,31 +77,21 @@ routes:
     do: [{emit: {channel: out/event/keyed}}]
 """,
         max_payload=50,
-    )
-    dispatcher.receive("cluster/event/module-added", b'{"module": "m"}')  # no "node"
-    dispatcher.receive("cluster/event/module-added", b"x" * 51)
-    dispatcher.receive("k/event/x", b"{}")
-    dispatcher.receive("cluster/event/module-added", b'{"module": "m", "node": 1}')
-    await settle(dispatcher)
-    assert dispatcher.counters["schema_rejected"] == 1
-    assert dispatcher.counters["dropped_oversize"] == 1
-    assert dispatcher.counters["key_errors"] == 1
-    assert [channel for channel, _ in publisher.sent] == ["out/event/ok"]
-
-
-class MemoryJournal:
-    """Keep recorded failures in a list."""
-
-    def __init__(self) -> None:
-        self.failures: list[Failure] = []
-
-    async def record(self, failure: Failure) -> str:
-        self.failures.append(failure)
-        return f"{len(self.failures)}-0"
+    ) as router:
+        router.publish("cluster/event/module-added", b'{"module": "m"}')  # no "node"
+        router.publish("cluster/event/module-added", b"x" * 51)
+        router.publish("k/event/x", b"{}")
+        router.publish("cluster/event/module-added", b'{"module": "m", "node": 1}')
+        await router.settle()
+        counters = router.dispatcher.counters
+        assert counters["schema_rejected"] == 1
+        assert counters["dropped_oversize"] == 1
+        assert counters["key_errors"] == 1
+        assert [channel for channel, _ in sent(router)] == ["out/event/ok"]
 
 
 async def test_template_errors_before_and_during_runs_are_journaled(tmp_path: Path) -> None:
-    dispatcher, _ = make(
+    async with make(
         tmp_path,
         """
 routes:
@@ -141,16 +103,9 @@ routes:
     on: a/event/x
     do: [{emit: {channel: "out/event/{{ payload.missing }}"}}]
 """,
-    )
-    journal = MemoryJournal()
-    dispatcher = Dispatcher(
-        dispatcher.settings, dispatcher.runner, dispatcher.publisher, dispatcher.index,
-        journal=journal,
-    )  # fmt: skip
-    dispatcher.receive("a/event/x", b'{"n": 1}')
-    await settle(dispatcher)
-    await asyncio.sleep(0.05)
-    by_route = {failure.route: failure for failure in journal.failures}
+    ) as router:
+        await router.send("a/event/x", b'{"n": 1}')  # settled: the journal writes too
+    by_route = {failure.route: failure for failure in router.journal.failures}
     assert set(by_route) == {"bad-when", "bad-emit"}
     assert by_route["bad-when"].action == "when"
     assert by_route["bad-when"].status == "template error"
@@ -162,7 +117,7 @@ routes:
 async def test_emit_rendered_larger_than_max_payload_is_refused_and_journaled(
     tmp_path: Path,
 ) -> None:
-    dispatcher, publisher = make(
+    async with make(
         tmp_path,
         """
 routes:
@@ -176,33 +131,25 @@ routes:
     do: [{emit: {channel: out/event/small}}]
 """,
         max_payload=200,
-    )
-    journal = MemoryJournal()
-    dispatcher = Dispatcher(
-        dispatcher.settings, dispatcher.runner, publisher, dispatcher.index, journal=journal
-    )
-    publisher.dispatcher = dispatcher
-    dispatcher.receive("a/event/x", b'{"s": "abcdefghij"}')  # 400 bytes once rendered
-    await settle(dispatcher)
-    assert [channel for channel, _ in publisher.sent] == ["out/event/small"]
-    [failure] = journal.failures
+    ) as router:
+        await router.send("a/event/x", b'{"s": "abcdefghij"}')  # 400 bytes once rendered
+        assert [channel for channel, _ in sent(router)] == ["out/event/small"]
+        assert router.dispatcher.counters["emits_refused"] == 1
+    [failure] = router.journal.failures
     assert failure.route == "grow" and failure.status == "too large"
     assert "--max-payload" in failure.reason
-    assert dispatcher.counters["emits_refused"] == 1
 
 
 async def test_payload_that_defeats_the_parser_still_runs_the_events_folder(
     tmp_path: Path,
 ) -> None:
-    out = tmp_path / "out"
     events = tmp_path / "events"
-    write_step(events / "deep" / "10save", f"cat > {out}")
-    dispatcher, _ = make(tmp_path, "routes: []\n", events_dirs=(events,))
+    handler(events / "deep")
     deep = b"[" * 100_000 + b"]" * 100_000
-    dispatcher.receive("m/event/deep", deep)
-    await settle(dispatcher)
-    assert out.read_bytes() == deep
-    assert dispatcher.counters["runs_ok"] == 1
+    async with make(tmp_path, "routes: []\n", events_dirs=(events,)) as router:
+        await router.send("m/event/deep", deep)
+        assert [call.payload for call in router.fake.runs("deep")] == [deep]
+        assert router.dispatcher.counters["runs_ok"] == 1
 
 
 async def test_event_name_too_long_for_a_file_name_is_refused(
@@ -210,10 +157,9 @@ async def test_event_name_too_long_for_a_file_name_is_refused(
 ) -> None:
     events = tmp_path / "events"
     events.mkdir()
-    dispatcher, _ = make(tmp_path, "routes: []\n", events_dirs=(events,))
-    dispatcher.receive("m/event/" + "n" * 300, b"{}")
-    await settle(dispatcher)
-    assert dispatcher.counters["refused_names"] == 1
+    async with make(tmp_path, "routes: []\n", events_dirs=(events,)) as router:
+        await router.send("m/event/" + "n" * 300, b"{}")
+        assert router.dispatcher.counters["refused_names"] == 1
     assert any(
         record.levelname == "WARNING" and "refused event name" in record.getMessage()
         for record in caplog.records

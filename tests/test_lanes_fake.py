@@ -1,64 +1,24 @@
 """The scheduler's fast tier: modes, keys, debounce, throttle and bounds, on a fake clock.
 
 No server, no subprocess, no sleeping: a fake runner holds each run until the test lets it
-finish, and a fake clock fires the debounce/throttle timers when the test moves it on.
-``tests/test_modes.py`` checks the same semantics end to end, with real steps.
+finish, and the fake clock of eventrouter.testing fires the debounce/throttle timers when the
+test moves it on. ``tests/test_modes.py`` checks the same semantics through the whole router.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from eventrouter.config.templates import Text
 from eventrouter.model import Event, Mode, RetryPolicy, Route
-from eventrouter.runtime.lanes import Job, Lane, Scheduler
-
-
-@dataclass
-class FakeTimer:
-    """A call the fake clock makes at ``when`` unless cancelled."""
-
-    when: float
-    callback: Callable[[Lane], None]
-    lane: Lane
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """Do not make the call."""
-        self.cancelled = True
-
-
-@dataclass
-class FakeClock:
-    """Time that moves only when the test says so."""
-
-    now: float = 0.0
-    _calls: list[tuple[float, int, FakeTimer]] = field(default_factory=list)
-    _order: itertools.count[int] = field(default_factory=itertools.count)
-
-    def call_later(self, delay: float, callback: Callable[[Lane], None], lane: Lane) -> FakeTimer:
-        """Schedule ``callback(lane)`` ``delay`` seconds from now."""
-        timer = FakeTimer(self.now + delay, callback, lane)
-        heapq.heappush(self._calls, (timer.when, next(self._order), timer))
-        return timer
-
-    def advance(self, seconds: float) -> None:
-        """Move time on, making the calls that fall due, in order."""
-        end = self.now + seconds
-        while self._calls and self._calls[0][0] <= end:
-            when, _, timer = heapq.heappop(self._calls)
-            self.now = when
-            if not timer.cancelled:
-                timer.callback(timer.lane)
-        self.now = end
+from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.testing import FakeClock
 
 
 class FakeRunner:

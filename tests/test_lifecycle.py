@@ -1,5 +1,6 @@
-"""Daemon lifecycle: systemd notifications, journal format, start-up without Redis, reload
-semantics for queued runs, odd channels. The real CLI in a subprocess, a real Redis."""
+"""Daemon lifecycle: systemd notifications, journal format, start-up without Redis and the
+second SIGTERM with the real CLI in a subprocess and a real Redis; reload semantics for queued
+runs, odd channels and runs killed at shutdown in process (eventrouter.testing)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 import redis
 
 from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
+from eventrouter.testing import Harness
 from tests.conftest import RedisCli, free_port
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_step
+from tests.routerproc import Router, clean_env, handler, wait_for, write_routes, write_step
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def test_waits_for_redis_not_reachable_at_start(tmp_path: Path, short_tmp: Path)
         router.wait_log("reachable again", timeout=15)
         router.ready()
         redis.Redis(port=port).publish("a/event/b", "late")
-        wait_for(out.exists, what="the event after Redis came up")
+        wait_for(lambda: out.exists() and out.read_text(), what="the event after Redis came up")
         assert out.read_text() == "late"
         assert router.log.count("cannot reach Redis") == 1
         assert router.stop() == 0
@@ -87,49 +89,34 @@ def test_waits_for_redis_not_reachable_at_start(tmp_path: Path, short_tmp: Path)
         server.stop()
 
 
-def test_queued_run_keeps_its_route_version_across_reload(
-    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+async def test_queued_run_keeps_its_route_version_across_reload(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    gate = tmp_path / "gate"
-    write_step(
-        tmp_path / "h" / "10",
-        f'while [ ! -e {gate} ]; do sleep 0.05; done; echo "$WHO $(cat)" >> {out}',
-    )
+    handler(tmp_path / "h")
     routes = tmp_path / "routes.d"
-    routes.mkdir()
-    route = routes / "r.yml"
     text = "routes:\n  - name: r\n    on: a/event/b\n    do: [{{run: ../h, env: {{WHO: {who}}}}}]\n"
-    route.write_text(text.format(who="old"))
-    router = Router(["run", "--redis", redis_url, "--routes", str(routes)], tmp_path / "log")
-    try:
-        router.ready()
-        redis_cli("PUBLISH", "a/event/b", "1")  # runs, held at the gate
-        redis_cli("PUBLISH", "a/event/b", "2")  # queued under the old version
-        time.sleep(0.3)
+    route = write_routes(routes, "r.yml", text.format(who="old"))
+    async with Harness(routes) as router:
+        gate = router.fake.hold("h")
+        router.publish("a/event/b", "1")  # runs, held at the gate
+        router.publish("a/event/b", "2")  # queued under the old version
+        await router.settle()
         route.write_text(text.format(who="new"))
-        router.signal(signal.SIGHUP)
-        router.wait_log(r"reloaded: 1 routes \(\+0 -0 ~1\)")
-        redis_cli("PUBLISH", "a/event/b", "3")  # arrives under the new version
-        gate.touch()
-        wait_for(lambda: len(lines(out)) == 3, what="three runs")
-        assert lines(out) == ["old 1", "old 2", "new 3"]
-        assert router.stop() == 0
-    finally:
-        router.kill()
+        assert await router.reload()
+        assert "reloaded: 1 routes (+0 -0 ~1)" in caplog.text
+        await router.send("a/event/b", "3")  # arrives under the new version
+        gate.open()
+        await router.settle()
+    runs = [f"{call.env['WHO']} {call.payload.decode()}" for call in router.fake.calls]
+    assert runs == ["old 1", "old 2", "new 3"]
 
 
-def test_odd_channels_and_payloads_do_not_stop_the_daemon(tmp_path: Path, redis_url: str) -> None:
+async def test_odd_channels_and_payloads_do_not_stop_the_daemon(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     events = tmp_path / "events"
-    out = tmp_path / "out"
-    write_step(events / "ok" / "10", f"cat >> {out}; echo >> {out}")
-    router = Router(
-        ["run", "--redis", redis_url, "--events-dir", str(events), "--routes", str(tmp_path)],
-        tmp_path / "log",
-    )
-    try:
-        router.ready()
-        client = redis.Redis.from_url(redis_url)
+    handler(events / "ok")
+    async with Harness(tmp_path, events=[events]) as router:
         for channel in (
             b"a/event/\xff\xfe",
             b"a/event/x\x00y",
@@ -139,18 +126,16 @@ def test_odd_channels_and_payloads_do_not_stop_the_daemon(tmp_path: Path, redis_
             b"a/event/a\nb",
             b"/event/ok",
         ):
-            client.publish(channel, b"\x00\xff binary")
-        client.publish("node/1/event/ok", "[1, 2]")
-        wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= 2, what="good events")
-        log = router.log
-        assert "refused event name '\ufffd\ufffd'" in log  # invalid UTF-8, replaced
-        assert "refused event name 'x\\x00y'" in log
-        assert "refused event name '..'" in log
-        assert "refused event name 'a\\nb'" in log
-        assert out.read_bytes() == b"\x00\xff binary\n[1, 2]\n"
-        assert router.stop() == 0
-    finally:
-        router.kill()
+            router.publish(channel, b"\x00\xff binary")
+        router.publish("node/1/event/ok", "[1, 2]")
+        await router.settle()
+        assert router.serving
+    log = caplog.text
+    assert "refused event name '\ufffd\ufffd'" in log  # invalid UTF-8, replaced
+    assert "refused event name 'x\\x00y'" in log
+    assert "refused event name '..'" in log
+    assert "refused event name 'a\\nb'" in log
+    assert [call.payload for call in router.fake.calls] == [b"\x00\xff binary", b"[1, 2]"]
 
 
 def _sleeper(tmp_path: Path, body: str) -> tuple[Path, Path]:
@@ -164,27 +149,19 @@ def _sleeper(tmp_path: Path, body: str) -> tuple[Path, Path]:
     return tmp_path / "routes", pid
 
 
-def test_a_run_killed_at_shutdown_is_journaled_and_counted(
-    tmp_path: Path, redis_url: str, redis_cli: RedisCli
+async def test_a_run_killed_at_shutdown_is_journaled_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    routes, pid = _sleeper(tmp_path, "sleep 60")
-    args = ["run", "--redis", redis_url, "--routes", str(routes), "--stop-timeout", "200ms"]
-    router = Router(args, tmp_path / "log")
-    try:
-        router.ready()
-        redis_cli("PUBLISH", "a/event/b", '{"n": 1}')
-        wait_for(pid.exists, what="the step to start")
-        assert router.stop() == 0
-        log = router.log
-        assert "shutdown: 1 run(s) still running after 0.2s; killing them" in log
-        assert re.search(r"stopped: .* 1 killed at shutdown", log), log
-    finally:
-        router.kill()
-    listed = run_cli("failures", "--redis", redis_url, "--json")
-    assert listed.returncode == 0, listed.stderr
-    failures = json.loads(listed.stdout)
-    assert [(f["route"], f["status"]) for f in failures] == [("sleeper", "killed at shutdown")]
-    assert json.loads(failures[0]["payload"]) == {"n": 1}  # enough to run it again
+    routes, _ = _sleeper(tmp_path, "sleep 60")
+    async with Harness(routes, stop_timeout=0.2) as router:
+        router.fake.hold("h")  # the run outlasts the stop timeout
+        await router.send("a/event/b", '{"n": 1}')
+        assert await router.stop() == 0
+    assert "shutdown: 1 run(s) still running after 0.2s; killing them" in caplog.text
+    assert re.search(r"stopped: .* 1 killed at shutdown", caplog.text), caplog.text
+    failures = [(f.route, f.status) for f in router.journal.failures]
+    assert failures == [("sleeper", "killed at shutdown")]
+    assert json.loads(router.journal.failures[0].payload) == {"n": 1}  # enough to run it again
 
 
 def test_a_second_sigterm_during_the_stop_kills_at_once(

@@ -1,19 +1,22 @@
-"""`run --metrics ADDR:PORT`: a real scrape over HTTP on loopback after real events."""
+"""`run --metrics ADDR:PORT`: a real scrape over HTTP on loopback after real events and steps
+(the router in process, eventrouter.testing); the option's errors with the real CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import redis
 from prometheus_client.parser import text_string_to_metric_families
 
+from eventrouter.runtime.steps import StepRunner
+from eventrouter.service.metrics import MetricsServer
+from eventrouter.testing import Harness
 from tests.conftest import free_port
 from tests.routerproc import REPO, Router, clean_env, write_routes, write_step
 
@@ -40,17 +43,25 @@ def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_scrape_after_real_events(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
-) -> None:
+async def test_scrape_after_real_events(tmp_path: Path) -> None:
     write_step(tmp_path / "h-ok" / "10ok", "exit 0")
     write_step(tmp_path / "h-fail" / "10fail", "exit 3")
     write_routes(tmp_path, "r.yml", ROUTES)
     port = free_port()
-    router = router_factory("--routes", str(tmp_path), "--metrics", f"127.0.0.1:{port}")
-    redis.Redis.from_url(redis_url).publish("a/event/added", b"x" * 10)
-    router.wait_log(r"route hears: event 'a/event/announced': run failed")
-    metrics = _scrape(port)
+    async with Harness(tmp_path, runner=StepRunner()) as router:
+        server = MetricsServer("127.0.0.1", port, lambda: router.parts)
+        await server.start()
+        try:
+            await router.send("a/event/added", b"x" * 10)
+            metrics = await asyncio.to_thread(_scrape, port)
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                await asyncio.to_thread(
+                    urllib.request.urlopen, f"http://127.0.0.1:{port}/nothing", timeout=5
+                )
+        finally:
+            await server.close()
+    missing.value.close()
+    assert missing.value.code == 404
     assert metrics[("eventrouter_events_received_total", ())] == 2
     assert metrics[("eventrouter_runs_total", (("outcome", "ran"), ("route", "announces")))] == 1
     assert metrics[("eventrouter_runs_total", (("outcome", "failed"), ("route", "hears")))] == 1
@@ -65,10 +76,6 @@ def test_scrape_after_real_events(
     assert metrics[("eventrouter_journal_recorded_total", ())] == 1
     assert metrics[("eventrouter_reloads_total", (("result", "ok"),))] == 0
     assert metrics[("eventrouter_events_dropped_total", (("reason", "queue full"),))] == 0
-    with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}/nothing", timeout=5)
-    missing.value.close()
-    assert missing.value.code == 404
 
 
 def test_metrics_off_by_default_and_a_clear_hint_without_the_package(tmp_path: Path) -> None:

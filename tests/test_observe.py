@@ -1,7 +1,8 @@
-"""`eventrouter status` and `eventrouter history` against real routers on a real server.
+"""`eventrouter status` and `eventrouter history`.
 
-The request/response goes over the control channel; every outcome of the history is made
-happen by real events, real steps and the real scheduler.
+The CLI against real routers on a real server for `status`; the history's outcomes, its
+filters and the control channel's distrust in process (eventrouter.testing): the real daemon
+and scheduler answer over an in-memory bus.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
+import pytest
 
+from eventrouter.cli.observe import event_lines
+from eventrouter.testing import Harness
 from tests.conftest import RedisCli
 from tests.routerproc import Router, run_cli, write_routes, write_step
 
@@ -90,6 +93,14 @@ def test_status_of_one_router_and_of_all(
     assert one["counters"]["events"] >= 1
     assert one["counters"]["runs"] == {"failed": 1}
 
+    # history --route names no route of the router: an error listing its routes
+    unknown = run_cli("history", "--redis", redis_url, "--instance", "node-a", "--route", "nosuch")
+    assert unknown.returncode == 1
+    assert unknown.stdout == ""
+    assert "no route matches 'nosuch' on router 'node-a'; its routes: elsewhere, fails, " in (
+        unknown.stderr
+    ), unknown.stderr
+
     text = run_cli("status", "--redis", redis_url, "--instance", "node-b")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("node-b: pid ")
@@ -117,25 +128,30 @@ def _by_route(events: list[dict[str, Any]], channel: str) -> list[dict[str, str]
     return [trace for event in events if event["channel"] == channel for trace in event["routes"]]
 
 
-def test_history_gives_every_outcome(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
-) -> None:
-    folder = _routes(tmp_path / "routes")
-    router = router_factory("--routes", str(folder), "--instance", "r", "--max-depth", "2")
-    publish = redis.Redis.from_url(redis_url).publish
-    publish("a/event/ok", "{}")
-    router.wait_log(r"route sink: event 'a/event/derived': run ok")
-    publish("a/event/fail", "{}")
-    publish("a/event/single", "{}")
-    publish("a/event/single", "{}")
-    publish("a/event/deb", '{"n": 1}')
-    publish("a/event/deb", '{"n": 2}')
-    publish("a/event/loop", "{}")
-    router.wait_log(r"route quiet: event 'a/event/deb': run ok")
-    router.wait_log(r"route lonely: event 'a/event/single': run ok")
-    router.wait_log(r"route loop: event 'a/event/loop': run failed")
+async def _history(router: Harness, **fields: Any) -> list[dict[str, Any]]:
+    [answer] = await router.ask("history", instance="r", **fields)
+    events: list[dict[str, Any]] = answer["events"]
+    return events
 
-    events = _cli(redis_url, "history", "--instance", "r", "--limit", "50")
+
+async def test_history_gives_every_outcome(tmp_path: Path) -> None:
+    folder = _routes(tmp_path / "routes")
+    async with Harness(folder, instance="r", max_depth=2) as router:
+        slow = router.fake.hold("h-slow")
+        router.fake.exits("h-fail", 3)
+        await router.send("a/event/ok", "{}")
+        router.publish("a/event/fail", "{}")
+        router.publish("a/event/single", "{}")
+        router.publish("a/event/single", "{}")
+        router.publish("a/event/deb", '{"n": 1}')
+        router.publish("a/event/deb", '{"n": 2}')
+        router.publish("a/event/loop", "{}")
+        await router.settle()
+        slow.open()
+        await router.advance(0.2)  # the debounce period
+        events = await _history(router, limit=50)
+        await _check_filters(router)
+
     ok = next(event for event in events if event["channel"] == "a/event/ok")
     outcomes = {trace["route"]: trace for trace in ok["routes"]}
     assert outcomes["ok"]["outcome"] == "ran"
@@ -162,12 +178,10 @@ def test_history_gives_every_outcome(
     loops = [trace["outcome"] for trace in _by_route(events, "a/event/loop")]
     assert "cut by the loop guard" in loops
 
-    _check_filters(redis_url)
 
-
-def _check_filters(redis_url: str) -> None:
+async def _check_filters(router: Harness) -> None:
     # --route: the events that route matched, not the newest events whatever they were.
-    filtered = _cli(redis_url, "history", "--instance", "r", "--route", "fails", "--limit", "50")
+    filtered = await _history(router, route="fails", limit=50)
     assert [event["channel"] for event in filtered] == ["a/event/fail"]
     [trace] = filtered[0]["routes"]
     assert (trace["route"], trace["outcome"], trace["status"]) == (
@@ -175,64 +189,63 @@ def _check_filters(redis_url: str) -> None:
         "failed",
         "exit status 3",
     )
-    first = _cli(redis_url, "history", "--instance", "r", "--route", "sink", "--limit", "1")
+    first = await _history(router, route="sink", limit=1)
     assert [event["channel"] for event in first] == ["a/event/derived"]
-    every = _cli(redis_url, "history", "--instance", "r", "--route", "fails", "--verbose")
+    every = await _history(router, route="fails", verbose=True)
     by_channel = {event["channel"]: event["routes"] for event in every}
     assert by_channel["a/event/ok"] == [{"route": "fails", "outcome": "did not match"}]
-    unknown = run_cli("history", "--redis", redis_url, "--instance", "r", "--route", "nosuch")
-    assert unknown.returncode == 1
-    assert unknown.stdout == ""
-    assert "no route matches 'nosuch' on router 'r'; its routes: elsewhere, fails, " in (
-        unknown.stderr
-    ), unknown.stderr
-    only = _cli(redis_url, "history", "--instance", "r", "--event", "fail")
+    [unknown] = await router.ask("history", instance="r", route="nosuch")
+    assert "unknown_route" in unknown
+    assert {"elsewhere", "fails", "sink"} <= set(unknown["routes"])
+    only = await _history(router, event="fail")
     assert [event["channel"] for event in only] == ["a/event/fail"]
-    verbose = _cli(redis_url, "history", "--instance", "r", "--event", "fail", "--verbose")
+    verbose = await _history(router, event="fail", verbose=True)
     assert {"route": "sink", "outcome": "did not match"} in verbose[0]["routes"]
 
-    text = run_cli("history", "--redis", redis_url, "--instance", "r", "--event", "ok")
-    assert text.returncode == 0, text.stderr
-    assert "  route guarded: condition false: when: payload.go is defined is false" in text.stdout
-    assert "  emitted a/event/derived (route ok, 1 receiver(s))" in text.stdout
+    [ok] = await _history(router, event="ok")
+    text = "\n".join(event_lines(ok))  # as `eventrouter history` prints it
+    assert "  route guarded: condition false: when: payload.go is defined is false" in text
+    assert "  emitted a/event/derived (route ok, 1 receiver(s))" in text
 
 
-def test_control_requests_are_untrusted(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+async def test_control_requests_are_untrusted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    router = router_factory("--routes", str(_routes(tmp_path / "routes")), "--instance", "r")
-    publish = redis.Redis.from_url(redis_url).publish
-    channel = "eventrouter/control/query"
-    publish(channel, b"x" * 5000)
-    publish(channel, "[" * 3000 + "]" * 3000)
-    publish(channel, json.dumps({"op": "status", "instance": "*", "reply": "a/event/ok"}))
-    publish(
-        channel,
-        json.dumps({"op": "status", "reply": "eventrouter/control/reply/x", "a": [[[[[1]]]]]}),
-    )
-    log = router.wait_log("ignored a control request", count=4)
-    lines = [line for line in log.splitlines() if "ignored a control request" in line]
-    assert all(len(line) < 300 for line in lines), lines
-    assert "5000 bytes, over the 4096-byte limit" in lines[0]
-    assert "reply must be a channel eventrouter/control/reply/<id>" in lines[2]
-    assert "nested deeper than 4" in lines[3]
-    assert "route ok: event 'a/event/ok'" not in router.log  # the forged reply ran nothing
-    assert _cli(redis_url, "status", "--instance", "r")["instance"] == "r"
+    async with Harness(_routes(tmp_path / "routes"), instance="r") as router:
+        channel = "eventrouter/control/query"
+        router.publish(channel, b"x" * 5000)
+        router.publish(channel, "[" * 3000 + "]" * 3000)
+        router.publish(
+            channel, json.dumps({"op": "status", "instance": "*", "reply": "a/event/ok"})
+        )
+        router.publish(
+            channel,
+            json.dumps({"op": "status", "reply": "eventrouter/control/reply/x", "a": [[[[[1]]]]]}),
+        )
+        await router.settle()
+        lines = [line for line in caplog.messages if "ignored a control request" in line]
+        assert len(lines) == 4
+        assert all(len(line) < 300 for line in lines), lines
+        assert "5000 bytes, over the 4096-byte limit" in lines[0]
+        assert "reply must be a channel eventrouter/control/reply/<id>" in lines[2]
+        assert "nested deeper than 4" in lines[3]
+        assert "route ok: event 'a/event/ok'" not in caplog.text  # the forged reply ran nothing
+        assert router.fake.calls == []
+        [answer] = await router.ask("status", instance="r")
+        assert answer["instance"] == "r"
 
 
-def test_history_shows_a_retry_and_its_run(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+async def test_history_shows_a_retry_and_its_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _routes(tmp_path / "routes")
-    router = router_factory("--routes", str(folder), "--instance", "r")
-    redis.Redis.from_url(redis_url).publish("a/event/fail", "{}")
-    log = router.wait_log(r"failure recorded as \S+")
-    failure_id = re.findall(r"failure recorded as (\S+)", log)[0]
-    write_step(folder / "h-fail" / "10fail", "exit 0")  # fixed meanwhile
-    asked = run_cli("retry", "--redis", redis_url, failure_id)
-    assert asked.returncode == 0, asked.stderr
-    router.wait_log(r"route fails: event 'a/event/fail': run ok")
-    newest = _cli(redis_url, "history", "--instance", "r", "--limit", "1")[0]
+    async with Harness(folder, instance="r") as router:
+        router.fake.exits("h-fail", 3)  # the next run of h-fail succeeds: fixed meanwhile
+        await router.send("a/event/fail", "{}")
+        failure_id = re.findall(r"failure recorded as (\S+)", caplog.text)[0]
+        await router.retry(failure_id)
+        assert "route fails: event 'a/event/fail': run ok" in caplog.text
+        [newest] = await _history(router, limit=1)
     assert newest["channel"] == "a/event/fail"
     assert newest["routes"][0]["outcome"] == "ran"
     assert newest["routes"][0]["route"] == "fails"

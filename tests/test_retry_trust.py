@@ -1,26 +1,30 @@
-"""Retry requests and journal entries are untrusted: a real router, a real server, forged data."""
+"""Retry requests and journal entries are untrusted: forged data against the whole router.
+
+In process (eventrouter.testing): the real daemon decides each retry against its current
+table; the journal it reads from is seeded with forged entries. `eventrouter retry` over a
+real server is tested in tests/test_journal.py and tests/test_failures_e2e.py.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import redis
+import pytest
 
-from eventrouter.redis.embedded import EmbeddedServer
-from tests.conftest import RedisCli
-from tests.routerproc import Router, wait_for, write_step
+from eventrouter.runtime.journal import Failure
+from eventrouter.testing import Harness
+from tests.routerproc import handler, write_routes
 
 CONTROL = "eventrouter/control/retry"
-KEY = "eventrouter/failures"
 
 
-def entry(route: str, channel: str, payload: str = "{}") -> str:
-    """Return a journal entry as the router writes it."""
-    return json.dumps(
+def entry(route: str, channel: str, payload: str = "{}") -> Failure:
+    """Return a journal entry as the router writes it, naming what the forger chose."""
+    return Failure.from_json(
         {
+            "id": "",
             "time": time.time(),
             "started": time.time(),
             "instance": "node1",
@@ -40,92 +44,64 @@ def entry(route: str, channel: str, payload: str = "{}") -> str:
     )
 
 
-def forge(redis_cli: RedisCli, route: str, channel: str, payload: str = "{}") -> str:
-    """Write an entry straight into the journal stream; return its id."""
-    done = redis_cli("XADD", KEY, "*", "data", entry(route, channel, payload))
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def retry(redis_cli: RedisCli, failure_id: str, instance: str = "node1") -> None:
-    redis_cli("PUBLISH", CONTROL, json.dumps({"id": failure_id, "instance": instance}))
-
-
-def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+def setup(tmp_path: Path) -> tuple[Path, Path]:
     """Routes with one guarded route, an events folder, and an evil folder outside both."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
     events = tmp_path / "events"
-    write_step(events / "changed" / "10mark", f"touch {marks}/convention")
-    write_step(tmp_path / "evil" / "10mark", f"touch {marks}/evil")
-    write_step(tmp_path / "h" / "10mark", f"touch {marks}/route")
-    routes = tmp_path / "routes"
-    routes.mkdir()
-    (routes / "r.yml").write_text(
+    handler(events / "changed")
+    handler(tmp_path / "evil")
+    handler(tmp_path / "h")
+    write_routes(
+        tmp_path / "routes",
+        "r.yml",
         "routes:\n  - name: guarded\n    on: m/event/changed\n    when: payload.ok\n"
-        "    do: [{run: ../h}]\n"
+        "    do: [{run: ../h}]\n",
     )
-    return routes, events, marks
+    return tmp_path / "routes", events
 
 
-def test_forged_journal_entries_run_nothing_the_routes_do_not_name(
-    tmp_path: Path,
-    redis_server: EmbeddedServer,
-    redis_cli: RedisCli,
-    router_factory: Callable[..., Router],
+async def test_forged_journal_entries_run_nothing_the_routes_do_not_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    routes, events, marks = setup(tmp_path)
-    router = router_factory(
-        "--routes", str(routes), "--events-dir", str(events), "--instance", "node1"
-    )
-    refused = [
-        forge(redis_cli, f"events:{tmp_path / 'evil'}", "m/event/changed"),
-        forge(redis_cli, f"events:{events / 'changed'}", "m/event/other"),
-        forge(redis_cli, f"events:{events}/../evil", "m/event/changed"),
-        forge(redis_cli, "guarded", "m/event/changed", '{"ok": false}'),
-        forge(redis_cli, "no-such-route", "m/event/changed"),
-    ]
-    for failure_id in refused:
-        retry(redis_cli, failure_id)
-    router.wait_log(r"retry \S+: refused", count=len(refused))
-    allowed = forge(redis_cli, "guarded", "m/event/changed", '{"ok": true}')
-    retry(redis_cli, allowed)
-    router.wait_log(f"retry {allowed}: running route guarded")
-    convention = forge(redis_cli, f"events:{events / 'changed'}", "m/event/changed")
-    retry(redis_cli, convention)
-    router.wait_log(f"retry {convention}: running route events:")
-    deadline = time.monotonic() + 5
-    while {p.name for p in marks.iterdir()} != {"route", "convention"}:
-        assert time.monotonic() < deadline, sorted(p.name for p in marks.iterdir())
-        time.sleep(0.02)
-    assert not (marks / "evil").exists()
-    log = router.log
-    assert "is not an events folder" in log
-    assert "when: payload.ok is false" in log
-    assert "route no-such-route no longer exists" in log
-    assert router.stop() == 0
+    routes, events = setup(tmp_path)
+    async with Harness(routes, events=[events], instance="node1") as router:
+        forge = router.journal.add
+        refused = [
+            forge(entry(f"events:{tmp_path / 'evil'}", "m/event/changed")),
+            forge(entry(f"events:{events / 'changed'}", "m/event/other")),
+            forge(entry(f"events:{events}/../evil", "m/event/changed")),
+            forge(entry("guarded", "m/event/changed", '{"ok": false}')),
+            forge(entry("no-such-route", "m/event/changed")),
+        ]
+        for failure_id in refused:
+            await router.retry(failure_id)
+        assert caplog.text.count(": refused: ") == len(refused)
+        assert router.fake.calls == []
+        allowed = forge(entry("guarded", "m/event/changed", '{"ok": true}'))
+        await router.retry(allowed)
+        assert f"retry {allowed}: running route guarded" in caplog.text
+        convention = forge(entry(f"events:{events / 'changed'}", "m/event/changed"))
+        await router.retry(convention)
+        assert f"retry {convention}: running route events:" in caplog.text
+        assert [call.folder for call in router.fake.calls] == [tmp_path / "h", events / "changed"]
+    assert "is not an events folder" in caplog.text
+    assert "when: payload.ok is false" in caplog.text
+    assert "route no-such-route no longer exists" in caplog.text
 
 
-def test_malformed_control_messages_are_ignored_with_one_bounded_line(
-    tmp_path: Path,
-    redis_server: EmbeddedServer,
-    redis_cli: RedisCli,
-    router_factory: Callable[..., Router],
+async def test_malformed_control_messages_are_ignored_with_one_bounded_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    routes, _, marks = setup(tmp_path)
-    router = router_factory("--routes", str(routes), "--instance", "node1")
-    client = redis.Redis.from_url(redis_server.url)
-    client.publish(CONTROL, "not json")
-    client.publish(CONTROL, '{"id": "' + "1" * 5_000_000 + '", "instance": "node1"}')
-    client.publish(CONTROL, "[" * 100_000 + "]" * 100_000)
-    retry(redis_cli, "123-0")  # no such failure
-    retry(redis_cli, "123-0", instance="node2")  # another router's
-    router.wait_log("ignored a malformed retry request", count=3)
-    router.wait_log(r"retry 123-0: no such failure")
-    # The router still works after all of them.
-    client.publish("m/event/changed", '{"ok": true}')
-    wait_for((marks / "route").exists, what="the route to run")
-    log = router.log
-    assert "Traceback" not in log and "exception" not in log.lower()
-    assert max(len(line) for line in log.splitlines()) < 1000
-    assert router.stop() == 0
+    routes, _ = setup(tmp_path)
+    async with Harness(routes, instance="node1") as router:
+        router.publish(CONTROL, "not json")
+        router.publish(CONTROL, '{"id": "' + "1" * 5_000_000 + '", "instance": "node1"}')
+        router.publish(CONTROL, "[" * 100_000 + "]" * 100_000)
+        await router.retry("123-0")  # no such failure
+        await router.retry("123-0", instance="node2")  # another router's
+        assert caplog.text.count("ignored a malformed retry request") == 3
+        assert "retry 123-0: no such failure" in caplog.text
+        # The router still works after all of them.
+        await router.send("m/event/changed", json.dumps({"ok": True}))
+        assert [call.name for call in router.fake.calls] == ["h"]
+    assert "Traceback" not in caplog.text and "exception" not in caplog.text.lower()
+    assert max(len(line) for line in caplog.text.splitlines()) < 1000

@@ -1,13 +1,17 @@
-"""`run` refuses, at start and on SIGHUP, what `check` reports as errors, with its messages."""
+"""`run` refuses, at start (the real CLI) and on SIGHUP (the daemon in process,
+eventrouter.testing), what `check` reports as errors, with its messages."""
 
 from __future__ import annotations
 
 import re
-import signal
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.routerproc import Router, clean_env, run_cli
+import pytest
+
+from eventrouter.analysis.validate import validate
+from eventrouter.config.loader import load_routes
+from eventrouter.testing import Harness
+from tests.routerproc import run_cli
 
 CYCLE = """
 routes:
@@ -36,16 +40,17 @@ def test_run_refuses_to_start_on_what_check_errors_on(tmp_path: Path, redis_url:
     assert "not starting" in started.stderr
 
 
-def test_sighup_keeps_the_old_routes_on_what_check_errors_on(
-    tmp_path: Path, router_factory: Callable[..., Router]
+async def test_sighup_keeps_the_old_routes_on_what_check_errors_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "r.yml").write_text(CYCLE.split("  - name: pong", maxsplit=1)[0])
-    router = router_factory("--routes", str(tmp_path))
-    (tmp_path / "r.yml").write_text(CYCLE)
-    expected = cycle_errors(run_cli("check", "--routes", str(tmp_path), env=clean_env()).stdout)
-    assert expected
-    router.signal(signal.SIGHUP)
-    log = router.wait_log("reload failed")
-    assert cycle_errors(log) == expected
-    assert "reloaded:" not in log
-    assert router.stop() == 0
+    async with Harness(tmp_path) as router:
+        (tmp_path / "r.yml").write_text(CYCLE)
+        checked = validate(load_routes([tmp_path]), [])  # what `check` prints
+        expected = cycle_errors("\n".join(str(item) for item in checked.diagnostics))
+        assert expected
+        assert not await router.reload()
+        assert router.serving
+    assert "reload failed" in caplog.text
+    assert cycle_errors(caplog.text) == expected
+    assert "reloaded:" not in caplog.text

@@ -1,14 +1,19 @@
 """At INFO the log tells the story: one line per run ended, one per derived event; an event
-that runs nothing only at DEBUG with one reason; nothing said twice at start. The real CLI."""
+that runs nothing only at DEBUG with one reason (the router in process, eventrouter.testing,
+with real steps); nothing said twice at start (the real CLI)."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
+from eventrouter.runtime.steps import StepRunner
+from eventrouter.testing import Harness
 from tests.conftest import free_port
 from tests.routerproc import Router, clean_env, write_routes, write_step
 
@@ -41,16 +46,16 @@ def _routes(folder: Path) -> Path:
     return folder
 
 
-def test_info_log_has_a_line_per_run_and_per_derived_event(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+async def test_info_log_has_a_line_per_run_and_per_derived_event(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _routes(tmp_path / "routes")
-    router = router_factory("--routes", str(folder))
-    publish = redis.Redis.from_url(redis_url).publish
-    publish("a/event/added", "{}")
-    publish("a/event/broken", "{}")
-    router.wait_log(r"route breaks: event 'a/event/broken': run failed")
-    log = router.wait_log(r"route hears: event 'a/event/announced': run ok")
+    async with Harness(folder, runner=StepRunner()) as router:
+        router.publish("a/event/added", "{}")
+        router.publish("a/event/broken", "{}")
+        await router.settle()
+    log = caplog.text
+    assert "route hears: event 'a/event/announced': run ok" in log
     assert re.search(
         r"INFO .*route announces: event 'a/event/added': run ok in \d+\.\d{3}s, 2 step\(s\) run",
         log,
@@ -65,24 +70,21 @@ def test_info_log_has_a_line_per_run_and_per_derived_event(
     ) in log
 
 
-def test_an_event_that_runs_nothing_is_one_debug_line_with_one_reason(
-    tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
+async def test_an_event_that_runs_nothing_is_one_debug_line_with_one_reason(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _routes(tmp_path / "routes")
-    router = router_factory(
-        "--routes", str(folder), "--events-dir", str(folder / "events"), "--log-level", "DEBUG"
-    )
-    publish = redis.Redis.from_url(redis_url).publish
-    publish("zz/event/unknown", "{}")
-    publish("a/event/guarded", "{}")
-    log = router.wait_log(r"event 'a/event/guarded': nothing runs")
-    unknown = [line for line in log.splitlines() if "zz/event/unknown" in line]
+    async with Harness(folder, events=[folder / "events"], log_level=logging.DEBUG) as router:
+        router.publish("zz/event/unknown", "{}")
+        router.publish("a/event/guarded", "{}")
+        await router.settle()
+    unknown = [record for record in caplog.records if "zz/event/unknown" in record.getMessage()]
     assert len(unknown) == 1, unknown
-    assert "DEBUG" in unknown[0]
-    assert "nothing runs: no route or events folder matches it" in unknown[0]
-    guarded = [line for line in log.splitlines() if "'a/event/guarded'" in line]
+    assert unknown[0].levelname == "DEBUG"
+    assert "nothing runs: no route or events folder matches it" in unknown[0].getMessage()
+    guarded = [line for line in caplog.messages if "'a/event/guarded'" in line]
     assert len(guarded) == 1, guarded
-    assert "nothing runs: route guarded: when: payload.go is defined is false" in (guarded[0])
+    assert "nothing runs: route guarded: when: payload.go is defined is false" in guarded[0]
 
 
 def test_start_says_each_thing_once_with_the_embedded_server(

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -54,10 +54,10 @@ from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload
-from eventrouter.runtime.lanes import Job, Scheduler
+from eventrouter.runtime.lanes import Clock, Job, Scheduler
 from eventrouter.runtime.runlines import RunLines
+from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.stats import Histograms
-from eventrouter.runtime.steps import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Dispatcher:
     def __init__(
         self,
         settings: Settings,
-        runner: StepRunner,
+        runner: Runner,
         publisher: Publisher,
         index: RouteIndex,
         *,
@@ -198,6 +198,7 @@ class Dispatcher:
         router: RouterInfo | None = None,
         tasks: TaskSubmitter | None = None,
         environment: ModuleEnvironment | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.settings = settings
         self.runner = runner
@@ -215,8 +216,13 @@ class Dispatcher:
         #: ``env`` in templates: what the steps this router starts see (README "Routes").
         self.environment = environment or ModuleEnvironment(runner.base_env)
         self._recording: set[asyncio.Task[None]] = set()
+        #: Waits out retry backoff: asyncio's, or a test's clock.
+        self._sleep: Callable[[float], Awaitable[None]] = (
+            clock.sleep if clock is not None else asyncio.sleep
+        )
         self.scheduler = Scheduler(
             self.execute,
+            call_later=clock.call_later if clock is not None else None,
             queue_limit=settings.queue_limit,
             max_pending=settings.max_pending,
             counters=self.counters,
@@ -260,6 +266,11 @@ class Dispatcher:
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
         self.index = index
+
+    @property
+    def recording(self) -> list[asyncio.Task[None]]:
+        """Return the failure journal writes in flight."""
+        return list(self._recording)
 
     @property
     def busy(self) -> int:
@@ -630,7 +641,7 @@ class Dispatcher:
         # reason once per attempt, not twice.
         log.debug("%s %d/%d failed: %s", what, attempt, attempts, why)
         log.warning("%s %d/%d failed; retrying in %.2fs", what, attempt, attempts, delay)
-        await asyncio.sleep(delay)
+        await self._sleep(delay)
 
     async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
         route, event = job.route, job.event

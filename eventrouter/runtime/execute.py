@@ -20,8 +20,8 @@ from eventrouter.engine.execs import Command, render_exec
 from eventrouter.model import ExecAction, Route
 from eventrouter.runtime.failed import Failed, handler_failed
 from eventrouter.runtime.lanes import Job
+from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.stats import Histogram
-from eventrouter.runtime.steps import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def find_program(command: Command, env: Mapping[str, str]) -> str | None:
 
 
 async def run_exec(
-    runner: StepRunner,
+    runner: Runner,
     job: Job,
     action: ExecAction,
     context: dict[str, Any],

@@ -46,6 +46,18 @@ class Timer(Protocol):
 CallLater = Callable[[float, Callable[["Lane"], None], "Lane"], Timer]
 
 
+class Clock(Protocol):
+    """What waits for time: lane timers and retry backoff (the loop's, or a test's clock)."""
+
+    def call_later(self, delay: float, callback: Callable[[Lane], None], lane: Lane) -> Timer:
+        """Call ``callback(lane)`` after ``delay`` seconds."""
+        ...
+
+    async def sleep(self, delay: float) -> None:
+        """Return after ``delay`` seconds."""
+        ...
+
+
 @dataclass(frozen=True)
 class Job:
     """One run of one route (version kept) for one event."""
@@ -108,6 +120,11 @@ class Scheduler:
         self.pending = 0  # jobs queued or held in all lanes
         #: Lane workers started so far: a message that starts one has a run about to begin.
         self.workers_started = 0
+        #: Lane workers alive, each inside a run or about to take its lane's next job.
+        self.workers = 0
+        #: Told each time a worker ends: whoever waits for the runs to settle looks again then
+        #: (eventrouter.testing), rather than polling.
+        self.on_worker_end: Callable[[], None] | None = None
         self.closing = False
         #: Runs stopped because the router was stopping (not a restart): to be journaled.
         self.killed: list[Job] = []
@@ -253,6 +270,7 @@ class Scheduler:
                 return  # a restart: wait until the stopped run is gone
             task = asyncio.create_task(self._work(lane), name=f"route:{lane.name}")
             self.workers_started += 1
+            self.workers += 1
             lane.running.add(task)
             task.add_done_callback(lambda done: self._finished(lane, done))
 
@@ -285,8 +303,11 @@ class Scheduler:
 
     def _finished(self, lane: Lane, task: asyncio.Task[None]) -> None:
         lane.running.discard(task)
+        self.workers -= 1
         self._pump(lane)
         self._cleanup(lane)
+        if self.on_worker_end is not None:
+            self.on_worker_end()
 
     def _cleanup(self, lane: Lane) -> None:
         if lane.idle and self.lanes.get(lane.name) is lane:

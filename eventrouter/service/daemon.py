@@ -16,20 +16,18 @@ from eventrouter.engine.decide import decide_message, retry_decision
 from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
-from eventrouter.redis.journal import in_use, open_journal
-from eventrouter.redis.role import RoleWatch
-from eventrouter.redis.tasks import TaskClient
+from eventrouter.redis.journal import in_use
 from eventrouter.runtime import control, statedir
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
 from eventrouter.runtime.spawn import WARDEN
-from eventrouter.runtime.steps import StepRunner
 from eventrouter.runtime.stopping import cancel_until_done
 from eventrouter.service import metrics, observe, sdnotify, watch
 from eventrouter.service.intents import Intents
 from eventrouter.service.statefiles import StateFiles
+from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, RedisWiring, Role, Wiring
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +96,11 @@ class Daemon:
         cache: FileCache | None = None,
         *,
         metrics: tuple[str, int] | None = None,
+        wiring: Wiring | None = None,
     ) -> None:
         self.settings = settings
+        #: What the parts are made of: Redis and step processes, or a test's stand-ins.
+        self.wiring: Wiring = wiring if wiring is not None else RedisWiring()
         #: Where to serve Prometheus metrics (host, port); None: not served.
         self.metrics = metrics
         self.routes = routes.routes
@@ -107,7 +108,8 @@ class Daemon:
         self.cache: FileCache = cache if cache is not None else {}
         self.intents = Intents()
         self.server: embedded.EmbeddedServer | None = None
-        self._tasks: set[asyncio.Task[bool]] = set()
+        #: Control requests being handled (retries, `status`, `history`).
+        self.requests: set[asyncio.Task[bool]] = set()
         self._embedded = False  # no Redis configured: the private server is used
         self.journal: Journal | None = None
         self._lock: statedir.RouterLock | None = None
@@ -115,6 +117,8 @@ class Daemon:
         self.files = StateFiles(settings.state_dir or embedded.default_state_dir())
         #: What `status`, `history` and the metrics read; set once running.
         self.parts: observe.Parts | None = None
+        #: Set once Redis confirmed every subscription (when systemd is told READY=1).
+        self.ready = asyncio.Event()
 
     def _globs(self, index: RouteIndex) -> set[str]:
         globs = index.globs() | {
@@ -127,7 +131,7 @@ class Daemon:
         return globs
 
     def _on_message(
-        self, dispatcher: Dispatcher, role: RoleWatch | None = None
+        self, dispatcher: Dispatcher, role: Role | None = None
     ) -> Callable[[str, bytes], bool]:
         """Return the intake handler: control messages apart, events to the dispatcher.
 
@@ -142,8 +146,8 @@ class Daemon:
                 task = asyncio.create_task(
                     self.answer(data) if asking else self.retry(dispatcher, data)
                 )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self.requests.add(task)
+                task.add_done_callback(self.requests.discard)
                 return False
             return dispatcher.receive(channel, data)
 
@@ -270,47 +274,57 @@ class Daemon:
     async def _run(self) -> int:
         _watch_children_with_pidfd()
         server = await self._serve_metrics()  # first: a port taken stops it before anything
-        sub_url, pub_url = self._urls()
+        try:
+            sub_url, pub_url = self._urls()
+            self._install_signals()
+            self.files.hold_pid()  # after the handlers: an early SIGHUP must not end the router
+            try:
+                return await self.serve(sub_url, pub_url)
+            finally:
+                self.files.release()
+        finally:
+            if server is not None:
+                await server.close()
+
+    async def serve(self, sub_url: str, pub_url: str) -> int:
+        """Route events from ``sub_url`` until asked to stop (``intents``); return the status.
+
+        The parts come from ``wiring``: what `run` uses on Redis, or in-memory ones in tests.
+        """
+        wiring = self.wiring
         index = RouteIndex(self.routes)
-        runner = StepRunner(
-            max_concurrency=self.settings.max_concurrency,
-            kill_grace=self.settings.kill_grace,
-        )
+        runner = wiring.runner(self.settings)
         subscribed = asyncio.Event()  # the outbox is held while the subscription is down
-        publisher = bus.RedisPublisher(pub_url, gate=subscribed)
+        publisher = wiring.publisher(pub_url, subscribed)
         publisher.start()
         state = self.settings.state_dir or embedded.default_state_dir()
         # The embedded server keeps nothing across restarts: journal to the state folder.
         embedded_only = self._embedded and pub_url == sub_url
-        journal = await open_journal(
-            None if embedded_only else pub_url,
-            self.settings.journal_key,
-            self.settings.journal_size,
-            state,
-            self.settings.journal_payload,
-        )
+        journal = await wiring.journal(None if embedded_only else pub_url, self.settings, state)
         self.journal = journal
-        tasks = TaskClient(pub_url)  # tasks go to the leader's Redis, like derived events
+        tasks = wiring.tasks(pub_url)  # tasks go to the leader's Redis, like derived events
         dispatcher = Dispatcher(
-            self.settings, runner, publisher, index, journal=journal, tasks=tasks
+            self.settings,
+            runner,
+            publisher,
+            index,
+            journal=journal,
+            tasks=tasks,
+            clock=wiring.clock,
         )
         role = await self._watch_role(dispatcher, sub_url)
         log.info("failure journal: %s (this router is %r)", in_use(journal), dispatcher.instance)
-        subscriber = bus.Subscriber(
-            sub_url,
-            self._on_message(dispatcher, role),
-            connected=subscribed,
-            ping_interval=self.settings.ping_interval,
-            ping_timeout=self.settings.ping_timeout,
-            settle=publisher.settle,
-            resync=lambda: self._resync(dispatcher, publisher, role),
+        hooks = IntakeHooks(
+            subscribed, publisher.settle, lambda: self._resync(dispatcher, publisher, role)
         )
-        self.parts = observe.Parts(dispatcher, subscriber, publisher, self.routes)
+        handler = self._on_message(dispatcher, role)
+        subscriber = wiring.subscriber(sub_url, handler, self.settings, hooks)
+        self.parts = observe.Parts(
+            dispatcher, subscriber, publisher, self.routes, lambda: wiring.role_name(sub_url)
+        )
         await subscriber.set_patterns(self._globs(index))
         intake = asyncio.create_task(subscriber.run(), name="intake")
         role_task = asyncio.create_task(role.run(), name="role")
-        self._install_signals()
-        self.files.hold_pid()  # after the handlers: an early SIGHUP must not end the router
         log.info(
             "started: %d routes, %d events folder(s), %s",
             len(self.routes),
@@ -340,11 +354,8 @@ class Daemon:
             if watching is not None:
                 await watching()
             await cancel_until_done(role_task, "the role watch")
-            if server is not None:
-                await server.close()
             await self._shutdown(intake, dispatcher, publisher)
             await asyncio.gather(role.close(), tasks.close(), journal.close())
-            self.files.release()
         return 0
 
     async def _serve_metrics(self) -> metrics.MetricsServer | None:
@@ -363,16 +374,17 @@ class Daemon:
             return f"subscribing and publishing at {bus.redact(sub_url)}"
         return f"subscribing at {bus.redact(sub_url)}, publishing at {bus.redact(pub_url)}"
 
-    async def _ready_when(self, subscribed: asyncio.Event, subscriber: bus.Subscriber) -> None:
+    async def _ready_when(self, subscribed: asyncio.Event, subscriber: Intake) -> None:
         """Tell systemd READY=1 once Redis confirmed every subscription, not before."""
         await subscribed.wait()
+        self.ready.set()
         sdnotify.notify(
             "READY=1",
             f"STATUS=subscribed to {len(subscriber.patterns)} patterns; "
             f"routing with {len(self.routes)} routes",
         )
 
-    async def _watch_role(self, dispatcher: Dispatcher, sub_url: str) -> RoleWatch:
+    async def _watch_role(self, dispatcher: Dispatcher, sub_url: str) -> Role:
         """Name the router's node and agent, and read whether it is the leader's before events.
 
         Until the role can be read (Redis down at start), the router counts as the leader
@@ -384,9 +396,7 @@ class Daemon:
         dispatcher.context = replace(
             dispatcher.context, router=replace(found, leader=self._embedded)
         )
-        role = RoleWatch(
-            sub_url, every=self.settings.role_interval, on_change=dispatcher.set_leader
-        )
+        role = self.wiring.role(sub_url, self.settings.role_interval, dispatcher.set_leader)
         await role.refresh()
         log.info(
             "this router: node %s, agent %s, instance %r, %s",
@@ -397,15 +407,13 @@ class Daemon:
         )
         return role
 
-    def _resync(
-        self, dispatcher: Dispatcher, publisher: bus.RedisPublisher, role: RoleWatch
-    ) -> None:
+    def _resync(self, dispatcher: Dispatcher, publisher: Outbox, role: Role) -> None:
         """After a subscription break: read the role again, recover what never came back."""
         role.ask()
         self._recover(dispatcher, publisher)
 
     @staticmethod
-    def _recover(dispatcher: Dispatcher, publisher: bus.RedisPublisher) -> None:
+    def _recover(dispatcher: Dispatcher, publisher: Outbox) -> None:
         """After a subscription break, handle here what the router published and never saw."""
         recovered = dispatcher.recover(publisher.queued())
         log.warning(
@@ -432,7 +440,7 @@ class Daemon:
         result = load_routes(self.settings.routes_dirs, self.cache, settle=settle)
         return validate(result, self.settings.events_dirs)
 
-    async def reload(self, dispatcher: Dispatcher, subscriber: bus.Subscriber) -> bool:
+    async def reload(self, dispatcher: Dispatcher, subscriber: Intake) -> bool:
         """Re-read every route file; swap the table atomically, or keep the old one on error."""
         sdnotify.reloading()
         log.info(
@@ -483,7 +491,7 @@ class Daemon:
         return True
 
     async def _shutdown(
-        self, intake: asyncio.Task[None], dispatcher: Dispatcher, publisher: bus.RedisPublisher
+        self, intake: asyncio.Task[None], dispatcher: Dispatcher, publisher: Outbox
     ) -> None:
         sdnotify.notify("STOPPING=1")
         log.info("%s: stopping; no new events are taken", self.intents.stop or "stop")

@@ -9,16 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
 from eventrouter import __version__
 from eventrouter.model import Route
-from eventrouter.redis import ask, bus
+from eventrouter.redis import bus
 from eventrouter.runtime.control import Query
 from eventrouter.runtime.dispatch import Dispatcher
+from eventrouter.service.wiring import Intake, Outbox
 
 #: The drop counters of the dispatcher and scheduler, by reason.
 DROPS = {
@@ -44,15 +45,17 @@ class Parts:
     """The daemon's running parts, as a request finds them."""
 
     dispatcher: Dispatcher
-    subscriber: bus.Subscriber
-    publisher: bus.RedisPublisher
+    subscriber: Intake
+    publisher: Outbox
     routes: Sequence[Route]
+    #: Asks the subscribe server for its ROLE.
+    role: Callable[[], Awaitable[str]]
     started: float = field(default_factory=time.time)
     #: Reloads by result: ok, failed.
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
 
 
-def _outage(subscriber: bus.Subscriber) -> dict[str, Any] | None:
+def _outage(subscriber: Intake) -> dict[str, Any] | None:
     if subscriber.last_outage is None:
         return None
     start, end = subscriber.last_outage
@@ -86,7 +89,7 @@ async def status(parts: Parts) -> dict[str, Any]:
                 "url": bus.redact(subscriber.url),
                 "connected": subscriber.connected.is_set(),
                 "patterns": sorted(subscriber.patterns),
-                "role": await ask.role(subscriber.url),
+                "role": await parts.role(),
                 "reconnects": subscriber.reconnects,
                 "last_outage": _outage(subscriber),
             },
