@@ -107,6 +107,7 @@ NOT_HERE = [
     (r"^make lint\b|\bpytest\b", "runs the linters or the tests of the checkout"),
     (r"^make lock\b|\buv lock\b", "rewrites uv.lock from the package index"),
     (r"\b(install|systemctl)\b", "installs system units: changes the machine"),
+    (r"\s>\s", "writes a file in the current folder"),
     (r"^systemd-analyze\b", "needs systemd's tools (tests/test_systemd.py checks the units)"),
     (
         r"^\S*eventrouter (publish|retry|reload|status|history|failures)\b",
