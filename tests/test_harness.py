@@ -80,6 +80,7 @@ class Stuck:
     """A runner whose runs never end: only settling's own deadline stops the wait."""
 
     running = 0
+    base_env: dict[str, str] = {}  # noqa: RUF012 (read only)
 
     async def run_handler(self, directory: Path, **_: object) -> HandlerResult:
         await asyncio.Event().wait()

@@ -11,6 +11,7 @@ import asyncio
 import builtins
 import heapq
 import itertools
+import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,9 @@ from eventrouter.runtime.steps import HandlerResult, StepResult, describe_status
 
 #: How the fake runner ends a held run that the router stops (SIGTERM) or kills (SIGKILL).
 TERMINATED, KILLED = -15, -9
+
+
+log = logging.getLogger(__name__)
 
 
 class Beacon:
@@ -266,7 +270,10 @@ class FakeRunner:
             raise
         finally:
             self._active -= 1
-        return self._result(directory, [step.name for step in steps] or ["10step"], status)
+        result = self._result(directory, [step.name for step in steps] or ["10step"], status)
+        if not result.ok:  # as StepRunner says it: the dispatcher's lines rely on it
+            log.error("%s %s", tag, result.error)
+        return result
 
     async def _status(self, folder: str) -> int:
         gate = self._gates.get(folder)
