@@ -1,6 +1,6 @@
 """Benchmark another commit beside the working tree: same harness, same run, interleaved.
 
-    .venv/bin/python bench/compare.py REF [--only NAME ...] [--quick] [--repeat N] [--keep]
+    .venv/bin/python bench/compare.py REF [REF ...] [--only NAME ...] [--quick] [--repeat N]
 
 REF (any commit git names: a hash, a tag, ``main~3``) is exported with ``git archive`` into a
 temp folder and installed in a virtual environment of its own; the working tree, as it is now
@@ -9,7 +9,8 @@ another. Both get the dependencies the working tree's ``uv.lock`` pins (``uv exp
 their own package without dependencies: what differs between the two columns is our code. The
 main ``.venv`` is not touched. Every benchmark then measures both, interleaved round by round
 where it can (footprint, spawn, latency, emit), and prints one table: each row's figure for
-REF and for the working tree, and the ratio of the two (tree / REF). See bench/README.md.
+REF and for the working tree, and the ratio of the two (tree / REF). Several REFs make one
+column each (a bisection in one run); the ratio is to the first. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -42,15 +43,13 @@ def git(*args: str) -> str:
     return done.stdout
 
 
-def export_ref(ref: str, into: Path) -> str:
-    """Write the files of commit ``ref`` into ``into``; return its short hash."""
-    short = git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+def export_ref(short: str, into: Path) -> None:
+    """Write the files of commit ``short`` into ``into``."""
     into.mkdir(parents=True)
     archive = subprocess.Popen(["git", "archive", short], cwd=REPO, stdout=subprocess.PIPE)
     subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
         raise RuntimeError(f"git archive {short} failed")
-    return short
 
 
 def export_tree(into: Path) -> None:
@@ -80,8 +79,8 @@ def install(source: Path, venv: Path, requirements: Path) -> str:
     return python
 
 
-def prepare(ref: str, work: Path) -> tuple[Daemon, Daemon]:
-    """Install REF and the working tree side by side in ``work``; return both daemons."""
+def prepare(refs: Sequence[str], work: Path) -> list[Daemon]:
+    """Install each REF and the working tree side by side in ``work``; return their daemons."""
     requirements = work / "requirements.txt"
     pinned = subprocess.run(
         [str(UV), "export", "--frozen", "--no-hashes", "--no-emit-project", "--no-header",
@@ -89,17 +88,21 @@ def prepare(ref: str, work: Path) -> tuple[Daemon, Daemon]:
         cwd=REPO, capture_output=True, text=True, check=True,
     )  # fmt: skip
     requirements.write_text(pinned.stdout)
-    short = export_ref(ref, work / "ref")
-    export_tree(work / "tree")
+    sources = []
+    for ref in refs:
+        short = git("rev-parse", "--short", f"{ref}^{{commit}}").strip()
+        export_ref(short, work / short)
+        sources.append((short, work / short))
+    export_tree(work / TREE)
     cwd = work / "cwd"  # neither checkout: each interpreter imports its installed package
     cwd.mkdir()
     daemons = []
-    for label, source in ((short, work / "ref"), (TREE, work / "tree")):
+    for label, source in (*sources, (TREE, work / TREE)):
         start = time.perf_counter()
         python = install(source, work / f"venv-{label}", requirements)
         print(f"installed {label} in {time.perf_counter() - start:.1f}s", flush=True)
         daemons.append(Daemon(label, python=python, home=source, cwd=cwd))
-    return daemons[0], daemons[1]
+    return daemons
 
 
 def first_number(text: str) -> float | None:
@@ -117,8 +120,8 @@ def ratio(ref: Sequence[str], tree: Sequence[str]) -> str:
     return f"{statistics.median(ours) / statistics.median(theirs):.2f}x"
 
 
-def print_comparison(rows: Sequence[Row], ref: str) -> None:
-    """Print each (bench, metric) with REF's figures, the tree's and their ratio."""
+def print_comparison(rows: Sequence[Row], refs: Sequence[str]) -> None:
+    """Print each (bench, metric) with each REF's figures, the tree's, and tree / first REF."""
     keys: list[tuple[str, str]] = []
     figures: dict[tuple[str, str], dict[str, list[str]]] = {}
     for row in rows:
@@ -128,13 +131,13 @@ def print_comparison(rows: Sequence[Row], ref: str) -> None:
             figures[key] = {}
         shown = row.measured + (f" {row.verdict}" if row.verdict != "info" else "")
         figures[key].setdefault(row.who or "-", []).append(shown)
-    lines = [("bench", "metric", ref, TREE, "tree/ref", "other")]
+    lines = [("bench", "metric", *refs, TREE, f"tree/{refs[0]}", "other")]
     for key in keys:
         seen = figures[key]
-        theirs, ours = seen.pop(ref, []), seen.pop(TREE, [])
+        columns = [seen.pop(label, []) for label in (*refs, TREE)]
         other = "; ".join(f"{who}: {' | '.join(got)}" for who, got in seen.items())
-        lines.append((*key, " | ".join(theirs) or "-", " | ".join(ours) or "-",
-                      ratio(theirs, ours), other or "-"))  # fmt: skip
+        shown = [" | ".join(got) or "-" for got in columns]
+        lines.append((*key, *shown, ratio(columns[0], columns[-1]), other or "-"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     for n, line in enumerate(lines):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
@@ -145,7 +148,9 @@ def print_comparison(rows: Sequence[Row], ref: str) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description="Benchmark a commit beside the working tree.")
-    parser.add_argument("ref", metavar="REF", help="the commit to compare with (git rev)")
+    parser.add_argument(
+        "refs", metavar="REF", nargs="+", help="the commit(s) to compare with (git revs)"
+    )
     parser.add_argument(
         "--only", action="append", choices=sorted(BENCHES), help="this benchmark (repeatable)"
     )
@@ -164,11 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="erc-", dir="/tmp"))
     start = time.perf_counter()
     try:
-        ref, tree = prepare(args.ref, work)
+        daemons = prepare(args.refs, work)
         rows: list[Row] = []
         notes: list[str] = []
-        for n in range(args.repeat):  # the order of the two alternates from one run to the next
-            subjects = (ref, tree) if n % 2 == 0 else (tree, ref)
+        for n in range(args.repeat):  # the order alternates from one run to the next
+            subjects = tuple(daemons if n % 2 == 0 else reversed(daemons))
             with started(QUICK if args.quick else FULL, False, args.keep,
                          subjects=subjects) as ctx:  # fmt: skip
                 rows += run_all(ctx, names)
@@ -183,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    print_comparison(rows, ref.label)
+    print_comparison(rows, [who.label for who in daemons[:-1]])
     for note in notes:
         print(f"note: {note}")
     print(f"total {time.perf_counter() - start:.1f}s")
