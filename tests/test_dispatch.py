@@ -22,11 +22,13 @@ class LoopBack:
     def __init__(self) -> None:
         self.dispatcher: Dispatcher | None = None
         self.sent: list[tuple[str, bytes]] = []
+        self.loop_back = True
 
     async def publish(self, channel: str, data: bytes, receipt: Receipt | None = None) -> None:
         self.sent.append((channel, data))
-        assert self.dispatcher is not None
-        asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
+        if self.loop_back:
+            assert self.dispatcher is not None
+            asyncio.get_running_loop().call_soon(self.dispatcher.receive, channel, data)
         if receipt is not None:
             receipt.sent(1)
 
@@ -88,6 +90,27 @@ async def test_someone_elses_identical_event_starts_a_fresh_chain(tmp_path: Path
     await settle(dispatcher)
     assert dispatcher.chains.adopt("b/event/y", b"{}") == ()  # consumed on its way back
     assert len(publisher.sent) == 1
+
+
+async def test_only_derived_events_that_come_back_are_remembered(tmp_path: Path) -> None:
+    # A derived event no route of this router takes never comes back from Redis: remembering
+    # it (chain, history link) until it does would only fill memory for nothing.
+    dispatcher, publisher = make(
+        tmp_path,
+        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n"
+        "  - name: back\n    on: a/event/z\n    do: [{emit: {channel: a/event/x}}]\n",
+    )
+    publisher.loop_back = False  # published, never delivered back: what stays remembered
+    dispatcher.receive("a/event/x", b'{"n": 1}')
+    await settle(dispatcher)
+    assert len(dispatcher.chains) == 0
+    assert dispatcher.history.events[-1].derived == [
+        {"route": "fwd", "channel": "b/event/y", "receivers": 1}
+    ]
+    dispatcher.receive("a/event/z", b'{"n": 2}')  # its derived event a/event/x routes here
+    await settle(dispatcher)
+    assert len(dispatcher.chains) == 1
+    assert dispatcher.recover({}) == 1  # still handled once should it be lost on the way
 
 
 async def test_oversize_and_strict_schema_and_key_errors_are_counted(tmp_path: Path) -> None:
