@@ -46,7 +46,11 @@ def git(*args: str) -> str:
 def export_ref(short: str, into: Path) -> None:
     """Write the files of commit ``short`` into ``into``."""
     into.mkdir(parents=True)
-    archive = subprocess.Popen(["git", "archive", short], cwd=REPO, stdout=subprocess.PIPE)
+    # No group or world write bits (git archive's default umask is 002): the router refuses,
+    # as root, route files and folders others can change.
+    archive = subprocess.Popen(
+        ["git", "-c", "tar.umask=022", "archive", short], cwd=REPO, stdout=subprocess.PIPE
+    )
     subprocess.run(["tar", "-x", "-C", str(into)], stdin=archive.stdout, check=True)
     if archive.wait() != 0:
         raise RuntimeError(f"git archive {short} failed")
