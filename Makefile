@@ -75,8 +75,9 @@ test: lint
 	$(BIN)/eventrouter test --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
 
+# `make bench REF=main~3` runs the benchmarks on that commit beside the working tree instead.
 bench: $(BIN)/.installed
-	$(BIN)/python bench/run.py
+	$(if $(REF),$(BIN)/python bench/compare.py $(REF),$(BIN)/python bench/run.py)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info .coverage .coverage.*

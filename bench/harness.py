@@ -47,6 +47,7 @@ class Sizes:
     floor_runs: int = 500
     latency_rate: float = 100.0
     latency_seconds: float = 5.0
+    latency_rounds: int = 2
     latency_baseline: int = 200
     emit_events: int = 20_000
     modes_events: int = 5_000
@@ -79,6 +80,42 @@ class Row:
     baseline: str = "-"
     ratio: str = "-"
     verdict: str = "info"
+    #: The daemon measured (``Daemon.label``): several in one run with --peer or compare.py.
+    who: str = ""
+
+
+#: The floor's command line: bench/floor.py on the benchmark's events folder.
+FLOOR_CMD = "{python} " + shlex.quote(str(REPO / "bench" / "floor.py")) + " {redis} {events}"
+
+
+@dataclass(frozen=True)
+class Daemon:
+    """One daemon the benchmarks start: an eventrouter install, or a command line.
+
+    ``command`` is None for eventrouter (``python -m eventrouter run`` with ``python``); else
+    it is a command line with fields (bench/README.md "Side by side"), as --daemon takes it.
+    """
+
+    label: str
+    python: str = sys.executable
+    #: The checkout whose shipped examples this daemon runs on.
+    home: Path = REPO
+    #: Where its processes start: an installed commit's must not import the tree's package.
+    cwd: Path = REPO
+    command: str | None = None
+
+    @property
+    def router(self) -> bool:
+        """Return True for an eventrouter install (it reads route files)."""
+        return self.command is None
+
+    @property
+    def examples(self) -> Path:
+        """Return the shipped NS8 examples of this daemon's checkout."""
+        return self.home / "examples" / "ns8-cluster"
+
+
+FLOOR = Daemon("floor", command=FLOOR_CMD)
 
 
 @dataclass
@@ -90,13 +127,37 @@ class Context:
     sizes: Sizes
     profile: bool
     notes: list[str] = field(default_factory=list)
-    #: Another daemon's command line (``--daemon``), run instead of ``eventrouter run``.
-    daemon: str | None = None
+    #: What the benchmarks measure: eventrouter (one install, or two with compare.py), or
+    #: another daemon (--daemon) in its place.
+    subjects: tuple[Daemon, ...] = (Daemon("router"),)
+    #: Another daemon measured beside them where handlers are an events folder (--peer).
+    peer: Daemon | None = None
+
+    @property
+    def routers(self) -> tuple[Daemon, ...]:
+        """Return the subjects that are eventrouter installs."""
+        return tuple(d for d in self.subjects if d.router)
+
+    def folder_daemons(self) -> tuple[Daemon, ...]:
+        """Return every daemon that runs an events folder: subjects, the floor, the peer."""
+        peer = (self.peer,) if self.peer is not None else ()
+        return (*self.subjects, FLOOR, *peer)
 
 
 def verdict(ok: bool) -> str:
     """Return PASS or FAIL."""
     return "PASS" if ok else "FAIL"
+
+
+def daemon_env(ctx: Context, who: Daemon, **extra: str) -> dict[str, str]:
+    """Return ``clean_env`` plus a state folder of the daemon's own in the temp folder.
+
+    The default state folder is shared by every router of the user (root's is
+    /run/eventrouter): a router started elsewhere on the machine must not hold its lock.
+    """
+    state = ctx.tmp / "state" / who.label
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return clean_env(EVENTROUTER_STATE_DIR=str(state), **extra)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -155,26 +216,28 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def eventrouter_cmd(ctx: Context, name: str, args: Sequence[str]) -> list[str]:
+def eventrouter_cmd(
+    ctx: Context, name: str, args: Sequence[str], who: Daemon | None = None
+) -> list[str]:
     """Return the command line of the real CLI, under cProfile with ``--profile``."""
-    cmd = [sys.executable]
+    cmd = [(who or ctx.subjects[0]).python]
     if ctx.profile:
         cmd += ["-m", "cProfile", "-o", str(ctx.tmp / f"{name}.prof")]
     return [*cmd, "-m", "eventrouter", *args]
 
 
-def daemon_cmd(ctx: Context, events: Path, routes: Path | None) -> list[str]:
-    """Return ``--daemon``'s command line with its fields filled (bench/README.md)."""
-    assert ctx.daemon is not None
+def daemon_cmd(ctx: Context, who: Daemon, events: Path, routes: Path | None) -> list[str]:
+    """Return a command-line daemon's command with its fields filled (bench/README.md)."""
+    assert who.command is not None
     fields = {
         "redis": ctx.redis_url,
         # host:port, as REDIS_ADDRESS holds it (NS8's agent); the socket path without --port.
         "address": ctx.redis_url.removeprefix("redis://").removeprefix("unix://"),
         "events": str(events),
         "routes": str(routes or ""),
-        "python": sys.executable,
+        "python": who.python,
     }
-    return [part.format(**fields) for part in shlex.split(ctx.daemon)]
+    return [part.format(**fields) for part in shlex.split(who.command)]
 
 
 def proc_cpu(pid: int) -> float:
@@ -217,26 +280,29 @@ class Router:
         level: str,
         *,
         events: Path | None = None,
+        who: Daemon | None = None,
     ) -> None:
+        who = who or ctx.subjects[0]
         self.name = name
+        self.who = who
         self.log_path = ctx.tmp / f"{name}.log"
         self._log_out = self.log_path.open("wb")
         self._log_in = self.log_path.open("rb")
         self.text = ""
         cli = ["--log-level", level, "run", "--redis", ctx.redis_url, *args]
-        if ctx.daemon is not None:  # another daemon, on the same events folder
+        if not who.router:  # another daemon, on the same events folder
             if events is None:
-                raise BenchError(f"{name}: needs eventrouter's routes; --daemon cannot run it")
-            cmd = daemon_cmd(ctx, events, None)
+                raise BenchError(f"{name}: needs eventrouter's routes; {who.label} cannot run it")
+            cmd = daemon_cmd(ctx, who, events, None)
         else:
-            cmd = eventrouter_cmd(ctx, name, cli)
+            cmd = eventrouter_cmd(ctx, name, cli, who)
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=self._log_out,
             stderr=subprocess.STDOUT,
             env=env,
-            cwd=REPO,
+            cwd=who.cwd,
         )
 
     def read_log(self) -> str:
@@ -305,16 +371,20 @@ def running_router(
     level: str = "INFO",
     ready_timeout: float = 30.0,
     events: Path | None = None,
+    who: Daemon | None = None,
 ) -> Iterator[Router]:
     """Start a router, wait until it has subscribed, yield it; always stop it afterwards.
 
     ``events`` is the events folder the benchmark's routes use as their handler convention:
-    what a ``--daemon`` is started on instead.
+    what a command-line daemon (the floor, --daemon, --peer) is started on instead. ``who``
+    is the daemon to start, the first subject by default.
     """
-    quiet = level not in ("DEBUG", "INFO") or ctx.daemon is not None
+    who = who or ctx.subjects[0]
+    quiet = level not in ("DEBUG", "INFO") or not who.router
     if quiet:
         wait_patterns(ctx.redis_url, lambda n: n == 0, 5.0)
-    router = Router(ctx, name, args, clean_env(**(env or {})), level, events=events)
+    env = daemon_env(ctx, who, **(env or {}))
+    router = Router(ctx, name, args, env, level, events=events, who=who)
     try:
         if quiet:  # the 'subscribed' line is at INFO: ask the server instead
             wait_patterns(ctx.redis_url, lambda n: n > 0, ready_timeout, router)
@@ -331,7 +401,18 @@ def running_router(
         print_profile(ctx, name)
 
 
-def cache_bytecode(prefix: Path) -> None:
+#: Imports every module of the installed eventrouter, whatever its layout or module names.
+WARM_CODE = """
+import contextlib, importlib, pkgutil, eventrouter
+for found in pkgutil.walk_packages(eventrouter.__path__, "eventrouter."):
+    if not found.name.endswith("__main__"):  # that one runs the command line
+        with contextlib.suppress(Exception):
+            importlib.import_module(found.name)
+import asyncio.subprocess
+"""
+
+
+def cache_bytecode(prefix: Path, daemons: Sequence[Daemon]) -> None:
     """Let every process started from here cache bytecode under ``prefix``, and fill it.
 
     An installed package has its bytecode compiled (pip does it at install); a development
@@ -340,42 +421,36 @@ def cache_bytecode(prefix: Path) -> None:
     """
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
-    warm = (
-        "import eventrouter.cli.commands, eventrouter.service.daemon, eventrouter.analysis.validate"
-    )
-    subprocess.run([sys.executable, "-c", warm], check=True, cwd=REPO)
-    subprocess.run([sys.executable, "-m", "eventrouter", "--help"], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL)  # fmt: skip
+    env = dict(os.environ, PYTHONPATH=str(REPO / "bench"))
+    for who in (FLOOR, *daemons):
+        if who.router or who is FLOOR:
+            code = WARM_CODE if who.router else "import floor"
+            subprocess.run([who.python, "-c", code], check=True, cwd=who.cwd, env=env)
+        if who.router:
+            subprocess.run([who.python, "-m", "eventrouter", "--help"], check=True, cwd=who.cwd,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
 
 
 @contextlib.contextmanager
 def started(
-    sizes: Sizes, profile: bool, keep: bool, daemon: str | None = None, port: int | None = None
+    sizes: Sizes,
+    profile: bool,
+    keep: bool,
+    *,
+    subjects: Sequence[Daemon] = (Daemon("router"),),
+    port: int | None = None,
+    peer: Daemon | None = None,
 ) -> Iterator[Context]:
     """Start a Redis server on a Unix socket in a temp folder; clean everything up after."""
     tmp = Path(tempfile.mkdtemp(prefix="erb-", dir="/tmp"))  # short: a socket path <= 107 bytes
-    cache_bytecode(tmp / "pycache")
+    cache_bytecode(tmp / "pycache", subjects)
     server = EmbeddedServer(tmp / "redis", port=port)
     try:
         server.start()
-        yield Context(tmp, server.url, sizes, profile, daemon=daemon)
+        yield Context(tmp, server.url, sizes, profile, subjects=tuple(subjects), peer=peer)
     finally:
         server.stop()
         if keep:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def print_table(rows: Sequence[Row]) -> None:
-    """Print the rows as an aligned table."""
-    header = Row("bench", "metric", "measured", "target", "baseline", "ratio", "verdict")
-    cells = [
-        [r.bench, r.metric, r.measured, r.target, r.baseline, r.ratio, r.verdict]
-        for r in (header, *rows)
-    ]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cells[0]))]
-    for n, line in enumerate(cells):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-        if n == 0:
-            print("  ".join("-" * width for width in widths))

@@ -63,6 +63,22 @@ async def test_someone_elses_identical_event_starts_a_fresh_chain(tmp_path: Path
         assert len(sent(router)) == 1
 
 
+async def test_only_derived_events_that_come_back_are_remembered(tmp_path: Path) -> None:
+    # A derived event no route of this router takes never comes back from Redis: remembering
+    # it (chain, history link) until it does would only fill memory for nothing.
+    async with make(
+        tmp_path,
+        "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n"
+        "  - name: back\n    on: a/event/z\n    do: [{emit: {channel: a/event/x}}]\n",
+    ) as router:
+        await router.send("a/event/x", b'{"n": 1}')  # b/event/y: nothing here subscribes
+        assert len(router.dispatcher.chains) == 0
+        [derived] = router.dispatcher.history.events[-1].derived
+        assert (derived["route"], derived["channel"]) == ("fwd", "b/event/y")
+        assert router.dispatcher.comes_back("a/event/x") is True
+        assert router.dispatcher.comes_back("b/event/y") is False
+
+
 async def test_oversize_and_strict_schema_and_key_errors_are_counted(tmp_path: Path) -> None:
     async with make(
         tmp_path,

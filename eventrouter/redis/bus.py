@@ -19,6 +19,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from eventrouter.redis.health import HealthCheck
 from eventrouter.runtime.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
@@ -201,28 +202,37 @@ class Subscriber:
             log.exception("internal error while handling an event on %r", channel)
             return False
 
-    async def _read(self) -> None:
+    async def _serve(self) -> None:
+        """Deliver messages until the connection fails; a health check PINGs it when quiet."""
+        health = HealthCheck(self.ping_interval, self.ping_timeout)
+        watcher = asyncio.create_task(
+            health.watch(self._pubsub.ping, self._close_read), name="subscription health"
+        )
+        try:
+            await self._read(health)
+        except (RedisError, OSError) as exc:
+            if health.stale is not None:  # the check closed it: say why
+                raise RedisConnectionError(health.stale) from exc
+            raise
+        finally:
+            await cancel_until_done(watcher, "the subscription's health check")
+
+    async def _close_read(self) -> None:
+        """Close the subscription's connection under the read, which then fails."""
+        connection = self._pubsub.connection if self._pubsub is not None else None
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+
+    async def _read(self, health: HealthCheck) -> None:
         count = 0
-        quiet_since, ping_sent = time.monotonic(), 0.0
+        clock = time.monotonic
         while True:
-            if ping_sent:
-                wait = ping_sent + self.ping_timeout - time.monotonic()
-            else:
-                wait = quiet_since + self.ping_interval - time.monotonic()
-            message = await self._pubsub.get_message(timeout=max(wait, 0.0))
-            now = time.monotonic()
-            if message is None:
-                if ping_sent and now - ping_sent >= self.ping_timeout:
-                    raise RedisConnectionError(
-                        f"no reply to PING within {self.ping_timeout:g}s: the connection "
-                        "looks half-open; replacing it"
-                    )
-                if not ping_sent and now - quiet_since >= self.ping_interval:
-                    await self._pubsub.ping()
-                    ping_sent = now
-                continue
-            quiet_since, ping_sent = now, 0.0  # any reply proves the connection alive
-            if message.get("type") != "pmessage":
+            if health.stale is not None:  # closed while this delivered: never read it again
+                raise RedisConnectionError(health.stale)
+            # No timeout: the health check watches the silence (see redis/health.py).
+            message = await self._pubsub.get_message(timeout=None)
+            health.heard = clock()  # any reply proves the connection alive
+            if message is None or message.get("type") != "pmessage":
                 continue
             urgent = self._deliver(message)
             # Buffered messages come back without suspending: yield now and then, so that
@@ -246,7 +256,7 @@ class Subscriber:
                     down_since = None
                 self.connected.set()
                 delay = BACKOFF_START
-                await self._read()
+                await self._serve()
             except (RedisError, OSError) as exc:
                 was_up = self.connected.is_set()
                 self.connected.clear()  # hold the outbox from now on

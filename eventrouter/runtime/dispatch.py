@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 #: Journal writes in flight at most: a flood of drops must not queue a task for each.
 MAX_RECORDING = 256
+#: Derived-event channels whose return is known (routed here or not); forgotten when full.
+RETURNS_KNOWN = 1024
 
 
 class FailureJournal(Protocol):
@@ -241,6 +243,8 @@ class Dispatcher:
         self.derived: Counter[str] = Counter()
         self.run_seconds = Histograms()
         self.step_seconds = Histograms()
+        #: Derived-event channel -> whether Redis delivers it back here (the current table).
+        self._returns: dict[str, bool] = {}
 
     @property
     def router(self) -> RouterInfo:
@@ -266,6 +270,24 @@ class Dispatcher:
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
         self.index = index
+        self._returns.clear()
+
+    def comes_back(self, channel: str) -> bool:
+        """Return True when a derived event on ``channel`` comes back here: a route or the
+        events folders of the current table take it, so this router subscribes to it.
+
+        Only those are remembered until they return (the loop guard's chain, the history's
+        link, recovery after a subscription break): any other is never seen again, and
+        remembering it would hold memory for nothing.
+        """
+        found = self._returns.get(channel)
+        if found is None:
+            folders = bool(self.context.events_dirs) and "/event/" in channel  # */event/*
+            found = folders or bool(self.index.match(channel))
+            if len(self._returns) >= RETURNS_KNOWN:
+                self._returns.clear()
+            self._returns[channel] = found
+        return found
 
     @property
     def recording(self) -> list[asyncio.Task[None]]:
@@ -727,15 +749,18 @@ class Dispatcher:
                 )
             return Failed(exc.status, exc.reason)
         message = (emit.channel, emit.data)
+        back = self.comes_back(emit.channel)
         if job.trace is not None and job.trace.owner is not None:
-            self.history.emitting(job.trace.owner, route.name, emit.channel, emit.data)
+            owner = job.trace.owner
+            self.history.emitting(owner, route.name, emit.channel, emit.data, returns=back)
         self.lines.emitting(job)
         await self.publisher.publish(
             emit.channel, emit.data, _EmitReceipt(self, job, position, action, message)
         )
         # Remembered once queued and before any await: it cannot come back before that, and
         # what is remembered is then either in the outbox or published (see recover).
-        self.chains.remember(emit.channel, emit.data, emit.chain)
+        if back:
+            self.chains.remember(emit.channel, emit.data, emit.chain)
         return None
 
     async def close(self, grace: float, hurry: asyncio.Event | None = None) -> None:

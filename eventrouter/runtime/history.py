@@ -134,12 +134,19 @@ class History:
         """Return the names of the routes and events folders the kept events met."""
         return {trace.route for item in self.events for trace in item.routes}
 
-    def emitting(self, source: EventTrace, route: str, channel: str, data: bytes) -> None:
-        """Record that ``route`` emits a derived event while handling ``source``."""
+    def emitting(
+        self, source: EventTrace, route: str, channel: str, data: bytes, *, returns: bool = True
+    ) -> None:
+        """Record that ``route`` emits a derived event while handling ``source``.
+
+        ``returns``: the event comes back to this router, which then links it to ``source``.
+        """
+        source.derived.append({"route": route, "channel": channel})
+        if not returns:
+            return
         while len(self._behind) >= PENDING_MAX:
             self._behind.popitem(last=False)
         self._behind.setdefault((channel, data), deque()).append(source.seq)
-        source.derived.append({"route": route, "channel": channel})
 
     def query(
         self,
