@@ -24,7 +24,7 @@ from eventrouter.config import execs, routefile, testfile
 from eventrouter.config.editor_schema import FILES, schema_path, schema_text
 from eventrouter.config.layout import ROUTE_LAYOUT, Layout
 from eventrouter.config.loader import load_routes, route_files
-from eventrouter.config.schemas import TYPE_NAMES, WELL_KNOWN
+from eventrouter.config.payloads import TYPE_NAMES, WELL_KNOWN
 from eventrouter.config.testfile import KEYS as TEST_LAYOUT
 from eventrouter.config.testfile import load_tests
 from eventrouter.config.yamlload import YamlError, loads

@@ -16,12 +16,12 @@ from functools import partial
 from pathlib import Path
 
 from eventrouter.config.excerpt import excerpt
+from eventrouter.config.payloads import WELL_KNOWN, EventSpec, payload_problem
 from eventrouter.config.routefile import parse_file
-from eventrouter.config.schemas import WELL_KNOWN, EventSpec, payload_problem
 from eventrouter.config.trust import distrust, effective_uid, handler_distrust
 
 # Also the command line's reading of durations (cli.main), which imports it from here.
-from eventrouter.config.validation import parse_duration
+from eventrouter.config.validators import parse_duration
 from eventrouter.config.yamlload import YamlError, read_text
 from eventrouter.errors import Diagnostic
 from eventrouter.model import Event, Route, RunAction

@@ -2,7 +2,7 @@
 
 Each takes the raw YAML value and returns the typed one, or raises ValueError with a message
 that says what to do; ``routefile`` wraps them into its voluptuous schema. The validators
-that route test files share (text, durations, counts) are in ``validation``.
+that route test files share (text, durations, counts) are in ``validators``.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.patterns import ChannelPattern, PatternError
-from eventrouter.config.schemas import WELL_KNOWN, parse_field
+from eventrouter.config.payloads import WELL_KNOWN, parse_field
 from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value
-from eventrouter.config.validation import kind, text
+from eventrouter.config.validators import kind, text
 from eventrouter.model import AGENT_ID, ROUTE_NAME, SAFE_NAME, TASK_ACTION
 
 

@@ -18,6 +18,7 @@ import voluptuous as vol
 
 from eventrouter.config.execs import build_exec, env_entries
 from eventrouter.config.layout import ACTION_KEYS, FILE_KEYS, ROUTE_LAYOUT, action_kind_problem
+from eventrouter.config.payloads import EventSpec, declared_spec
 from eventrouter.config.routefields import (
     agent_id,
     channel_patterns,
@@ -30,9 +31,8 @@ from eventrouter.config.routefields import (
     text_template,
     value_template,
 )
-from eventrouter.config.schemas import EventSpec, declared_spec
 from eventrouter.config.templates import Value
-from eventrouter.config.validation import (
+from eventrouter.config.validators import (
     FileContext,
     boolean,
     count,
