@@ -16,9 +16,10 @@ from functools import partial
 from pathlib import Path
 
 from eventrouter.config.excerpt import excerpt
+from eventrouter.config.handlers import handler_distrust
 from eventrouter.config.payloads import WELL_KNOWN, EventSpec, payload_problem
 from eventrouter.config.routefile import parse_file
-from eventrouter.config.trust import distrust, effective_uid, handler_distrust
+from eventrouter.config.trust import distrust, effective_uid
 
 # Also the command line's reading of durations (cli.main), which imports it from here.
 from eventrouter.config.validators import parse_duration
