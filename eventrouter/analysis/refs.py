@@ -28,7 +28,7 @@ from eventrouter.analysis.loops import (
 from eventrouter.config.ns8 import TESTS
 from eventrouter.config.payloads import EventSpec
 from eventrouter.config.suggest import close_match
-from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
+from eventrouter.config.valuetemplates import ListPart, MappingPart, NativePart, TextPart, Value
 from eventrouter.errors import Diagnostic, Severity
 from eventrouter.model import (
     EVENT_MARK,

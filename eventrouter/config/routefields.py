@@ -12,8 +12,9 @@ from typing import Any
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.payloads import WELL_KNOWN, parse_field
-from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value
+from eventrouter.config.templates import Condition, TemplateSyntaxError, Text
 from eventrouter.config.validators import kind, text
+from eventrouter.config.valuetemplates import Value
 from eventrouter.model import AGENT_ID, ROUTE_NAME, SAFE_NAME, TASK_ACTION
 
 

@@ -31,7 +31,6 @@ from eventrouter.config.routefields import (
     text_template,
     value_template,
 )
-from eventrouter.config.templates import Value
 from eventrouter.config.validators import (
     FileContext,
     boolean,
@@ -46,6 +45,7 @@ from eventrouter.config.validators import (
     text,
     wrap,
 )
+from eventrouter.config.valuetemplates import Value
 from eventrouter.config.yamlload import YamlError, line_of, loads
 from eventrouter.errors import Diagnostic
 from eventrouter.model import (
