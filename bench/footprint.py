@@ -35,7 +35,7 @@ RSS_MARGIN = 4.0  # MiB
 GROUPS = (
     ("cli (what --help loads)", "eventrouter.cli.main"),
     ("config: loader, yaml, voluptuous, jinja2", "eventrouter.config.loader"),
-    ("analysis (deep check)", "eventrouter.analysis.validate"),
+    ("analysis (deep check)", "eventrouter.analysis.verdict"),
     ("asyncio", "asyncio"),
     ("redis-py + hiredis", "redis.asyncio"),
     ("runtime (dispatch, steps, spawn)", "eventrouter.runtime.dispatch"),

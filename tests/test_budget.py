@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from eventrouter.config.budget import WATCHDOG
-from eventrouter.config.templates import Condition, Text, Value, event_context, set_timeout
+from eventrouter.config.templates import Condition, Text, event_context, set_timeout
+from eventrouter.config.valuetemplates import Value
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 from eventrouter.testing import Harness

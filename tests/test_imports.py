@@ -33,8 +33,8 @@ else:
 with open(out, "w") as handle:
     json.dump(sorted(sys.modules), handle)
 """
-#: What only `run` (and the commands that talk to Redis) may load. Of the runtime, the tools
-#: read handler folders with eventrouter.runtime.folders alone.
+#: What only `run` (and the commands that talk to Redis) may load. The tools read handler
+#: folders with eventrouter.config.handlers; of the runtime, they may load runtime.skips alone.
 RUNTIME = ("asyncio", "redis", "hiredis", "eventrouter.redis", "eventrouter.service",
            "concurrent.futures", "ssl", *(f"eventrouter.runtime.{name}" for name in
            ("dispatch", "journal", "lanes", "limiter", "spawn", "statedir", "steps")))  # fmt: skip

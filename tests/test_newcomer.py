@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from eventrouter.config import schemas
+from eventrouter.config import payloads
 from eventrouter.redis.ask import ask
 from eventrouter.redis.embedded import find_server_binary
 from eventrouter.runtime import control
@@ -512,7 +512,7 @@ class _MakeRun:
         raw = args[1] == "--raw"
         channel, payload = args[2:] if raw else args[1:]
         if not raw:
-            schemas.check_payload(channel, payload)
+            payloads.check_payload(channel, payload)
         with redis.Redis.from_url(self.url) as client:
             client.publish(channel, payload)
 

@@ -16,7 +16,8 @@ import redis
 from eventrouter.analysis.loops import overlap, pattern_glob
 from eventrouter.config.loader import load_file_routes
 from eventrouter.config.patterns import ChannelPattern, PatternError, RouteIndex
-from eventrouter.config.templates import Text, Value
+from eventrouter.config.templates import Text
+from eventrouter.config.valuetemplates import Value
 from eventrouter.model import EmitAction, Route
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter.analysis.validate import validate
+from eventrouter.analysis.verdict import validate
 from eventrouter.config.loader import load_routes
 from eventrouter.testing import Harness
 from tests.routerproc import run_cli

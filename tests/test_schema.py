@@ -20,11 +20,11 @@ from typing import Any
 import jsonschema
 import pytest
 
-from eventrouter.config import execs, loader, testfile
+from eventrouter.config import execs, routefile, testfile
 from eventrouter.config.editor_schema import FILES, schema_path, schema_text
 from eventrouter.config.layout import ROUTE_LAYOUT, Layout
 from eventrouter.config.loader import load_routes, route_files
-from eventrouter.config.schemas import TYPE_NAMES, WELL_KNOWN
+from eventrouter.config.payloads import TYPE_NAMES, WELL_KNOWN
 from eventrouter.config.testfile import KEYS as TEST_LAYOUT
 from eventrouter.config.testfile import load_tests
 from eventrouter.config.yamlload import YamlError, loads
@@ -210,16 +210,16 @@ def _inner(schema: Any, key: str) -> Any:
 
 
 def test_the_layout_holds_the_keys_the_loader_validates() -> None:
-    assert _keys(loader.FILE_SCHEMA) == set(ROUTE_LAYOUT[""])
-    assert _keys(loader.ROUTE_SCHEMA) == set(ROUTE_LAYOUT["routes"])
-    actions = (loader.RUN_SCHEMA, loader.EMIT_SCHEMA, loader.TASK_SCHEMA)
+    assert _keys(routefile.FILE_SCHEMA) == set(ROUTE_LAYOUT[""])
+    assert _keys(routefile.ROUTE_SCHEMA) == set(ROUTE_LAYOUT["routes"])
+    actions = (routefile.RUN_SCHEMA, routefile.EMIT_SCHEMA, routefile.TASK_SCHEMA)
     # exec: is validated by config/execs.py: its list form has no keys, its mapping form these
     assert set().union(*map(_keys, actions)) | {"exec"} == set(ROUTE_LAYOUT["routes.do"])
     assert _keys(execs.EXEC_SCHEMA) == set(ROUTE_LAYOUT["routes.do.exec"])
-    assert _keys(_inner(loader.EMIT_SCHEMA, "emit")) == set(ROUTE_LAYOUT["routes.do.emit"])
-    assert _keys(_inner(loader.TASK_SCHEMA, "task")) == set(ROUTE_LAYOUT["routes.do.task"])
-    assert _keys(loader.RETRY_SCHEMA) == set(ROUTE_LAYOUT["routes.retry"])
-    assert _keys(loader.EVENT_SCHEMA) == set(ROUTE_LAYOUT["schemas.*"])
+    assert _keys(_inner(routefile.EMIT_SCHEMA, "emit")) == set(ROUTE_LAYOUT["routes.do.emit"])
+    assert _keys(_inner(routefile.TASK_SCHEMA, "task")) == set(ROUTE_LAYOUT["routes.do.task"])
+    assert _keys(routefile.RETRY_SCHEMA) == set(ROUTE_LAYOUT["routes.retry"])
+    assert _keys(routefile.EVENT_SCHEMA) == set(ROUTE_LAYOUT["schemas.*"])
     assert _keys(testfile.TEST_SCHEMA) == set(TEST_LAYOUT["tests"])
     assert _keys(testfile.ROUTER) == set(TEST_LAYOUT["tests.router"])
     assert _keys(testfile.EMIT) == set(TEST_LAYOUT["tests.expect.emits"])

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, Value, event_context
+from eventrouter.config.templates import Condition, TemplateSyntaxError, Text, event_context
+from eventrouter.config.valuetemplates import Value
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 

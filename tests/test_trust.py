@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from eventrouter.analysis.lint import deep_check
-from eventrouter.analysis.validate import where_errors_are
+from eventrouter.analysis.verdict import where_errors_are
+from eventrouter.config.handlers import handler_distrust
 from eventrouter.config.loader import LoadResult, load_routes
-from eventrouter.config.trust import distrust, handler_distrust
+from eventrouter.config.trust import distrust
 from eventrouter.errors import Diagnostic
 from eventrouter.runtime.steps import StepRunner
 from tests.conftest import RedisCli

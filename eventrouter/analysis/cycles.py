@@ -18,7 +18,8 @@ from typing import Any
 
 from eventrouter.analysis.loops import MAX_CYCLES, Graph, elementary_cycles, overlap, pattern_glob
 from eventrouter.analysis.refs import Key, can_stop, emit_glob, reads
-from eventrouter.config.templates import Constant, MappingPart, event_context
+from eventrouter.config.templates import event_context
+from eventrouter.config.valuetemplates import Constant, MappingPart
 from eventrouter.engine.decide import evaluate_when
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EmitAction, Event, Route

@@ -13,11 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from eventrouter.config.handlers import folder_exists, list_steps
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.decide import RouterContext
 from eventrouter.engine.plan import ActionPlan, EventPlan, Planner, RoutePlan, StepPlan
 from eventrouter.model import ONE_NODE, Route, RouterInfo
-from eventrouter.runtime.folders import folder_exists, list_steps
 
 __all__ = ["ActionPlan", "EventPlan", "Explainer", "RoutePlan", "StepPlan", "format_text"]
 

@@ -22,11 +22,12 @@ from eventrouter.analysis.loops import Neighbours, contains, emit_graph, overlap
 from eventrouter.analysis.refs import emit_glob, template_findings, warning
 from eventrouter.analysis.stepnotes import merge_findings, skipped_note
 from eventrouter.analysis.tense import tense_findings
+from eventrouter.config.handlers import handler_distrust, is_ignored, list_steps
 from eventrouter.config.loader import LoadResult
-from eventrouter.config.trust import Distrust, distrust, handler_distrust, is_ignored
+from eventrouter.config.trust import Distrust, distrust
 from eventrouter.errors import Diagnostic
 from eventrouter.model import EVENT_MARK, SAFE_NAME, EmitAction, Route, RunAction
-from eventrouter.runtime.folders import MENTIONS, list_steps
+from eventrouter.runtime.skips import MENTIONS
 
 _EVENT_CHANNEL = pattern_glob("*/event/*")
 

@@ -26,9 +26,9 @@ from eventrouter.analysis.loops import (
     pattern_glob,
 )
 from eventrouter.config.ns8 import TESTS
-from eventrouter.config.schemas import EventSpec
+from eventrouter.config.payloads import EventSpec
 from eventrouter.config.suggest import close_match
-from eventrouter.config.templates import ListPart, MappingPart, NativePart, TextPart, Value
+from eventrouter.config.valuetemplates import ListPart, MappingPart, NativePart, TextPart, Value
 from eventrouter.errors import Diagnostic, Severity
 from eventrouter.model import (
     EVENT_MARK,

@@ -11,13 +11,13 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from eventrouter.errors import Diagnostic
-from eventrouter.runtime.folders import (
+from eventrouter.config.handlers import (
     SkippedEntry,
     is_text_without_shebang,
     read_head,
     scan,
 )
+from eventrouter.errors import Diagnostic
 
 _SKIPPED = {
     "is a directory": "is a directory, not a step",

@@ -97,7 +97,7 @@ def _load_valid(args: argparse.Namespace) -> tuple[LoadResult, list[Path]] | Non
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate route files and events folders; print findings on stdout."""
-    from eventrouter.analysis.validate import validate
+    from eventrouter.analysis.verdict import validate
 
     folders = events_dirs(args.events_dir, os.environ)
     loaded, searched = _load(args)
@@ -365,7 +365,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # The deep check runs once here (issue 8: `run` refuses what `check` errors on); the
     # daemon imports it again only for a reload.
-    from eventrouter.analysis.validate import validate, where_errors_are
+    from eventrouter.analysis.verdict import validate, where_errors_are
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics, watch

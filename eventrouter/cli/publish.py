@@ -37,7 +37,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     """Check and publish one event; print how many subscribers received it."""
     import asyncio
 
-    from eventrouter.config import schemas
+    from eventrouter.config import payloads
     from eventrouter.redis import bus, embedded
 
     data = _payload(args.payload)
@@ -45,7 +45,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         loaded, _ = _load(args)  # the operators' own event schemas, when the routes load
         declared = loaded.schemas if loaded.ok else None
         try:
-            schemas.check_payload(args.channel, data.decode("utf-8"), declared)
+            payloads.check_payload(args.channel, data.decode("utf-8"), declared)
         except (PayloadError, UnicodeDecodeError) as exc:
             print(f"eventrouter publish: {exc} (use --raw to publish it anyway)", file=sys.stderr)
             return EXIT_INVALID

@@ -27,7 +27,7 @@ import voluptuous as vol
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.layout import ROUTE_LAYOUT
 from eventrouter.config.templates import TemplateSyntaxError, Text
-from eventrouter.config.validation import (
+from eventrouter.config.validators import (
     FileContext,
     key_path,
     kind,

@@ -1,17 +1,16 @@
 """Sandboxed Jinja2 templates: checked at load time, compiled on first use, rendered at run time.
 
-All of Jinja2 lives here. Templates render in an immutable sandbox with ``StrictUndefined``:
-no file, environment or attribute access beyond the context, and an undefined variable is an
-error (``| default(...)`` and ``is defined`` still work).
+Text and expression templates, and the context they render in, live here; structures whose
+strings are templates (``payload:``, ``data:``) are in ``valuetemplates``, built of these.
+Templates render in an immutable sandbox with ``StrictUndefined``: no file, environment or
+attribute access beyond the context, and an undefined variable is an error
+(``| default(...)`` and ``is defined`` still work).
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -30,7 +29,8 @@ from eventrouter.model import Event
 T = TypeVar("T")
 
 _ENV = make_environment()
-_MARKERS = ("{{", "{%", "{#")
+#: What starts a template's placeholder, block or comment: text without one is static.
+MARKERS = ("{{", "{%", "{#")
 
 
 class TemplateSyntaxError(ValueError):
@@ -162,7 +162,7 @@ def set_timeout(seconds: float) -> None:
     WATCHDOG.timeout = seconds
 
 
-def _budgeted(kind: str, source: str, render: Callable[[], T]) -> T:
+def budgeted(kind: str, source: str, render: Callable[[], T]) -> T:
     """Return ``render()`` within the time budget; raise TemplateRenderError past it."""
     try:
         return WATCHDOG.run(render)
@@ -188,7 +188,7 @@ class Text:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.static = not any(marker in source for marker in _MARKERS)
+        self.static = not any(marker in source for marker in MARKERS)
         if not self.static:
             _check_syntax(source)
 
@@ -196,7 +196,7 @@ class Text:
         """Return the rendered text; raise TemplateRenderError."""
         if self.static:
             return self.source
-        return _budgeted("template", self.source, lambda: self._render(context))
+        return budgeted("template", self.source, lambda: self._render(context))
 
     def _render(self, context: Mapping[str, Any]) -> str:
         try:
@@ -252,7 +252,7 @@ class Condition:
             if value is not _MISSING:
                 return value
         kind, shown = ("condition", self.source) if self.label is None else ("template", self.label)
-        return _budgeted(kind, shown, lambda: self._evaluate(context, kind, shown))
+        return budgeted(kind, shown, lambda: self._evaluate(context, kind, shown))
 
     def _evaluate(self, context: Mapping[str, Any], kind: str, shown: str) -> Any:
         try:
@@ -262,183 +262,6 @@ class Condition:
             return value
         except Exception as exc:
             raise _fail(kind, shown, exc) from exc
-
-
-def _single_expression(source: str) -> str | None:
-    """Return the expression text when ``source`` is exactly one ``{{ expression }}``."""
-    if not (source.startswith("{{") and source.endswith("}}")):
-        return None
-    inner = source[2:-2]
-    if any(marker in inner for marker in ("{{", "}}", "{%", "%}", "{#", "#}")):
-        return None
-    return inner.strip("-+ \t\n") or None
-
-
-def _check_json(value: Any, source: str) -> Any:
-    """Return ``value`` when it is JSON data; raise TemplateRenderError otherwise."""
-    if isinstance(value, jinja2.Undefined):
-        value._fail_with_undefined_error()
-    if value is None or isinstance(value, str | bool | int):
-        return value
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise TemplateRenderError(f"template {source!r} gave {value}, which JSON cannot carry")
-        return value
-    if isinstance(value, list | tuple):
-        return [_check_json(item, source) for item in value]
-    if isinstance(value, Mapping):
-        return {str(key): _check_json(item, source) for key, item in value.items()}
-    raise TemplateRenderError(
-        f"template {source!r} gave a {type(value).__name__}, which is not JSON data"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Constant:
-    """A value with no template in it, rendered as is."""
-
-    value: Any
-
-
-@dataclass(frozen=True, slots=True)
-class TextPart:
-    """A string with placeholders, rendered as text."""
-
-    template: Text
-
-
-@dataclass(frozen=True, slots=True)
-class NativePart:
-    """A string that is exactly one ``{{ expression }}``: the expression's JSON value."""
-
-    expression: Condition
-
-
-@dataclass(frozen=True, slots=True)
-class MappingPart:
-    """A mapping whose values hold templates."""
-
-    items: tuple[tuple[str, Value], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ListPart:
-    """A list whose items hold templates."""
-
-    items: tuple[Value, ...]
-
-
-Part = Constant | TextPart | NativePart | MappingPart | ListPart
-
-
-def _part(data: Any) -> Part:
-    """Return the typed part for ``data``: strings are sorted by their template markers."""
-    if isinstance(data, str):
-        expression = _single_expression(data)
-        if expression is not None:
-            return NativePart(Condition(expression, data))
-        if any(marker in data for marker in _MARKERS):
-            return TextPart(Text(data))
-        return Constant(data)
-    if not _has_template(data):
-        return Constant(_plain(data))  # one object, not a tree of them
-    if isinstance(data, Mapping):
-        return MappingPart(tuple((str(key), Value(item)) for key, item in data.items()))
-    if isinstance(data, list | tuple):
-        return ListPart(tuple(Value(item) for item in data))
-    return Constant(data)
-
-
-class _Where(TemplateRenderError):
-    """A failure inside a structure, with the key path to it (``.k[1]``)."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path.lstrip('.')}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class Value:
-    """A structure whose strings are templates (implements ``model.ValueTemplate``).
-
-    A string that is exactly one ``{{ expression }}`` yields the expression's native value;
-    any other string yields text; mappings and lists keep their shape. ``what`` names the
-    structure (``payload``) in the message of a failure, with the key path inside it.
-    """
-
-    __slots__ = ("part", "source", "what")
-
-    def __init__(self, data: Any, what: str = "") -> None:
-        self.source = data if isinstance(data, str) else ""
-        self.part = _part(data)
-        self.what = what
-
-    def fingerprint(self) -> Any:
-        """Return what the structure says, hashable, mapping order left out."""
-        part = self.part
-        if isinstance(part, Constant):
-            return ("c", json.dumps(part.value, sort_keys=True, default=str))
-        if isinstance(part, TextPart):
-            return ("text", self.source)
-        if isinstance(part, NativePart):
-            return ("expr", self.source)
-        if isinstance(part, MappingPart):
-            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in part.items)))
-        return ("l", tuple(item.fingerprint() for item in part.items))
-
-    def render(self, context: Mapping[str, Any]) -> Any:
-        """Return the rendered JSON value; raise TemplateRenderError."""
-        if isinstance(self.part, Constant):
-            return self.part.value
-        shown = self.source or f"<{self.what or 'payload'}>"
-        try:
-            return _budgeted("template", shown, lambda: self._render(context))
-        except TemplateRenderError as exc:
-            if not self.what:
-                raise
-            path, reason = (exc.path, exc.reason) if isinstance(exc, _Where) else ("", str(exc))
-            raise TemplateRenderError(f"{self.what}{path}: {reason}") from exc
-
-    def _render(self, context: Mapping[str, Any]) -> Any:
-        part = self.part
-        if isinstance(part, Constant):
-            return part.value
-        if isinstance(part, TextPart):
-            return part.template.render(context)
-        if isinstance(part, NativePart):
-            return _check_json(part.expression.evaluate(context), self.source)
-        if isinstance(part, MappingPart):
-            return {key: _item(f".{key}", item, context) for key, item in part.items}
-        return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
-
-
-def _item(step: str, item: Value, context: Mapping[str, Any]) -> Any:
-    """Render one item of a structure; a failure gains ``step`` in its key path."""
-    try:
-        return item.render(context)
-    except _Where as exc:
-        raise _Where(step + exc.path, exc.reason) from exc
-    except TemplateRenderError as exc:
-        raise _Where(step, str(exc)) from exc
-
-
-def _has_template(data: Any) -> bool:
-    if isinstance(data, str):
-        return any(marker in data for marker in _MARKERS)
-    if isinstance(data, Mapping):
-        return any(_has_template(item) for item in data.values())
-    if isinstance(data, list | tuple):
-        return any(_has_template(item) for item in data)
-    return False
-
-
-def _plain(data: Any) -> Any:
-    """Return ``data`` as plain dicts and lists (not the loader's line-stamped ones)."""
-    if isinstance(data, Mapping):
-        return {str(key): _plain(item) for key, item in data.items()}
-    if isinstance(data, list | tuple):
-        return [_plain(item) for item in data]
-    return data
 
 
 #: ``router`` when the caller says nothing about where it runs: a one-node cluster's leader.

@@ -13,7 +13,7 @@ from typing import Any
 
 import voluptuous as vol
 
-from eventrouter.config.validation import (  # route files' validators and wording: both read alike
+from eventrouter.config.validators import (  # route files' validators and wording: both read alike
     FileContext,
     boolean,
     key_path,

@@ -4,7 +4,8 @@ As sudo does with sudoers and systemd with unit files: when the router runs as r
 file, routes folder, handler folder or step that group or others can write, or that another
 user owns, is refused, since whoever can change it chooses what runs as root. Not as root, the
 same findings are warnings, and files of the router's own user are fine. A symlink is judged
-by its target (``os.stat`` follows it), which is what gets read or run.
+by its target (``os.stat`` follows it), which is what gets read or run. Which entries of a
+handler folder are judged as steps is ``handlers``'s.
 """
 
 from __future__ import annotations
@@ -16,18 +17,6 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-#: Editor and package-manager leftovers by suffix, never run, and what each is.
-_BACKUP_KINDS = {
-    "~": "an editor backup (*~)",
-    ".swp": "an editor swap file (*.swp)",
-    ".orig": "a backup left by patch or a merge tool (*.orig)",
-    ".rej": "the rejected hunks of a patch (*.rej)",
-    ".rpmnew": "a package manager's copy (*.rpmnew)",
-    ".rpmsave": "a package manager's copy (*.rpmsave)",
-}
-#: Suffixes of editor and package-manager leftovers, never run.
-BACKUP_SUFFIXES = tuple(_BACKUP_KINDS)
 
 
 @dataclass(frozen=True)
@@ -57,23 +46,6 @@ class Distrust:
 def effective_uid(euid: int | None = None) -> int:
     """Return ``euid``, or the process's effective user id when None."""
     return os.geteuid() if euid is None else euid
-
-
-def is_ignored(name: str) -> bool:
-    """Return whether ``name`` is hidden or an editor/package backup, never a step."""
-    return name.startswith(".") or name.endswith(BACKUP_SUFFIXES) or ".dpkg-" in name
-
-
-def ignored_kind(name: str) -> str | None:
-    """Return what an ignored ``name`` is (``an editor backup (*~)``), or None when it is not."""
-    for suffix in BACKUP_SUFFIXES:
-        if name.endswith(suffix):
-            return _BACKUP_KINDS[suffix]
-    if ".dpkg-" in name:
-        return "a package manager's copy (*.dpkg-*)"
-    if name.startswith("."):
-        return "a hidden name (leading .)"
-    return None
 
 
 def _owner(uid: int) -> str:
@@ -116,22 +88,3 @@ def judge(path: Path | str, info: os.stat_result, euid: int) -> Distrust | None:
         problems.append(f"is owned by user {_owner(info.st_uid)}")
         fixes.append(f"chown root {quoted}")
     return Distrust(Path(path), " and ".join(problems), "; ".join(fixes), refused=euid == 0)
-
-
-def handler_distrust(folder: Path, euid: int | None = None) -> list[tuple[str, Distrust]]:
-    """Judge a handler folder and every step in it; return (what, why) for each doubt."""
-    uid = effective_uid(euid)
-    found = []
-    doubt = distrust(folder, uid)
-    if doubt is not None:
-        found.append(("handler folder", doubt))
-    try:
-        with os.scandir(folder) as entries:
-            names = sorted(e.name for e in entries if not is_ignored(e.name) and not e.is_dir())
-    except OSError:
-        return found  # reported as unreadable by whoever lists the steps
-    for name in names:
-        doubt = distrust(folder / name, uid)
-        if doubt is not None:
-            found.append(("step", doubt))
-    return found

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
+from eventrouter.config.handlers import folder_exists
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.chains import ChainTracker, chain_text
 from eventrouter.engine.decide import (
@@ -50,7 +51,6 @@ from eventrouter.runtime import execute
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.envfile import ModuleEnvironment
 from eventrouter.runtime.failed import Failed, handler_failed
-from eventrouter.runtime.folders import folder_exists
 from eventrouter.runtime.history import EventTrace, History, RouteTrace
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import Failure, journal_payload

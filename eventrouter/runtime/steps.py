@@ -20,20 +20,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventrouter.config.trust import distrust, effective_uid, judge
-from eventrouter.runtime.envfile import read_environment_file
-from eventrouter.runtime.folders import (
-    MENTIONS,
+from eventrouter.config.handlers import (
     SkippedEntry,
     StepEntry,
     list_steps,
     reason_of,
     scan,
-    start_refusal,
     step_state,
     unrunnable_reason,
 )
+from eventrouter.config.trust import distrust, effective_uid, judge
+from eventrouter.runtime.envfile import read_environment_file
 from eventrouter.runtime.limiter import FairLimiter
+from eventrouter.runtime.skips import MENTIONS, start_refusal
 from eventrouter.runtime.spawn import Child
 
 logger = logging.getLogger(__name__)

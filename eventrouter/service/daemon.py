@@ -435,7 +435,7 @@ class Daemon:
     def _load(self, settle: float = 0.0) -> LoadResult:
         """Read and check the route files as `check` does (blocking: run it in a thread)."""
         # Imported at the first reload, not with the daemon: `run` loaded it once at start.
-        from eventrouter.analysis.validate import validate
+        from eventrouter.analysis.verdict import validate
 
         result = load_routes(self.settings.routes_dirs, self.cache, settle=settle)
         return validate(result, self.settings.events_dirs)

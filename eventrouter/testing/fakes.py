@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eventrouter.config.handlers import list_steps, reason_of
 from eventrouter.errors import TaskError
 from eventrouter.model import TaskResult
-from eventrouter.runtime.folders import list_steps, reason_of
 from eventrouter.runtime.journal import MAX_PAYLOAD, Failure, bounded, matches
 from eventrouter.runtime.steps import HandlerResult, StepResult, describe_status
 

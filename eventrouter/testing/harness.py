@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from eventrouter.analysis.validate import validate
+from eventrouter.analysis.verdict import validate
 from eventrouter.config.budget import WATCHDOG
 from eventrouter.config.loader import FileCache, load_routes
 from eventrouter.model import Settings

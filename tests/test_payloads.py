@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from eventrouter.config.schemas import WELL_KNOWN, check_payload
+from eventrouter.config.payloads import WELL_KNOWN, check_payload
 from eventrouter.errors import PayloadError
 
 # The sample payloads of /work/shared/NS8-NOTES.md, on the channels that publish them.

@@ -1,4 +1,7 @@
-"""The one validation path of `check`, of `run` at start and of the daemon on SIGHUP."""
+"""The verdict on a loaded route table: may it run, and where are its errors.
+
+The one validation path of `check`, of `run` at start and of the daemon on SIGHUP.
+"""
 
 from __future__ import annotations
 

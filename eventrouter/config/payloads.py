@@ -1,4 +1,10 @@
-"""The well-known NS8 events (docs/operating.md) as schemas, and the payload checks of publish."""
+"""Event payload schemas: the well-known NS8 events (docs/operating.md), the operators' own.
+
+An operator's event schema is declared under ``schemas:`` of a route file (built by
+``routefile``). Here are the payload checks of ``publish`` and of ``schema: strict`` routes;
+the schema of route files themselves is ``routefile``'s, their JSON Schema for editors
+``editor_schema``'s.
+"""
 
 from __future__ import annotations
 

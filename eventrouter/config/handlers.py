@@ -1,7 +1,10 @@
-"""Handler folders on disk: which entries are steps, and whether a folder exists.
+"""Handler folders on disk: what in one may run, and whether the router may trust it.
 
-Apart from the step runner, so that `check`, `explain` and `test` read handler folders as the
-daemon does without importing what runs steps (asyncio, the spawner): tests/test_imports.py.
+The one answer for the daemon's step runner and for `check`, `explain` and `test`, which read
+handler folders as the daemon does without importing what runs steps (asyncio, the spawner):
+tests/test_imports.py. Which names are steps (not hidden, not an editor or package backup),
+which of them can run now, what the kernel would refuse to start, and which a root router
+refuses (the rule itself, for any file, is ``trust``'s).
 
 A run lists its folder once, when it starts (``scan``: names only, no ``stat``), and decides
 each step when its turn comes (``step_state``), as NS8's agent does: an earlier step may
@@ -10,34 +13,47 @@ remove a later one, or make it executable.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eventrouter.config.trust import ignored_kind, is_ignored
+from eventrouter.config.trust import Distrust, distrust, effective_uid
 
 #: Control characters, shown escaped when a message quotes a file's bytes.
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
 #: How much of a file the kernel reads to choose how to run it (BINPRM_BUF_SIZE).
 HEAD_BYTES = 256
-#: Errors of an exec that are about the step's file or its ``#!`` interpreter: the step is
-#: skipped. Others (too many processes, no memory, an environment too large, a file being
-#: written) say nothing about the step: the handler is aborted.
-_REFUSED = frozenset(
-    {
-        errno.ENOEXEC,
-        errno.ENOENT,
-        errno.EACCES,
-        errno.ENOTDIR,
-        errno.ELOOP,
-        errno.ENAMETOOLONG,
-        errno.EISDIR,
-        errno.ELIBBAD,
-    }
-)
+
+#: Editor and package-manager leftovers by suffix, never run, and what each is.
+_BACKUP_KINDS = {
+    "~": "an editor backup (*~)",
+    ".swp": "an editor swap file (*.swp)",
+    ".orig": "a backup left by patch or a merge tool (*.orig)",
+    ".rej": "the rejected hunks of a patch (*.rej)",
+    ".rpmnew": "a package manager's copy (*.rpmnew)",
+    ".rpmsave": "a package manager's copy (*.rpmsave)",
+}
+#: Suffixes of editor and package-manager leftovers, never run.
+BACKUP_SUFFIXES = tuple(_BACKUP_KINDS)
+
+
+def is_ignored(name: str) -> bool:
+    """Return whether ``name`` is hidden or an editor/package backup, never a step."""
+    return name.startswith(".") or name.endswith(BACKUP_SUFFIXES) or ".dpkg-" in name
+
+
+def ignored_kind(name: str) -> str | None:
+    """Return what an ignored ``name`` is (``an editor backup (*~)``), or None when it is not."""
+    for suffix in BACKUP_SUFFIXES:
+        if name.endswith(suffix):
+            return _BACKUP_KINDS[suffix]
+    if ".dpkg-" in name:
+        return "a package manager's copy (*.dpkg-*)"
+    if name.startswith("."):
+        return "a hidden name (leading .)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,7 @@ class Listing:
     #: The folder's absolute path.
     base: str
     steps: list[StepEntry]
-    #: Hidden names and editor or package backups (``config.trust.is_ignored``).
+    #: Hidden names and editor or package backups (``is_ignored``).
     passed_over: list[str]
     #: Entries that are directories themselves (not symlinks to one).
     folders: list[str]
@@ -95,41 +111,6 @@ def scan(directory: Path | str) -> Listing:
                 steps.append(StepEntry(name, entry.path))
     steps.sort(key=lambda step: os.fsencode(step.name))
     return Listing(base, steps, sorted(passed, key=os.fsencode), folders)
-
-
-class Mentions:
-    """The names passed over that this process has named in its log: each is named once.
-
-    Whoever names one first (the findings of the check at start or reload, or the first run
-    that meets it) records it here; the runner names only the ones not yet recorded.
-    """
-
-    #: More paths than this (a folder filled with backups) start the record afresh.
-    LIMIT = 4096
-
-    def __init__(self) -> None:
-        self._named: set[str] = set()
-
-    def unnamed(self, listing: Listing) -> list[tuple[str, str]]:
-        """Record the names ``listing`` passes over; return those not named yet, and why."""
-        return [
-            (name, f"{ignored_kind(name)}, never run (rename it to make it a step)")
-            for name in listing.passed_over
-            if self.first(os.path.join(listing.base, name))
-        ]
-
-    def first(self, path: str) -> bool:
-        """Record ``path``; return True when it had not been named before."""
-        if path in self._named:
-            return False
-        if len(self._named) >= self.LIMIT:
-            self._named.clear()
-        self._named.add(path)
-        return True
-
-
-#: The process's one record of names passed over and already named.
-MENTIONS = Mentions()
 
 
 def unrunnable_reason(path: Path | str) -> str | None:
@@ -235,20 +216,6 @@ def start_problem(path: Path | str) -> str | None:
     return None
 
 
-def start_refusal(path: str, exc: OSError) -> str | None:
-    """Return why the kernel refused to start the step ``path``, when ``exc`` says it did.
-
-    None when the error is about something else (the working directory, a lack of
-    resources): then the step did not run for a reason that is not its own.
-    """
-    if exc.errno not in _REFUSED or exc.filename != path:
-        return None
-    gone = unrunnable_reason(path)  # removed, or made not executable, since its turn
-    if gone is not None:
-        return gone
-    return f"cannot be started: {start_problem(path) or reason_of(exc)}"
-
-
 def reason_of(exc: OSError) -> str:
     """Return the operator's text of an OS error: its strerror, else the whole message."""
     return exc.strerror or str(exc)
@@ -260,3 +227,24 @@ def folder_exists(folder: Path) -> bool:
         return folder.is_dir()
     except OSError:  # e.g. a name too long for the filesystem: refused, not a traceback
         return False
+
+
+def handler_distrust(folder: Path, euid: int | None = None) -> list[tuple[str, Distrust]]:
+    """Judge a handler folder and every step in it; return (what, why) for each doubt."""
+    uid = effective_uid(euid)
+    found = []
+    doubt = distrust(folder, uid)
+    if doubt is not None:
+        found.append(("handler folder", doubt))
+    # Listed here, not by ``scan``: a symlink to a folder is no step to judge (``is_dir``
+    # follows it); ``scan`` lists it, and the runner skips it at its turn as a directory.
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in entries if not is_ignored(e.name) and not e.is_dir())
+    except OSError:
+        return found  # reported as unreadable by whoever lists the steps
+    for name in names:
+        doubt = distrust(folder / name, uid)
+        if doubt is not None:
+            found.append(("step", doubt))
+    return found

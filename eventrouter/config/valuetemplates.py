@@ -1,0 +1,197 @@
+"""Value templates: structures whose strings are templates (``payload:``, ``data:``, ``extra:``).
+
+A string that is exactly one ``{{ expression }}`` yields the expression's JSON value, any
+other string with a placeholder yields text, and mappings and lists keep their shape. Built
+once at load time into typed parts (``Constant``, ``TextPart``, ``NativePart``,
+``MappingPart``, ``ListPart``), which the deep check reads too; rendered with ``templates``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+
+from eventrouter.config.templates import MARKERS, Condition, Text, budgeted
+from eventrouter.errors import TemplateRenderError
+
+
+def _single_expression(source: str) -> str | None:
+    """Return the expression text when ``source`` is exactly one ``{{ expression }}``."""
+    if not (source.startswith("{{") and source.endswith("}}")):
+        return None
+    inner = source[2:-2]
+    if any(marker in inner for marker in ("{{", "}}", "{%", "%}", "{#", "#}")):
+        return None
+    return inner.strip("-+ \t\n") or None
+
+
+def _check_json(value: Any, source: str) -> Any:
+    """Return ``value`` when it is JSON data; raise TemplateRenderError otherwise."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise TemplateRenderError(f"template {source!r} gave {value}, which JSON cannot carry")
+        return value
+    if isinstance(value, list | tuple):
+        return [_check_json(item, source) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _check_json(item, source) for key, item in value.items()}
+    raise TemplateRenderError(
+        f"template {source!r} gave a {type(value).__name__}, which is not JSON data"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A value with no template in it, rendered as is."""
+
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """A string with placeholders, rendered as text."""
+
+    template: Text
+
+
+@dataclass(frozen=True, slots=True)
+class NativePart:
+    """A string that is exactly one ``{{ expression }}``: the expression's JSON value."""
+
+    expression: Condition
+
+
+@dataclass(frozen=True, slots=True)
+class MappingPart:
+    """A mapping whose values hold templates."""
+
+    items: tuple[tuple[str, Value], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ListPart:
+    """A list whose items hold templates."""
+
+    items: tuple[Value, ...]
+
+
+Part = Constant | TextPart | NativePart | MappingPart | ListPart
+
+
+def _part(data: Any) -> Part:
+    """Return the typed part for ``data``: strings are sorted by their template markers."""
+    if isinstance(data, str):
+        expression = _single_expression(data)
+        if expression is not None:
+            return NativePart(Condition(expression, data))
+        if any(marker in data for marker in MARKERS):
+            return TextPart(Text(data))
+        return Constant(data)
+    if not _has_template(data):
+        return Constant(_plain(data))  # one object, not a tree of them
+    if isinstance(data, Mapping):
+        return MappingPart(tuple((str(key), Value(item)) for key, item in data.items()))
+    if isinstance(data, list | tuple):
+        return ListPart(tuple(Value(item) for item in data))
+    return Constant(data)
+
+
+class _Where(TemplateRenderError):
+    """A failure inside a structure, with the key path to it (``.k[1]``)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path.lstrip('.')}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class Value:
+    """A structure whose strings are templates (implements ``model.ValueTemplate``).
+
+    A string that is exactly one ``{{ expression }}`` yields the expression's native value;
+    any other string yields text; mappings and lists keep their shape. ``what`` names the
+    structure (``payload``) in the message of a failure, with the key path inside it.
+    """
+
+    __slots__ = ("part", "source", "what")
+
+    def __init__(self, data: Any, what: str = "") -> None:
+        self.source = data if isinstance(data, str) else ""
+        self.part = _part(data)
+        self.what = what
+
+    def fingerprint(self) -> Any:
+        """Return what the structure says, hashable, mapping order left out."""
+        part = self.part
+        if isinstance(part, Constant):
+            return ("c", json.dumps(part.value, sort_keys=True, default=str))
+        if isinstance(part, TextPart):
+            return ("text", self.source)
+        if isinstance(part, NativePart):
+            return ("expr", self.source)
+        if isinstance(part, MappingPart):
+            return ("m", tuple(sorted((key, item.fingerprint()) for key, item in part.items)))
+        return ("l", tuple(item.fingerprint() for item in part.items))
+
+    def render(self, context: Mapping[str, Any]) -> Any:
+        """Return the rendered JSON value; raise TemplateRenderError."""
+        if isinstance(self.part, Constant):
+            return self.part.value
+        shown = self.source or f"<{self.what or 'payload'}>"
+        try:
+            return budgeted("template", shown, lambda: self._render(context))
+        except TemplateRenderError as exc:
+            if not self.what:
+                raise
+            path, reason = (exc.path, exc.reason) if isinstance(exc, _Where) else ("", str(exc))
+            raise TemplateRenderError(f"{self.what}{path}: {reason}") from exc
+
+    def _render(self, context: Mapping[str, Any]) -> Any:
+        part = self.part
+        if isinstance(part, Constant):
+            return part.value
+        if isinstance(part, TextPart):
+            return part.template.render(context)
+        if isinstance(part, NativePart):
+            return _check_json(part.expression.evaluate(context), self.source)
+        if isinstance(part, MappingPart):
+            return {key: _item(f".{key}", item, context) for key, item in part.items}
+        return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
+
+
+def _item(step: str, item: Value, context: Mapping[str, Any]) -> Any:
+    """Render one item of a structure; a failure gains ``step`` in its key path."""
+    try:
+        return item.render(context)
+    except _Where as exc:
+        raise _Where(step + exc.path, exc.reason) from exc
+    except TemplateRenderError as exc:
+        raise _Where(step, str(exc)) from exc
+
+
+def _has_template(data: Any) -> bool:
+    if isinstance(data, str):
+        return any(marker in data for marker in MARKERS)
+    if isinstance(data, Mapping):
+        return any(_has_template(item) for item in data.values())
+    if isinstance(data, list | tuple):
+        return any(_has_template(item) for item in data)
+    return False
+
+
+def _plain(data: Any) -> Any:
+    """Return ``data`` as plain dicts and lists (not the loader's line-stamped ones)."""
+    if isinstance(data, Mapping):
+        return {str(key): _plain(item) for key, item in data.items()}
+    if isinstance(data, list | tuple):
+        return [_plain(item) for item in data]
+    return data
