@@ -8,6 +8,7 @@ for a battery of hand-picked events and for events Hypothesis generates.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
@@ -113,13 +114,17 @@ BATTERY: list[tuple[str, bytes]] = [
     ("m/event/fwd", b'{"next": "x", "v": 1}'),
     ("m/event/fwd", b'{"next": "k"}'),
     ("m/event/fwd", b"{}"),
+    # A derived event whose name has spaces: the step's mark line has them too.
+    ("m/event/fwd", b'{"next": {"b": 0}}'),
     ("m/event/x/../a", b"{}"),
     ("p/event/ping", b"{}"),
 ]
 
 Seen = tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]
-EMITTED = re.compile(r"route (\S+) emitted '([^']*)'")
-STEP_LINE = re.compile(r"(\S+) (\S+)")
+#: The log names the derived event as Python's repr does: in double quotes when it holds a '.
+EMITTED = re.compile(r"""route (\S+) emitted ('[^']*'|"[^"]*")""")
+# A mark line: the step, then the event (whose name may hold spaces).
+STEP_LINE = re.compile(r"(\S+) (.+)")
 
 
 def build(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -181,7 +186,8 @@ class Daemon:
     def seen(self, offset: int) -> Seen:
         lines = self.marks.read_text().splitlines() if self.marks.exists() else []
         steps = Counter(tuple(STEP_LINE.fullmatch(line).groups()) for line in lines)  # type: ignore[union-attr]
-        emits = Counter(EMITTED.findall("\n".join(self.log.lines[offset:])))
+        found = EMITTED.findall("\n".join(self.log.lines[offset:]))
+        emits = Counter((route, ast.literal_eval(channel)) for route, channel in found)
         return steps, emits  # type: ignore[return-value]
 
     def run(self, channel: str, data: bytes) -> Seen:
