@@ -16,7 +16,8 @@ import redis
 
 from eventrouter.cli.main import build_parser
 from eventrouter.redis import journal as stream_journal
-from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
+from eventrouter.redis.binaries import find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer
 from eventrouter.redis.journal import StreamJournal, open_journal
 from eventrouter.runtime import journal
 from eventrouter.runtime.identity import instance_name
