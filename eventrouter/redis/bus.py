@@ -24,15 +24,23 @@ BACKOFF_CAP = 5.0
 CONNECT_TIMEOUT = 5.0
 
 
-def client(url: str, **options: Any) -> aioredis.Redis:
+def client(url: str, *, connect_timeout: float, timeout: float | None = None) -> aioredis.Redis:
     """Return an asyncio Redis client for ``url`` (redis://, rediss://, unix://).
 
+    Every connection of the package is made here, each use giving its own bounds:
+    ``connect_timeout`` for making a connection, ``timeout`` for each reply (None: a read
+    waits as long as it takes, as the subscription's blocking read must).
+
     redis-py's own retries are off: a subscription it re-made behind our back would hide the
-    messages lost meanwhile, and a pipeline it sent again would publish twice. The callers
-    retry themselves, knowing what a retry means.
+    messages lost meanwhile, a pipeline it sent again would publish twice, and a task pushed
+    again would run twice. The callers retry themselves, knowing what a retry means.
     """
-    options.setdefault("retry", Retry(NoBackoff(), 0))
-    return aioredis.Redis.from_url(url, **options)
+    return aioredis.Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+    )
 
 
 def redact(url: str) -> str:
@@ -61,7 +69,7 @@ def reason(exc: BaseException) -> str:
 
 async def publish_once(url: str, channel: str, data: bytes) -> int:
     """Publish one message and close; raise ConnectionError with a clear message."""
-    connection = client(url, socket_connect_timeout=5)
+    connection = client(url, connect_timeout=CONNECT_TIMEOUT)
     try:
         return int(await connection.publish(channel, data))
     except (RedisError, OSError) as exc:

@@ -125,7 +125,7 @@ class Subscriber:
             await self._pubsub.punsubscribe(*sorted(removed))
 
     async def _connect(self) -> None:
-        self._client = client(self.url, socket_connect_timeout=CONNECT_TIMEOUT)
+        self._client = client(self.url, connect_timeout=CONNECT_TIMEOUT)
         self._pubsub = self._client.pubsub()
         self._dedup = Deduplicator()  # copies of one PUBLISH never span two connections
         self._subscribed = set()

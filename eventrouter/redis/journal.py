@@ -50,7 +50,7 @@ class StreamJournal:
         #: Where failures go while Redis cannot be written, and what reading merges in.
         self.local = local
         self._on_local = False
-        self._client = bus.client(url, socket_connect_timeout=5, socket_timeout=10)
+        self._client = bus.client(url, connect_timeout=bus.CONNECT_TIMEOUT, timeout=10)
 
     async def probe(self) -> None:
         """Check that this user may write the stream; raise streams.StoreError if not."""

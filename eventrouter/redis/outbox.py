@@ -65,7 +65,7 @@ class RedisPublisher:
         self.sent = 0
         self.refused = 0
         self.crashes = 0
-        self._client = client(url, socket_connect_timeout=CONNECT_TIMEOUT)
+        self._client = client(url, connect_timeout=CONNECT_TIMEOUT)
         self._outbox: deque[tuple[str, bytes, Receipt | None]] = deque()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
