@@ -26,8 +26,8 @@ from eventrouter.redis.serverprocess import (
     signals_deferred,
     spawn_server,
 )
-from eventrouter.runtime.spawn import WARDEN, seal_inherited
-from eventrouter.runtime.statedir import open_nofollow
+from eventrouter.support.files import open_nofollow
+from eventrouter.support.processes import WARDEN, seal_inherited
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from eventrouter.redis.bus import (
     redact,
 )
 from eventrouter.redis.health import HealthCheck
-from eventrouter.runtime.stopping import cancel_until_done
+from eventrouter.support.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
 

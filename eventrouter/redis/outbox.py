@@ -19,7 +19,7 @@ from eventrouter.redis.bus import (
     reason,
     redact,
 )
-from eventrouter.runtime.stopping import cancel_until_done
+from eventrouter.support.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
 

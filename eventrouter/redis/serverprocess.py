@@ -15,12 +15,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from eventrouter.support.processes import RESET_SIGNALS
+
 #: Signals whose Python handlers may raise (Ctrl-C's KeyboardInterrupt, a SystemExit): held
 #: back while the server process is created, so that none is handled between its creation
 #: and start() recording it.
 _HELD_BACK = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-#: Python ignores these; the server gets them at their defaults, as subprocess.Popen gives.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class ServerProcess:
@@ -102,7 +102,7 @@ def spawn_server(argv: list[str], log_fd: int) -> ServerProcess:
             (os.POSIX_SPAWN_DUP2, log_fd, 2),
         ],
         setsid=True,
-        setsigdef=_RESET_SIGNALS,
+        setsigdef=RESET_SIGNALS,
         setsigmask=(),
     )
     return ServerProcess(pid)

@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
-from eventrouter.runtime.statedir import open_nofollow
+from eventrouter.support.files import open_nofollow
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
-from eventrouter.runtime.spawn import WARDEN
-from eventrouter.runtime.stopping import cancel_until_done
 from eventrouter.service import metrics, observe, sdnotify, watch
 from eventrouter.service.intents import Intents
 from eventrouter.service.statefiles import StateFiles
 from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, RedisWiring, Role, Wiring
+from eventrouter.support.processes import WARDEN
+from eventrouter.support.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
 
