@@ -16,7 +16,7 @@ from eventrouter.engine.decide import decide_message, retry_decision
 from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
-from eventrouter.redis.journal import in_use
+from eventrouter.redis.stream_journal import in_use
 from eventrouter.runtime import control, statedir
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher

@@ -16,8 +16,8 @@ from typing import Protocol
 
 from eventrouter.model import Settings
 from eventrouter.redis import ask, intake, outbox
-from eventrouter.redis.journal import open_journal
 from eventrouter.redis.role import RoleWatch
+from eventrouter.redis.stream_journal import open_journal
 from eventrouter.redis.tasks import TaskClient
 from eventrouter.runtime.dispatch import Receipt, TaskSubmitter
 from eventrouter.runtime.journal import Journal
