@@ -1,7 +1,8 @@
-"""Connections to Redis: the client factory, and what every user of a connection shares.
+"""Connections to Redis: the one client factory, and what the users of a connection share.
 
-The backoff and connect timeout of the intake and the outbox, a URL fit for logs, an error's
-reason fit for a sentence, and the one-shot PUBLISH of ``eventrouter publish``.
+The reconnect backoff and the connect timeout, a URL fit for logs, an error's reason fit for
+a sentence, a reply as text, a quiet close, and the one-shot PUBLISH of ``eventrouter
+publish`` and ``eventrouter retry``.
 """
 
 from __future__ import annotations
