@@ -23,7 +23,7 @@ import redis
 from harness import BenchError, Context, Row, percentile, running_router, verdict, write_file
 from traffic import LATENCY_STEP, delays_ms, pace
 
-from eventrouter.redis.embedded import find_server_binary
+from eventrouter.redis.binaries import find_server_binary
 
 NODES = (1, 2, 3)
 

@@ -22,12 +22,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from eventrouter.redis.embedded import (
-    EmbeddedServer,
-    ensure_server,
-    find_cli_binary,
-    find_server_binary,
-)
+from eventrouter.redis.binaries import find_cli_binary, find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer, ensure_server
 from tests.routerproc import Router, run_cli
 
 

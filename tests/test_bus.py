@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from eventrouter.redis import bus
+from eventrouter.redis import outbox
 
 
-class CrashOnce(bus.RedisPublisher):
+class CrashOnce(outbox.RedisPublisher):
     """A publisher whose writer meets a bug once: the first send raises."""
 
     crashed = False
@@ -68,7 +68,7 @@ async def test_a_crashed_writer_is_logged_and_restarted(
 async def test_the_outbox_is_held_while_the_gate_is_closed(redis_url: str) -> None:
     client, pubsub = await subscribed(redis_url, "t/*")
     gate = asyncio.Event()
-    publisher = bus.RedisPublisher(redis_url, gate=gate)
+    publisher = outbox.RedisPublisher(redis_url, gate=gate)
     publisher.start()
     try:
         await publisher.publish("t/held", b"1")
@@ -87,7 +87,9 @@ async def test_the_outbox_is_held_while_the_gate_is_closed(redis_url: str) -> No
 
 async def test_close_sends_what_the_gate_held(redis_url: str) -> None:
     client, pubsub = await subscribed(redis_url, "t/*")
-    publisher = bus.RedisPublisher(redis_url, gate=asyncio.Event())  # as after the intake stopped
+    publisher = outbox.RedisPublisher(
+        redis_url, gate=asyncio.Event()
+    )  # as after the intake stopped
     publisher.start()
     try:
         await publisher.publish("t/last", b"1")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter.redis.embedded import find_server_binary
+from eventrouter.redis.binaries import find_server_binary
 from eventrouter.redis.role import RoleWatch
 from tests.cluster import Node, Topology, start_agent
 from tests.conftest import _missing

@@ -37,7 +37,7 @@ async def test_loop_guard_counts_the_chain_across_round_trips(tmp_path: Path) ->
 
 
 async def test_receive_says_whether_a_run_starts_at_once(tmp_path: Path) -> None:
-    # The intake lets a run that starts at once go before its next read (bus.Subscriber).
+    # The intake lets a run that starts at once go before its next read (intake.Subscriber).
     async with make(
         tmp_path,
         "routes:\n  - name: fwd\n    on: a/event/x\n    do: [{emit: {channel: b/event/y}}]\n",

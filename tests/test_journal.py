@@ -15,9 +15,10 @@ import pytest
 import redis
 
 from eventrouter.cli.main import build_parser
-from eventrouter.redis import journal as stream_journal
-from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
-from eventrouter.redis.journal import StreamJournal, open_journal
+from eventrouter.redis import stream_journal
+from eventrouter.redis.binaries import find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer
+from eventrouter.redis.stream_journal import StreamJournal, open_journal
 from eventrouter.runtime import journal
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.journal import (
@@ -231,7 +232,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
         for record in caplog.records
-        if record.name.endswith(".journal") and record.levelno >= logging.WARNING
+        if record.name.endswith("journal") and record.levelno >= logging.WARNING
     ]
 
 

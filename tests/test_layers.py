@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("engine",),
     ("config",),
     ("model", "errors", "__init__"),
+    # Generic helpers (stdlib only) that any layer may use.
+    ("support",),
 ]
 #: Third-party libraries and the layers allowed to import them.
 LIBRARIES = {

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
+from eventrouter.redis.binaries import find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer
 from eventrouter.testing import Harness
 from tests.conftest import RedisCli, free_port
 from tests.routerproc import Router, clean_env, handler, wait_for, write_routes, write_step

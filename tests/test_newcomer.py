@@ -19,7 +19,7 @@ import redis
 
 from eventrouter.config import payloads
 from eventrouter.redis.ask import ask
-from eventrouter.redis.embedded import find_server_binary
+from eventrouter.redis.binaries import find_server_binary
 from eventrouter.runtime import control
 from eventrouter.runtime.journal import Failure
 from tests.cluster import Topology

@@ -111,7 +111,7 @@ def test_the_warden_kills_a_group_that_ignores_sigterm(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import subprocess, sys, time\n"
-            "from eventrouter.runtime.spawn import WARDEN\n"
+            "from eventrouter.support.processes import WARDEN\n"
             "WARDEN.start(grace=0.3)\n"
             "proc = subprocess.Popen(['/bin/sh', '-c', sys.argv[1]], start_new_session=True)\n"
             "WARDEN.watch(proc.pid)\n"

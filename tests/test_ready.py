@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from eventrouter.redis.embedded import EmbeddedServer, find_server_binary
+from eventrouter.redis.binaries import find_server_binary
+from eventrouter.redis.embedded import EmbeddedServer
 from tests.conftest import free_port
 from tests.routerproc import Router, clean_env
 

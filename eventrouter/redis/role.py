@@ -16,7 +16,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from eventrouter.redis.bus import redact
+from eventrouter.redis.bus import client, redact
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class RoleWatch:
         #: None until the role was read once.
         self.leader: bool | None = None
         self._asked = asyncio.Event()
-        self._connection = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._connection = client(url, connect_timeout=2, timeout=5)
 
     def ask(self) -> None:
         """Read the role again now (after a reconnect, on leader-changed)."""

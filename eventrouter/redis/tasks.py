@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from eventrouter.errors import TaskError
 from eventrouter.model import TaskResult
+from eventrouter.redis.bus import CONNECT_TIMEOUT, client
 
 __all__ = ["TaskClient", "TaskError", "TaskResult", "agent_is_live", "task_message"]
 
@@ -57,7 +58,7 @@ class TaskClient:
     """Submit tasks on one connection (the leader's Redis, where agents read their queues)."""
 
     def __init__(self, url: str) -> None:
-        self._connection = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        self._connection = client(url, connect_timeout=CONNECT_TIMEOUT, timeout=10)
 
     async def run(
         self,

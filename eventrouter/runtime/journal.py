@@ -1,7 +1,7 @@
 """The failure journal: every failed run, kept for `eventrouter failures` and `retry`.
 
 The record, the ``Journal`` protocol the dispatcher writes to, and the bounded local file of
-JSON lines, ``<state dir>/failures.jsonl``; the Redis stream is in ``redis/journal.py``.
+JSON lines, ``<state dir>/failures.jsonl``; the Redis stream is in ``redis/stream_journal.py``.
 
 Retry protocol: `eventrouter retry ID` PUBLISHes on the control channel the JSON object
 ``{"id": ID, "instance": INSTANCE}`` (RETRY_MESSAGE_FIELDS); the router named INSTANCE looks
@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Protocol
 
-from eventrouter.runtime.statedir import open_nofollow
+from eventrouter.support.files import open_nofollow
 
 log = logging.getLogger(__name__)
 

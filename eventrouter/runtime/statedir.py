@@ -15,6 +15,8 @@ import os
 import stat
 from pathlib import Path
 
+from eventrouter.support.files import open_nofollow
+
 LOCK_NAME = "router.lock"
 
 
@@ -44,11 +46,6 @@ def prepare(folder: Path) -> Path:
             f"fix: chmod go-w {folder}"
         )
     return folder
-
-
-def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
-    """Open ``path`` refusing a symlink in its place (OSError ELOOP); return the fd."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
 
 
 class RouterLock:

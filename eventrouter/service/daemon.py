@@ -16,18 +16,18 @@ from eventrouter.engine.decide import decide_message, retry_decision
 from eventrouter.model import Route, Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
-from eventrouter.redis.journal import in_use
+from eventrouter.redis.stream_journal import in_use
 from eventrouter.runtime import control, statedir
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.identity import router_identity
 from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
-from eventrouter.runtime.spawn import WARDEN
-from eventrouter.runtime.stopping import cancel_until_done
 from eventrouter.service import metrics, observe, sdnotify, watch
 from eventrouter.service.intents import Intents
 from eventrouter.service.statefiles import StateFiles
 from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, RedisWiring, Role, Wiring
+from eventrouter.support.processes import WARDEN
+from eventrouter.support.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
 

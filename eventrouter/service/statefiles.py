@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from eventrouter.runtime.statedir import LOCK_NAME, open_nofollow
+from eventrouter.runtime.statedir import LOCK_NAME
+from eventrouter.support.files import open_nofollow
 
 log = logging.getLogger(__name__)
 

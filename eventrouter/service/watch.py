@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from eventrouter.config.stable import being_written
-from eventrouter.runtime.stopping import cancel_until_done
+from eventrouter.support.stopping import cancel_until_done
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from eventrouter.model import Settings
-from eventrouter.redis import ask, bus
-from eventrouter.redis.journal import open_journal
+from eventrouter.redis import ask, intake, outbox
 from eventrouter.redis.role import RoleWatch
+from eventrouter.redis.stream_journal import open_journal
 from eventrouter.redis.tasks import TaskClient
 from eventrouter.runtime.dispatch import Receipt, TaskSubmitter
 from eventrouter.runtime.journal import Journal
@@ -27,7 +27,7 @@ from eventrouter.runtime.steps import StepRunner
 
 
 class Intake(Protocol):
-    """The subscription events arrive on (``bus.Subscriber``)."""
+    """The subscription events arrive on (``intake.Subscriber``)."""
 
     url: str
     patterns: set[str]
@@ -46,7 +46,7 @@ class Intake(Protocol):
 
 @dataclass(frozen=True)
 class IntakeHooks:
-    """How the subscription and the rest of the daemon hold hands (see ``bus.Subscriber``)."""
+    """How the subscription and the rest of the daemon hold hands (see ``intake.Subscriber``)."""
 
     #: Set while every subscription is confirmed: the publisher is held while it is clear.
     connected: asyncio.Event
@@ -57,7 +57,7 @@ class IntakeHooks:
 
 
 class Outbox(Protocol):
-    """Where derived events and answers are published (``bus.RedisPublisher``)."""
+    """Where derived events and answers are published (``outbox.RedisPublisher``)."""
 
     url: str
     sent: int
@@ -171,7 +171,7 @@ class RedisWiring:
 
     def publisher(self, url: str, gate: asyncio.Event) -> Outbox:
         """Return the pipelined publisher of derived events."""
-        return bus.RedisPublisher(url, gate=gate)
+        return outbox.RedisPublisher(url, gate=gate)
 
     def subscriber(
         self,
@@ -181,7 +181,7 @@ class RedisWiring:
         hooks: IntakeHooks,
     ) -> Intake:
         """Return the pattern subscription, kept alive across outages."""
-        return bus.Subscriber(
+        return intake.Subscriber(
             url,
             handler,
             connected=hooks.connected,

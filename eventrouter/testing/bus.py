@@ -1,7 +1,7 @@
 """Redis pub/sub in one process, with the interfaces the daemon uses (``service.wiring``).
 
 ``MemoryBus.publish`` is PUBLISH: each subscriber one of whose globs matches the channel gets
-the message once (however many of its globs match, as ``bus.Subscriber`` deduplicates),
+the message once (however many of its globs match, as ``intake.Subscriber`` deduplicates),
 later, from its own task; the number of receivers is returned at once. Derived events a
 router publishes come back to its own subscription the same way.
 """
@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 
 from eventrouter.config.patterns import ChannelPattern
-from eventrouter.redis.bus import YIELD_EVERY
+from eventrouter.redis.intake import YIELD_EVERY
 from eventrouter.runtime.dispatch import Receipt
 from eventrouter.testing.fakes import Beacon
 
@@ -136,7 +136,7 @@ class MemoryBus:
 
 
 class MemorySubscriber:
-    """A router's subscription on a ``MemoryBus`` (the interface of ``bus.Subscriber``)."""
+    """A router's subscription on a ``MemoryBus`` (the interface of ``intake.Subscriber``)."""
 
     def __init__(
         self,
@@ -176,7 +176,7 @@ class MemorySubscriber:
                 channel, data = self.inbox.popleft()
                 try:
                     urgent = self.handler(channel, data)
-                except Exception:  # as bus.Subscriber: one bad event must not stop the intake
+                except Exception:  # as intake.Subscriber: one bad event must not stop the intake
                     log.exception("internal error while handling an event on %r", channel)
                     urgent = False
                 finally:
@@ -190,7 +190,7 @@ class MemorySubscriber:
 
 
 class MemoryPublisher:
-    """A router's publisher on a ``MemoryBus`` (the interface of ``bus.RedisPublisher``)."""
+    """A router's publisher on a ``MemoryBus`` (the interface of ``outbox.RedisPublisher``)."""
 
     def __init__(self, bus: MemoryBus, url: str) -> None:
         self.bus, self.url = bus, url

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from eventrouter.redis.embedded import find_server_binary
+from eventrouter.redis.binaries import find_server_binary
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from eventrouter.redis import bus
+from eventrouter.redis import bus, streams
 from eventrouter.runtime.journal import (
     FILE_NAME,
     ID_PATTERN,
@@ -50,20 +50,20 @@ class StreamJournal:
         #: Where failures go while Redis cannot be written, and what reading merges in.
         self.local = local
         self._on_local = False
-        self._client = bus.client(url, socket_connect_timeout=5, socket_timeout=10)
+        self._client = bus.client(url, connect_timeout=bus.CONNECT_TIMEOUT, timeout=10)
 
     async def probe(self) -> None:
-        """Check that this user may write the stream; raise bus.StoreError if not."""
-        entry_id = await bus.stream_add(self._client, self.key, {"probe": b"1"}, None)
-        await bus.stream_delete(self._client, self.key, entry_id)
+        """Check that this user may write the stream; raise streams.StoreError if not."""
+        entry_id = await streams.stream_add(self._client, self.key, {"probe": b"1"}, None)
+        await streams.stream_delete(self._client, self.key, entry_id)
 
     async def record(self, failure: Failure) -> str:
         """Append ``failure`` to the stream, else the local file; return its id, "" if lost."""
         entry = bounded(failure, "", self.payload_limit)
         data = json.dumps(entry.to_json(), ensure_ascii=False).encode()
         try:
-            entry_id = await bus.stream_add(self._client, self.key, {"data": data}, self.size)
-        except bus.StoreError as exc:
+            entry_id = await streams.stream_add(self._client, self.key, {"data": data}, self.size)
+        except streams.StoreError as exc:
             if self.local is None:
                 report_lost(failure, self.where, exc)
                 return ""
@@ -103,8 +103,8 @@ class StreamJournal:
         end = "+"
         while len(found) < limit:
             try:
-                page = await bus.stream_range_rev(self._client, self.key, end, _PAGE)
-            except bus.StoreError as exc:
+                page = await streams.stream_range_rev(self._client, self.key, end, _PAGE)
+            except streams.StoreError as exc:
                 raise JournalError(f"cannot read {self.where}: {exc}") from exc
             decoded = (self._decode(entry) for entry in page)
             found.extend(item for item in decoded if item and matches(item, route, event))
@@ -118,15 +118,15 @@ class StreamJournal:
         if not ID_PATTERN.match(failure_id):
             return None
         try:
-            entry = await bus.stream_get(self._client, self.key, failure_id)
-        except bus.StoreError as exc:
+            entry = await streams.stream_get(self._client, self.key, failure_id)
+        except streams.StoreError as exc:
             raise JournalError(f"cannot read {self.where}: {exc}") from exc
         found = self._decode(entry) if entry else None
         if found is None and self.local is not None:
             return await self.local.get(failure_id)
         return found
 
-    def _decode(self, entry: bus.StreamEntry) -> Failure | None:
+    def _decode(self, entry: streams.StreamEntry) -> Failure | None:
         entry_id, fields = entry
         if "data" not in fields:
             return None  # a write probe, or someone else's entry
@@ -161,7 +161,7 @@ async def open_journal(
     stream = StreamJournal(url, key, size, local, payload_limit)
     try:
         await stream.probe()
-    except bus.StoreError as exc:
+    except streams.StoreError as exc:
         why = f"cannot write the failure journal to {stream.where} ({exc})"
         if exc.unreachable:
             log.warning(
