@@ -8,23 +8,22 @@ import sys
 import time
 from typing import Any
 
+from eventrouter.cli import options
 from eventrouter.cli.logs import escape
 from eventrouter.runtime import control
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    options.add(
+        parser,
         "--redis",
-        metavar="URL",
-        help="where the routers listen; default: $REDIS_ADDRESS (with "
-        "$REDIS_USER/$REDIS_PASSWORD), else the embedded server of --state-dir",
-    )
-    parser.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
-    parser.add_argument(
+        "--redis-password-file",
+        "--state-dir",
         "--instance",
-        default="",
-        metavar="NAME",
-        help="the router to ask, as its --instance (default: the host name)",
+        helps={
+            "--redis": f"where the routers listen; {options.REDIS_HELP}",
+            "--instance": "the router to ask, as its --instance (default: the host name)",
+        },
     )
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
 
