@@ -371,7 +371,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics, watch
-    from eventrouter.service.daemon import Daemon, log_diagnostics
+    from eventrouter.service.daemon import Daemon
+    from eventrouter.service.reloading import log_diagnostics
 
     address = None
     if args.metrics:
