@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from eventrouter import __version__
-from eventrouter.cli import observe, options, pipes, schema
+from eventrouter.cli import options, pipes, schema, status
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 CHANNEL_HELP = "the event's channel, <source>/event/<name>: cluster/event/module-added"
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publish(commands)
     _add_journal_commands(commands)
     _add_reload(commands)
-    observe.add_commands(commands)
+    status.add_commands(commands)
     schema.add_command(commands)
     for sub in commands.choices.values():  # also accepted after the command
         _add_log_level(sub, argparse.SUPPRESS)

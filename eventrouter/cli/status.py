@@ -43,7 +43,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help=f"every router that answers within {control.COLLECT_ALL:g}s",
     )
-    status.set_defaults(handler="observe:cmd_status")
+    status.set_defaults(handler="status:cmd_status")
     history = commands.add_parser(
         "history",
         help="the last events a router handled, and what each route did (or why not)",
@@ -73,7 +73,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     history.add_argument(
         "--verbose", "-v", action="store_true", help="also list the routes that did not match"
     )
-    history.set_defaults(handler="observe:cmd_history")
+    history.set_defaults(handler="status:cmd_history")
 
 
 def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list[dict[str, Any]]:
