@@ -337,7 +337,11 @@ def _action_fingerprint(action: Action) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Settings:
-    """Daemon settings, from the command line and the environment."""
+    """Daemon settings, from the command line and the environment.
+
+    Each default here is also the default of the `run` option that sets the field
+    (``cli/options.py`` reads it from here).
+    """
 
     routes_dirs: tuple[Path, ...] = ()
     events_dirs: tuple[Path, ...] = ()

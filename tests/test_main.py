@@ -54,3 +54,41 @@ def test_help_shows_the_settings_defaults(capsys: pytest.CaptureFixture[str]) ->
     assert f"(default: {defaults.max_payload})" in text
     assert f"(default: {defaults.control_channel})" in text
     assert f"(default: {defaults.max_pending})" in text
+
+
+def test_each_run_option_sets_its_settings_field() -> None:
+    from pathlib import Path
+
+    from eventrouter.cli.main import RUN_OPTIONS
+    from eventrouter.cli.options import OPTIONS, settings_from
+
+    given = {
+        "--step-timeout": ("7s", 7.0),
+        "--stop-timeout": ("8s", 8.0),
+        "--ping-interval": ("9s", 9.0),
+        "--ping-timeout": ("3s", 3.0),
+        "--template-timeout": ("2s", 2.0),
+        "--role-interval": ("4s", 4.0),
+        "--state-dir": ("/tmp/x", Path("/tmp/x")),
+        "--journal-key": ("k", "k"),
+        "--instance": ("node9", "node9"),
+        "--control-channel": ("c", "c"),
+        "--node": ("3", "3"),
+        "--agent": ("module/a1", "module/a1"),
+    }
+    argv = ["run"]
+    for number, flag in enumerate(RUN_OPTIONS, start=11):
+        option = OPTIONS[flag]
+        if option.field is None:
+            continue
+        if option.action == "store_true":
+            argv.append(flag)
+            given[flag] = ("", True)
+        else:
+            text, _ = given.setdefault(flag, (str(number), number))
+            argv.append(f"{flag}={text}")
+    settings = settings_from(build_parser().parse_args(argv), redis_url="redis://h")
+    found = {flag: getattr(settings, OPTIONS[flag].field or "") for flag in given}
+    assert found == {flag: value for flag, (_, value) in given.items()}
+    assert settings.redis_url == "redis://h"
+    assert settings_from(build_parser().parse_args(["run"])) == Settings()

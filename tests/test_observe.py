@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from eventrouter.cli.observe import event_lines
+from eventrouter.cli.status import event_lines
 from eventrouter.testing import Harness
 from tests.conftest import RedisCli
 from tests.routerproc import Router, run_cli, write_routes, write_step

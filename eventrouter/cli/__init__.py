@@ -1,1 +1,4 @@
-"""The command line: argparse and the commands; the only place that ends the process."""
+"""The command line: the parser and its options, and what each command does.
+
+Every command returns its exit status to ``main``; nothing below this layer ends the process.
+"""

@@ -15,9 +15,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from eventrouter.cli import options
 from eventrouter.cli.logs import escape
 from eventrouter.errors import Diagnostic
-from eventrouter.model import Route, RouterInfo, Settings
+from eventrouter.model import Route, RouterInfo
 
 # The tools (check, explain, test, routes) must not load the runtime: asyncio, redis-py and
 # the step spawner are imported inside the commands that use them (tests/test_imports.py).
@@ -158,7 +159,8 @@ def cmd_routes(args: argparse.Namespace) -> int:
 def _state_dir(args: argparse.Namespace) -> Path:
     from eventrouter.redis import embedded
 
-    return Path(args.state_dir) if args.state_dir else embedded.default_state_dir()
+    folder: Path | None = args.state_dir  # already a Path (cli/options.py)
+    return folder or embedded.default_state_dir()
 
 
 def _write_url(args: argparse.Namespace) -> str | None:
@@ -369,7 +371,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics, watch
-    from eventrouter.service.daemon import Daemon, log_diagnostics
+    from eventrouter.service.daemon import Daemon
+    from eventrouter.service.reloading import log_diagnostics
 
     address = None
     if args.metrics:
@@ -405,32 +408,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     empty = _nothing(result.routes, folders, events_dirs(args.events_dir, os.environ))
     if empty:  # it may be meant (routes added later, then SIGHUP), so a warning, not a refusal
         log.warning("nothing to route: %s; events will run nothing until a reload", empty)
-    settings = Settings(
+    settings = options.settings_from(
+        args,
         routes_dirs=tuple(folders),
         events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
         redis_url=sub,
         publish_url=pub,
-        step_timeout=args.step_timeout,
-        stop_timeout=args.stop_timeout,
-        max_concurrency=args.max_concurrency,
-        max_payload=args.max_payload,
-        max_depth=args.max_depth,
-        queue_limit=args.queue_limit,
-        max_pending=args.max_pending,
-        max_queued_bytes=args.max_queued_bytes,
-        journal_payload=args.journal_payload,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        journal_key=args.journal_key,
-        journal_size=args.journal_size,
-        instance=args.instance,
-        control_channel=args.control_channel,
-        ping_interval=args.ping_interval,
-        ping_timeout=args.ping_timeout,
-        template_timeout=args.template_timeout,
-        node=args.node,
-        agent=args.agent,
-        role_interval=args.role_interval,
-        watch=args.watch,
     )
     set_timeout(settings.template_timeout)
     try:

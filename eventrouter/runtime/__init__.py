@@ -1,1 +1,4 @@
-"""Executing decisions: lanes, the fair limiter, steps, spawn, the dispatcher, the daemon."""
+"""Executing decisions: the dispatcher, lanes, the fair limiter, steps, spawn, the journal.
+
+The daemon that runs them, and wires them to Redis, is in ``service/``.
+"""

@@ -1,1 +1,5 @@
-"""The service: wires config, runtime and Redis together; signals, reload, shutdown, systemd."""
+"""The running router (`eventrouter run`): the daemon, wiring config, runtime and Redis.
+
+Signals, reload, bounded shutdown, systemd notification, and what `status`, `history`,
+`retry`, `reload` and the metrics endpoint ask of a running router.
+"""

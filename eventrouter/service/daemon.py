@@ -1,4 +1,8 @@
-"""The daemon's lifecycle: start, signals, reload swap, bounded shutdown."""
+"""The daemon's lifecycle: start, signals, reload swap, bounded shutdown.
+
+What it hands off: reading and reporting a reload (``reloading``), the control requests
+(``retry``; ``observe`` answers `status` and `history`), and the parts it runs (``wiring``).
+"""
 
 from __future__ import annotations
 
@@ -7,23 +11,22 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 
-from eventrouter.config.loader import FileCache, LoadResult, load_routes
+from eventrouter.config.loader import FileCache, LoadResult
 from eventrouter.config.patterns import RouteIndex, glob_escape
-from eventrouter.engine.decide import decide_message, retry_decision
-from eventrouter.model import Route, Settings
+from eventrouter.model import Settings
 from eventrouter.redis import bus, embedded
 from eventrouter.redis.connections import publish_url, subscribe_url
 from eventrouter.redis.stream_journal import in_use
 from eventrouter.runtime import control, statedir
-from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.dispatch import Dispatcher
 from eventrouter.runtime.identity import router_identity
-from eventrouter.runtime.journal import Journal, JournalError, parse_retry_message
-from eventrouter.service import metrics, observe, sdnotify, watch
+from eventrouter.runtime.journal import Journal
+from eventrouter.service import metrics, observe, reloading, sdnotify, watch
 from eventrouter.service.intents import Intents
+from eventrouter.service.retry import retry
 from eventrouter.service.statefiles import StateFiles
 from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, RedisWiring, Role, Wiring
 from eventrouter.support.processes import WARDEN
@@ -33,40 +36,8 @@ log = logging.getLogger(__name__)
 
 #: The subscription convention folders need (as the NS8 agent's).
 CONVENTION_GLOB = "*/event/*"
-#: On reload, a route file modified less than this many seconds ago is read once quiet (for
-#: writers that close and reopen it; one that keeps it open is known for certain).
-RELOAD_SETTLE = 0.25
 #: Published when a node becomes the leader: the role is read again at once.
 LEADER_CHANGED = "cluster/event/leader-changed"
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What a reload changes, by route name."""
-
-    added: Sequence[str] = ()
-    removed: Sequence[str] = ()
-    changed: Sequence[str] = ()
-
-
-def compare(old: Sequence[Route], new: Sequence[Route]) -> Changes:
-    """Return the routes added, removed and changed between two tables."""
-    before = {route.name: route.digest for route in old}
-    after = {route.name: route.digest for route in new}
-    return Changes(
-        added=sorted(after.keys() - before.keys()),
-        removed=sorted(before.keys() - after.keys()),
-        changed=sorted(
-            name for name in after.keys() & before.keys() if after[name] != before[name]
-        ),
-    )
-
-
-def log_diagnostics(result: LoadResult) -> None:
-    """Log every finding of a load as ``FILE:LINE: message``."""
-    for item in result.diagnostics:
-        level = logging.ERROR if item.severity == "error" else logging.WARNING
-        log.log(level, "%s", item)
 
 
 def _watch_children_with_pidfd() -> None:
@@ -144,7 +115,9 @@ class Daemon:
             if channel in (self.settings.control_channel, control.QUERY_CHANNEL):
                 asking = channel == control.QUERY_CHANNEL
                 task = asyncio.create_task(
-                    self.answer(data) if asking else self.retry(dispatcher, data)
+                    observe.answer(self.parts, data)
+                    if asking
+                    else retry(dispatcher, self.journal, data, self.settings.control_channel)
                 )
                 self.requests.add(task)
                 task.add_done_callback(self.requests.discard)
@@ -152,92 +125,6 @@ class Daemon:
             return dispatcher.receive(channel, data)
 
         return handle
-
-    async def retry(self, dispatcher: Dispatcher, data: bytes) -> bool:
-        """Run a failed route again on the recorded event, if the current table still would.
-
-        The request and the journal entry are untrusted: whoever can publish on the control
-        channel or write the stream could name any route or folder, so the event is decided
-        again against the current table and only what that decision fires may run.
-        """
-        request = parse_retry_message(data)
-        if request is None:
-            log.warning(
-                "ignored a malformed retry request on %s (%d bytes): %r",
-                self.settings.control_channel,
-                len(data),
-                data[:100],
-            )
-            return False
-        failure_id, instance = request
-        if instance != dispatcher.instance:
-            log.debug("retry %s is for router %r, not this one", failure_id, instance[:100])
-            return False
-        try:
-            failure = await self.journal.get(failure_id) if self.journal is not None else None
-        except JournalError as exc:
-            log.error("retry %s: cannot read the failure journal: %s", failure_id, exc)
-            return False
-        if failure is None:
-            log.error("retry %s: no such failure in the journal", failure_id)
-            return False
-        if failure.payload_cut:
-            log.error(
-                "retry %s: the journal kept %d of the payload's %d bytes; not retried",
-                failure_id,
-                len(failure.raw()),
-                failure.payload_cut,
-            )
-            return False
-        decision = decide_message(
-            dispatcher.index, failure.channel, failure.raw(), dispatcher.current_context()
-        )
-        found = retry_decision(decision, failure.route, dispatcher.index.routes)
-        if isinstance(found, str):
-            log.error(
-                "retry %s: refused: %r for event %r: %s",
-                failure_id,
-                failure.route[:200],
-                failure.channel[:200],
-                found,
-            )
-            return False
-        route = found.route
-        log.info(
-            "retry %s: running route %s (current version, %s:%d) again on %r",
-            failure_id,
-            route.name,
-            route.file,
-            route.line,
-            decision.event.channel,
-        )
-        event = decision.event
-        trace = dispatcher.history.start(event.channel, event.raw, dispatcher.generation, ())
-        step = trace.add(route.name, outcomes.QUEUED, f"retry {failure_id}")
-        return bool(dispatcher.submit(found, event, step))
-
-    async def answer(self, data: bytes) -> bool:
-        """Answer a `status` or `history` request on its reply channel, if it names us."""
-        try:
-            query = control.parse_query(data)
-        except ValueError as exc:  # untrusted: one bounded line, nothing of the data echoed
-            log.warning(
-                "ignored a control request on %s (%d bytes): %s",
-                control.QUERY_CHANNEL,
-                len(data),
-                exc,
-            )
-            return False
-        parts = self.parts
-        if parts is None or not query.wants(parts.dispatcher.instance):
-            return False
-        if query.op == "status":
-            body = await observe.status(parts)
-        else:
-            body = observe.history(parts, query)
-        answer = control.answer(parts.dispatcher.instance, query.op, body)
-        await parts.publisher.publish(query.reply, answer)
-        return True
 
     def _urls(self) -> tuple[str, str]:
         env = os.environ
@@ -432,39 +319,18 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self.intents.ask_stop, signum.name)
 
-    def _load(self, settle: float = 0.0) -> LoadResult:
-        """Read and check the route files as `check` does (blocking: run it in a thread)."""
-        # Imported at the first reload, not with the daemon: `run` loaded it once at start.
-        from eventrouter.analysis.verdict import validate
-
-        result = load_routes(self.settings.routes_dirs, self.cache, settle=settle)
-        return validate(result, self.settings.events_dirs)
-
     async def reload(self, dispatcher: Dispatcher, subscriber: Intake) -> bool:
         """Re-read every route file; swap the table atomically, or keep the old one on error."""
-        sdnotify.reloading()
-        log.info(
-            "%s: reloading routes from %s",
-            self.intents.reload_by or "SIGHUP",
-            ", ".join(str(d) for d in self.settings.routes_dirs) or "(no folder)",
-        )
-        # Never a file being written (it may parse with fewer routes): see config/stable.py.
-        result = await asyncio.to_thread(self._load, RELOAD_SETTLE)
-        log_diagnostics(result)
+        result = await reloading.read(self.settings, self.cache, self.intents.reload_by)
         findings = [str(item) for item in result.diagnostics]
         if not result.ok:
-            errors = sum(1 for d in result.diagnostics if d.severity == "error")
-            summary = (
-                f"reload failed with {errors} error(s); keeping the {len(self.routes)} "
-                "routes loaded before"
-            )
-            log.error("%s", summary)
+            summary = reloading.refused(result, len(self.routes))
             self.files.record(False, summary, findings)
             sdnotify.notify("READY=1", "STATUS=reload failed; old routes kept")
             if self.parts is not None:
                 self.parts.reloads["failed"] += 1
             return False
-        changes = compare(self.routes, result.routes)
+        changes = reloading.compare(self.routes, result.routes)
         index = RouteIndex(result.routes)
         dispatcher.swap(index)  # one assignment: every event sees the old or the new table
         dispatcher.generation += 1
@@ -473,20 +339,8 @@ class Daemon:
             self.parts.routes = result.routes
             self.parts.reloads["ok"] += 1
         await subscriber.set_patterns(self._globs(index))
-        summary = (
-            f"reloaded: {len(result.routes)} routes (+{len(changes.added)} "
-            f"-{len(changes.removed)} ~{len(changes.changed)})"
-        )
-        log.info("%s", summary)
-        for kind, names in (
-            ("added", changes.added),
-            ("removed", changes.removed),
-            ("changed", changes.changed),
-        ):
-            if names:
-                log.info("reload %s: %s", kind, ", ".join(names))
-                findings.append(f"{kind}: {', '.join(names)}")
-        self.files.record(True, summary, findings)
+        summary, changed = reloading.applied(changes, len(result.routes))
+        self.files.record(True, summary, findings + changed)
         sdnotify.notify("READY=1", f"STATUS=routing with {len(result.routes)} routes")
         return True
 

@@ -8,23 +8,22 @@ import sys
 import time
 from typing import Any
 
+from eventrouter.cli import options
 from eventrouter.cli.logs import escape
 from eventrouter.runtime import control
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    options.add(
+        parser,
         "--redis",
-        metavar="URL",
-        help="where the routers listen; default: $REDIS_ADDRESS (with "
-        "$REDIS_USER/$REDIS_PASSWORD), else the embedded server of --state-dir",
-    )
-    parser.add_argument("--state-dir", metavar="DIR", help="where the embedded server runs")
-    parser.add_argument(
+        "--redis-password-file",
+        "--state-dir",
         "--instance",
-        default="",
-        metavar="NAME",
-        help="the router to ask, as its --instance (default: the host name)",
+        helps={
+            "--redis": f"where the routers listen; {options.REDIS_HELP}",
+            "--instance": "the router to ask, as its --instance (default: the host name)",
+        },
     )
     parser.add_argument("--json", action="store_true", help="print the answers as JSON")
 
@@ -44,7 +43,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help=f"every router that answers within {control.COLLECT_ALL:g}s",
     )
-    status.set_defaults(handler="observe:cmd_status")
+    status.set_defaults(handler="status:cmd_status")
     history = commands.add_parser(
         "history",
         help="the last events a router handled, and what each route did (or why not)",
@@ -74,7 +73,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     history.add_argument(
         "--verbose", "-v", action="store_true", help="also list the routes that did not match"
     )
-    history.set_defaults(handler="observe:cmd_history")
+    history.set_defaults(handler="status:cmd_history")
 
 
 def _ask(args: argparse.Namespace, query: control.Query, *, every: bool) -> list[dict[str, Any]]:
