@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.routerproc import clean_env, run_cli, write_step
+from tests.routerproc import clean_env, run_here, write_step
 
 CASCADE = """
 routes:
@@ -34,7 +34,7 @@ routes:
 def explain(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `eventrouter explain` with no Redis configured or reachable."""
     # REDIS_ADDRESS points nowhere: using it would fail.
-    return run_cli("explain", *args, env=clean_env(REDIS_ADDRESS="127.0.0.1:1"), stdin=stdin)
+    return run_here("explain", *args, env=clean_env(REDIS_ADDRESS="127.0.0.1:1"), stdin=stdin)
 
 
 def setup(tmp_path: Path) -> Path:

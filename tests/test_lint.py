@@ -23,7 +23,7 @@ from eventrouter.analysis.tense import past_tense
 from eventrouter.config.loader import LoadResult, load_routes
 from eventrouter.config.patterns import ChannelPattern
 from eventrouter.errors import Diagnostic
-from tests.routerproc import handler, run_cli, write_step
+from tests.routerproc import handler, run_here, write_step
 from tests.routerproc import write_routes as write
 
 REPO = Path(__file__).resolve().parent.parent
@@ -346,7 +346,7 @@ def test_cycle_whose_when_holds_for_the_literal_emit_is_an_error(tmp_path: Path)
         'looping emits to it (payload.status = "failed"); only the runtime loop guard will '
         "stop it: change a condition or an emitted payload)"
     ]
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
 
 
@@ -447,7 +447,7 @@ def test_cli_check_exits_1_on_a_cycle(tmp_path: Path) -> None:
               - emit: {channel: x/event/pinged}
         """,
     )
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
     assert (
         f"{path}:2: error: derived-event cycle: relay ({path}:2) emits x/event/pinged"
@@ -595,7 +595,7 @@ def test_handler_folder_whose_only_step_is_not_executable_is_an_error(tmp_path: 
             "executable (chmod +x the steps to run, or remove the action)",
         ),
     ]
-    done = run_cli("check", "--routes", str(tmp_path / "routes.d"))
+    done = run_here("check", "--routes", str(tmp_path / "routes.d"))
     assert done.returncode == 1, done.stdout + done.stderr
 
 
@@ -687,7 +687,7 @@ def test_check_names_the_files_passed_over(tmp_path: Path) -> None:
         write_step(folder / name, "exit 0")
     (tmp_path / "routes.d").mkdir()
 
-    done = run_cli("check", "--routes", str(tmp_path / "routes.d"), "--events-dir", str(events))
+    done = run_here("check", "--routes", str(tmp_path / "routes.d"), "--events-dir", str(events))
 
     assert done.returncode == 0, done.stdout + done.stderr
     named = [line for line in done.stdout.splitlines() if "never run" in line]
@@ -958,7 +958,7 @@ def test_names_that_do_not_exist_are_errors_with_the_fix(tmp_path: Path) -> None
         f"{path}:5: error: route r: 'emit payload.f' uses rooter, which is not defined "
         "(did you mean router?)",
     ]
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.returncode == 1, done.stdout + done.stderr
     assert "1 route checked: 4 errors, 0 warnings" in done.stderr
 

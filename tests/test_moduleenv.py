@@ -23,7 +23,16 @@ from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 from eventrouter.runtime import envfile
 from eventrouter.runtime.envfile import ModuleEnvironment
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    lines,
+    run_cli,
+    run_here,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 SECRET = "s3cret-Value-42"
 
@@ -232,7 +241,7 @@ def test_route_tests_give_env_per_test_and_ignore_the_shells(tmp_path: Path) -> 
     shell = clean_env(POSTFIX_ORIGIN="example.com", MODULE_ID="shell1", NODE_ID="7")
 
     for env in (clean_env(), shell, {}):
-        result = run_cli("test", "--routes", str(routes), env=env)
+        result = run_here("test", "--routes", str(routes), env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "3 passed, 0 failed" in result.stdout
 
@@ -251,7 +260,7 @@ def test_route_test_env_must_be_a_mapping_of_values(tmp_path: Path) -> None:
         """,
     )
 
-    result = run_cli("test", "--routes", str(routes))
+    result = run_here("test", "--routes", str(routes))
 
     assert result.returncode == 1
     assert "t.yml:4: error: tests[0].env: A: expected a value" in result.stdout

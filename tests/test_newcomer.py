@@ -24,7 +24,7 @@ from eventrouter.runtime import control
 from eventrouter.runtime.journal import Failure
 from tests.cluster import Topology
 from tests.conftest import _missing, free_port
-from tests.routerproc import REPO, Router, clean_env, run_cli, wait_for
+from tests.routerproc import REPO, Router, clean_env, run_cli, run_here, wait_for
 
 ONE_ROUTE = """
 routes:
@@ -35,20 +35,20 @@ routes:
 
 
 def test_check_with_no_routes_and_no_events_folder_is_an_error(tmp_path: Path) -> None:
-    done = run_cli("check", cwd=tmp_path)
+    done = run_here("check", cwd=tmp_path)
     assert done.returncode == 1
     assert "nothing to check" in done.stderr
     assert "routes.d" in done.stderr  # the folder it looked in
 
 
 def test_check_of_an_empty_folder_named_explicitly_names_it(tmp_path: Path) -> None:
-    done = run_cli("check", "--routes", str(tmp_path), cwd=tmp_path)
+    done = run_here("check", "--routes", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 1
     assert f"no routes in {tmp_path}" in done.stderr
 
 
 def test_explain_says_no_routes_were_loaded(tmp_path: Path) -> None:
-    done = run_cli(
+    done = run_here(
         "explain", "cluster/event/module-added", '{"module": "a", "node": 1}', cwd=tmp_path
     )
     assert done.returncode == 0
@@ -97,7 +97,7 @@ def test_channel_arguments_have_help() -> None:
 
 def test_routes_lists_the_events_folders_too() -> None:
     examples = REPO / "examples" / "ns8-cluster"
-    done = run_cli(
+    done = run_here(
         "routes", "--routes", str(examples / "routes.d"), "--events-dir", str(examples / "events")
     )
     assert done.returncode == 0, done.stderr
@@ -109,7 +109,7 @@ def test_routes_lists_the_events_folders_too() -> None:
 
 def test_a_tab_in_the_indentation_says_yaml_allows_no_tabs(tmp_path: Path) -> None:
     (tmp_path / "r.yml").write_text("routes:\n  - name: a\n\ton: x/event/y-changed\n")
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.returncode == 1
     assert f"{tmp_path / 'r.yml'}:3: error: invalid YAML: a tab at column 1" in done.stdout
     assert "YAML does not allow tabs" in done.stdout
@@ -119,7 +119,7 @@ def test_a_tab_in_the_indentation_says_yaml_allows_no_tabs(tmp_path: Path) -> No
 def test_a_comments_only_file_has_no_routes(tmp_path: Path) -> None:
     (tmp_path / "a.yml").write_text("# routes to come\n")
     (tmp_path / "b.yml").write_text(ONE_ROUTE)
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.returncode == 0
     assert (
         done.stdout == f"{tmp_path / 'a.yml'}:1: warning: no routes: the file holds only comments\n"
@@ -128,7 +128,7 @@ def test_a_comments_only_file_has_no_routes(tmp_path: Path) -> None:
 
 def test_one_route_checked_is_singular(tmp_path: Path) -> None:
     (tmp_path / "b.yml").write_text(ONE_ROUTE)
-    done = run_cli("check", "--routes", str(tmp_path))
+    done = run_here("check", "--routes", str(tmp_path))
     assert done.stderr == "1 route checked: 0 errors, 0 warnings\n"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.routerproc import REPO, clean_env, run_cli
+from tests.routerproc import REPO, clean_env, run_here
 
 MODULES = REPO / "examples" / "ns8-modules"
 FOLDERS = sorted(path.parent for path in MODULES.glob("*/routes.d"))
@@ -44,8 +44,8 @@ def shell_of_a_module(tmp_path: Path) -> dict[str, str]:
 @pytest.mark.parametrize("folder", FOLDERS, ids=[folder.name for folder in FOLDERS])
 def test_route_tests_pass_whatever_the_shell_holds(folder: Path, tmp_path: Path) -> None:
     routes = str(folder / "routes.d")
-    empty = run_cli("test", "--routes", routes, env={})
-    full = run_cli("test", "--routes", routes, env=shell_of_a_module(tmp_path))
+    empty = run_here("test", "--routes", routes, env={})
+    full = run_here("test", "--routes", routes, env=shell_of_a_module(tmp_path))
 
     for result in (empty, full):
         assert result.returncode == 0, result.stdout + result.stderr

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.routerproc import REPO, clean_env, run_cli, write_routes
+from tests.routerproc import REPO, clean_env, run_cli, run_here, write_routes
 
 README = REPO / "README.md"
 #: The pages whose commands run: the README and every page of the user guide in docs/.
@@ -171,6 +171,6 @@ def test_the_check_example_lists_the_allowed_keys_check_prints(tmp_path: Path) -
             enabld: true
             do: [{emit: {channel: module/mail1/event/reload-requested}}]
     """)  # fmt: skip
-    done = run_cli("check", "--routes", "routes.d", cwd=tmp_path)
+    done = run_here("check", "--routes", "routes.d", cwd=tmp_path)
     real = next(line for line in done.stdout.splitlines() if "'enabld'" in line)
     assert real.split("; allowed keys: ")[1] == shown.split("; allowed keys: ")[1]

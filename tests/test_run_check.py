@@ -11,7 +11,7 @@ import pytest
 from eventrouter.analysis.verdict import validate
 from eventrouter.config.loader import load_routes
 from eventrouter.testing import Harness
-from tests.routerproc import run_cli
+from tests.routerproc import run_cli, run_here
 
 CYCLE = """
 routes:
@@ -30,7 +30,7 @@ def cycle_errors(text: str) -> list[str]:
 
 def test_run_refuses_to_start_on_what_check_errors_on(tmp_path: Path, redis_url: str) -> None:
     (tmp_path / "r.yml").write_text(CYCLE)
-    checked = run_cli("check", "--routes", str(tmp_path))
+    checked = run_here("check", "--routes", str(tmp_path))
     assert checked.returncode == 1
     expected = cycle_errors(checked.stdout)
     assert expected, checked.stdout

@@ -37,7 +37,7 @@ from eventrouter.model import (
     SOURCES,
     TASK_ACTION,
 )
-from tests.routerproc import REPO, handler, run_cli
+from tests.routerproc import REPO, handler, run_here
 
 SCHEMAS = {kind: json.loads(schema_text(kind)) for kind in FILES}
 MODELINE = re.compile(r"^#\s+yaml-language-server\s*:\s*\$schema=(\S+)\s*$", re.MULTILINE)
@@ -484,16 +484,16 @@ def test_what_the_test_schema_cannot_express_only_the_loader_refuses(
 
 @pytest.mark.parametrize("kind", sorted(FILES))
 def test_the_command_prints_the_schema_of_each_kind(kind: str) -> None:
-    done = run_cli("schema", kind)
+    done = run_here("schema", kind)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == SCHEMAS[kind]
-    done = run_cli("schema", kind, "--path")
+    done = run_here("schema", kind, "--path")
     assert Path(done.stdout.strip()) == schema_path(kind)
 
 
 def test_the_command_prints_the_route_file_schema_by_default() -> None:
-    done = run_cli("schema")
+    done = run_here("schema")
     assert json.loads(done.stdout)["title"] == "eventrouter route file"
-    done = run_cli("schema", "other")
+    done = run_here("schema", "other")
     assert done.returncode == 2
     assert "invalid choice" in done.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from tests.routerproc import Router, run_cli, write_routes, write_step
+from tests.routerproc import Router, run_cli, run_here, write_routes, write_step
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\r"
 
@@ -49,7 +49,7 @@ def test_routes_escapes_patterns_from_route_files(tmp_path: Path) -> None:
         'routes:\n  - name: odd\n    on: "cluster/event/\\e]0;red\\a"\n    do: [{run: ../h}]\n',
     ).parent
 
-    listed = run_cli("routes", "--routes", str(routes))
+    listed = run_here("routes", "--routes", str(routes))
 
     assert listed.returncode == 0, listed.stderr
     assert "odd" in listed.stdout
@@ -64,7 +64,7 @@ def test_explain_escapes_the_event(tmp_path: Path) -> None:
         "routes:\n  - name: any\n    on: cluster/event/*\n    do: [{run: ../h}]\n",
     ).parent
 
-    explained = run_cli(
+    explained = run_here(
         "explain", "--routes", str(routes), "cluster/event/x" + HOSTILE, json.dumps({"k": 1})
     )
 

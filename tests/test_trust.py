@@ -18,7 +18,7 @@ from eventrouter.config.trust import distrust
 from eventrouter.errors import Diagnostic
 from eventrouter.runtime.steps import StepRunner
 from tests.conftest import RedisCli
-from tests.routerproc import Router, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import Router, run_cli, run_here, wait_for, write_routes, write_step
 
 #: A user other than root and the router's, owning files in these tests.
 OTHER = 1000
@@ -192,7 +192,7 @@ def test_cli_check_reports_each_with_the_fix(tmp_path: Path) -> None:
     convention.chmod(0o757)
     events.chmod(0o777)
 
-    done = run_cli("check", "--routes", str(folder), "--events-dir", str(events))
+    done = run_here("check", "--routes", str(folder), "--events-dir", str(events))
 
     assert done.returncode == 1
     assert f"{routes}:1: error: route file {routes} is owned by user {OTHER}" in done.stdout
@@ -200,14 +200,14 @@ def test_cli_check_reports_each_with_the_fix(tmp_path: Path) -> None:
     step.chmod(0o757)
     os.chown(routes, 0, -1)
 
-    done = run_cli("check", "--routes", str(folder), "--events-dir", str(events))
+    done = run_here("check", "--routes", str(folder), "--events-dir", str(events))
 
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert any(f"{routes}:5: error: step {step} is writable by others" in x for x in lines)
     step.chmod(0o755)  # the deep check, which judges events folders, needs routes that load
 
-    done = run_cli("check", "--routes", str(folder), "--events-dir", str(events))
+    done = run_here("check", "--routes", str(folder), "--events-dir", str(events))
 
     assert done.returncode == 1
     lines = done.stdout.splitlines()
