@@ -10,7 +10,9 @@ COVERAGE_FLOOR ?= 90
 # Test processes: one more than the 2 cores, for the end-to-end tests' waits on servers,
 # routers and steps; most tests now run in process and use a core while they run. Measured on
 # a subset of 10 files with coverage here (wall): -n 4 was slower than -n 2 twice (96 s and
-# 89 s against 84 s and 81 s), -n 3 faster once (78 s against 85 s).
+# 89 s against 84 s and 81 s), -n 3 faster once (78 s against 85 s). Idle workers take tests
+# queued for busy ones (--dist worksteal), so the long end-to-end tests do not finish last
+# on one worker: 64 s against 74 s and 81 s for the default split, same machine, same hour.
 TEST_WORKERS ?= 3
 # The node `make run` plays in the shipped examples: their module-removed handler compares
 # the event's node with NODE_ID (examples/ns8-cluster/README.md). `NODE_ID=2 make run` plays 2.
@@ -73,7 +75,7 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/eventrouter test --routes examples/ns8-cluster/routes.d --events-dir examples/ns8-cluster/events
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
 
 # `make bench REF=main~3` runs the benchmarks on that commit beside the working tree instead.
 bench: $(BIN)/.installed
