@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from eventrouter.runtime.envfile import read_environment_file
 from eventrouter.runtime.limiter import FairLimiter
 from eventrouter.runtime.skips import MENTIONS, start_refusal
 from eventrouter.runtime.spawn import Child
+from eventrouter.runtime.stepoutput import LineRelay, StepProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +50,6 @@ __all__ = [
 TAIL_LINES = 20
 #: How long to keep reading output after a step exited (a background child may hold the pipes).
 PIPE_GRACE = 1.0
-#: Syslog priority (``<N>`` prefix) to logging level.
-PRIORITY_LEVELS = (
-    logging.ERROR,  # 0 emerg
-    logging.ERROR,  # 1 alert
-    logging.ERROR,  # 2 crit
-    logging.ERROR,  # 3 err
-    logging.WARNING,  # 4 warning
-    logging.INFO,  # 5 notice
-    logging.INFO,  # 6 info
-    logging.DEBUG,  # 7 debug
-)
-
-_PRIORITY = re.compile(rb"<([0-7])>")
-# C0 and C1 controls except tab, DEL, and the Unicode line/paragraph separators: any of them
-# could forge or garble log lines.
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 @dataclass(frozen=True)
@@ -90,113 +74,6 @@ class HandlerResult:
     ok: bool
     error: str | None = None
     tail: tuple[str, ...] = ()
-
-
-def sanitize(data: bytes) -> str:
-    """Decode one output line as UTF-8 and escape control characters (tab kept)."""
-    text = data.decode("utf-8", "replace")
-    if text.endswith("\r"):
-        text = text[:-1]
-    return _CONTROL.sub(_escape, text)
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def _utf8_cut(buf: bytearray, limit: int) -> int:
-    """Return a cut point at or just before ``limit`` that does not split a UTF-8 sequence."""
-    for cut in range(limit, max(limit - 4, 0), -1):
-        if buf[cut] & 0xC0 != 0x80:
-            return cut
-    return limit
-
-
-class _LineRelay:
-    """Split one output stream into lines of at most ``max_line`` bytes and emit each."""
-
-    def __init__(self, emit: Callable[[int, str], None], max_line: int) -> None:
-        self._emit = emit
-        self._max_line = max_line
-        self._buf = bytearray()
-        # Level of the line being continued after a cut, so its later pieces keep it.
-        self._level: int | None = None
-
-    def feed(self, data: bytes) -> None:
-        """Take a chunk of output and emit every complete (or over-long) line in it."""
-        buf = self._buf
-        buf += data
-        while buf:
-            end = buf.find(b"\n", 0, self._max_line + 1)
-            if end >= 0:
-                piece = bytes(buf[:end])
-                del buf[: end + 1]
-                self._piece(piece, complete=True)
-            elif len(buf) > self._max_line:
-                cut = _utf8_cut(buf, self._max_line)
-                piece = bytes(buf[:cut])
-                del buf[:cut]
-                self._piece(piece, complete=False)
-            else:
-                break
-
-    def flush(self) -> None:
-        """Emit what is left of an unterminated last line."""
-        if self._buf:
-            piece = bytes(self._buf)
-            self._buf.clear()
-            self._piece(piece, complete=True)
-        self._level = None
-
-    def _piece(self, piece: bytes, *, complete: bool) -> None:
-        level = self._level
-        if level is None:
-            level = logging.INFO
-            match = _PRIORITY.match(piece)
-            if match:
-                level = PRIORITY_LEVELS[int(match.group(1))]
-                piece = piece[match.end() :]
-        self._level = None if complete else level
-        self._emit(level, sanitize(piece))
-
-
-class _StepProtocol:
-    """Relay a step's output and report its exit and the end of its output separately."""
-
-    def __init__(self, relays: dict[int, _LineRelay]) -> None:
-        loop = asyncio.get_running_loop()
-        self.exited: asyncio.Future[None] = loop.create_future()
-        #: Set with ``exited``, for the runner to await: a cancelled run cancels this one,
-        #: and ``exited`` still tells when the stopped step is gone (asyncio.shield's job,
-        #: with one loop turn fewer).
-        self.exit_seen: asyncio.Future[None] = loop.create_future()
-        self.output_closed: asyncio.Future[None] = loop.create_future()
-        self._relays = relays
-        self._open = set(relays)
-
-    def pipe_data_received(self, fd: int, data: bytes) -> None:
-        """Relay a chunk of stdout or stderr."""
-        relay = self._relays.get(fd)
-        if relay is not None:
-            relay.feed(data)
-
-    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
-        """Flush a closed output stream; stdin errors mean the step did not read it all."""
-        if fd not in self._relays:
-            if exc is not None:
-                logger.debug("step stdin closed early: %s", exc)
-            return
-        self._relays[fd].flush()
-        self._open.discard(fd)
-        if not self._open and not self.output_closed.done():
-            self.output_closed.set_result(None)
-
-    def process_exited(self) -> None:
-        """Record that the step's main process has exited and been reaped."""
-        for future in (self.exited, self.exit_seen):
-            if not future.done():
-                future.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -427,7 +304,7 @@ class StepRunner:
             logger.log(level, "%s step %s: %s", job.tag, step.name, text)
 
         # stdout and stderr are one pipe (spawn.Child): one relay, lines in written order.
-        protocol = _StepProtocol({1: _LineRelay(emit, self._max_line)})
+        protocol = StepProtocol({1: LineRelay(emit, self._max_line)})
         async with self._limiter.slot(job.group):
             if self._stopping:
                 error = f"{job.what(step)} not started: the router is stopping"
@@ -468,7 +345,7 @@ class StepRunner:
         error = f"{job.what(step)} failed: {how}"
         return _Outcome(result, error, tuple(tail))
 
-    async def _spawn(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> Child:
+    async def _spawn(self, job: _Job, step: StepEntry, protocol: StepProtocol) -> Child:
         """Start the step's process in a new session and hand it the payload on stdin."""
         cwd, env = self._step_environment(job)
         # Absolute, because the child changes directory before exec.
@@ -509,7 +386,7 @@ class StepRunner:
         job: _Job,
         step: StepEntry,
         transport: Child,
-        protocol: _StepProtocol,
+        protocol: StepProtocol,
     ) -> bool:
         """Wait for the step to exit, enforcing the timeout; return whether it timed out."""
         pgid = transport.get_pid()
@@ -548,7 +425,7 @@ class StepRunner:
             _signal_group(pgid, signal.SIGKILL)
             await exited
 
-    async def _drain(self, job: _Job, step: StepEntry, protocol: _StepProtocol) -> None:
+    async def _drain(self, job: _Job, step: StepEntry, protocol: StepProtocol) -> None:
         """Read the rest of the output, but not forever: a background child may hold it open."""
         if protocol.output_closed.done():  # the usual case: no timer, no waiter to set up
             return
