@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from eventrouter.analysis.commands import command_findings
+from eventrouter.analysis.programs import command_findings
 from eventrouter.analysis.cycles import cycle_findings
 from eventrouter.analysis.loops import Neighbours, contains, emit_graph, overlap, pattern_glob
 from eventrouter.analysis.refs import emit_glob, template_findings, warning
