@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from eventrouter.analysis.programs import command_findings
 from eventrouter.analysis.cycles import cycle_findings
 from eventrouter.analysis.loops import Neighbours, contains, emit_graph, overlap, pattern_glob
+from eventrouter.analysis.programs import command_findings
 from eventrouter.analysis.refs import emit_glob, template_findings, warning
 from eventrouter.analysis.stepnotes import merge_findings, skipped_note
 from eventrouter.analysis.tense import tense_findings
