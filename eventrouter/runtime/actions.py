@@ -1,0 +1,402 @@
+"""Carry out one action of a run: a handler folder, an ``exec:`` command, a task, an emit.
+
+Every kind goes through one retry loop (``ActionRunner._attempts``): the action is rendered
+once, then tried up to ``retry.attempts`` times, each failed attempt but the last logged and
+followed by its backoff; a failure to render is never retried. Each kind brings only its
+single attempt and the words its log lines use. Nothing about the loop depends on the kind:
+
+* an emit's attempt hands the derived event to the publisher and cannot fail there (Redis
+  answers later, through the receipt, once the run has moved on), so an emit is tried once
+  whatever ``retry:`` says, as before;
+* the failure of the last attempt is the action's: a handler folder's and a command's status
+  says "retries exhausted (N attempts)" when there were several, as a task's does, and a
+  command not found on its PATH keeps its own status;
+* the debug line of a failed attempt gives the failure's reason: a handler folder's used the
+  step runner's error text, which that reason is whenever a run fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from eventrouter.engine.chains import ChainTracker
+from eventrouter.engine.decide import (
+    ActionRefused,
+    RouterContext,
+    Task,
+    render_emit,
+    render_env,
+    render_task,
+)
+from eventrouter.engine.execs import render_exec
+from eventrouter.errors import TaskError
+from eventrouter.model import Action, EmitAction, ExecAction, Route, RunAction, TaskAction
+from eventrouter.runtime.execute import find_program
+from eventrouter.runtime.failed import Failed, handler_failed
+from eventrouter.runtime.history import History
+from eventrouter.runtime.lanes import Job
+from eventrouter.runtime.ports import Publisher, TaskSubmitter
+from eventrouter.runtime.recorder import FailureRecorder
+from eventrouter.runtime.runlines import RunLines
+from eventrouter.runtime.runner import Runner
+from eventrouter.runtime.stats import Histogram, Histograms
+from eventrouter.runtime.steps import StepResult
+
+# The dispatcher's logger: these lines kept the name they were logged under before this
+# module was split out of it (the log shows it).
+log = logging.getLogger("eventrouter.runtime.dispatch")
+#: The lines about ``exec:`` commands kept theirs, the module that finds their program.
+exec_log = logging.getLogger("eventrouter.runtime.execute")
+
+#: Lines of a failed task's ``error`` text that reach the log.
+TASK_ERROR_LINES = 5
+
+#: One attempt of an action: given its number (1-based), return why it failed, or None.
+Attempt = Callable[[int], Awaitable[Failed | None]]
+
+
+def _exhausted(failed: Failed, attempt: int) -> Failed:
+    """Return ``failed`` as the failure of attempt number ``attempt``, the last one tried."""
+    if attempt == 1:
+        return failed
+    status = f"retries exhausted ({attempt} attempts): {failed.status}"
+    return Failed(status, failed.reason, failed.step, failed.tail, attempt)
+
+
+def _observe(steps: Iterable[StepResult], durations: Histogram) -> int:
+    """Time the steps that ran; return how many."""
+    ran = 0
+    for step in steps:
+        if step.status is not None:
+            ran += 1
+            durations.observe(step.duration)
+    return ran
+
+
+class _EmitReceipt:
+    """Log, count and journal what Redis answered for one derived event."""
+
+    __slots__ = ("action", "actions", "channel", "data", "job", "position", "started")
+
+    def __init__(
+        self,
+        actions: ActionRunner,
+        job: Job,
+        position: int,
+        action: EmitAction,
+        message: tuple[str, bytes],
+    ) -> None:
+        self.actions, self.job, self.position, self.action = actions, job, position, action
+        self.channel, self.data = message
+        self.started = time.time()
+
+    def sent(self, receivers: int) -> None:
+        """Log the emit once it went out."""
+        self.actions.counters["emitted"] += 1
+        self.actions.derived[self.job.route.name] += 1
+        log.info(
+            "route %s emitted %r (caused by %r): %d receiver(s)",
+            self.job.route.name,
+            self.channel,
+            self.job.event.channel,
+            receivers,
+        )
+        trace = self.job.trace.owner if self.job.trace is not None else None
+        for item in trace.derived if trace is not None else ():
+            if item["channel"] == self.channel and "receivers" not in item:
+                item["receivers"] = receivers
+                break
+        self.actions.lines.answered(self.job)
+
+    def refused(self, reason: str) -> None:
+        """Fail this emit alone: error with route and event, and the failure journal."""
+        job, actions = self.job, self.actions
+        actions.counters["emits_refused"] += 1
+        actions.counters["runs_failed"] += 1
+        log.error(
+            "route %s (%s:%d): event %r: Redis refused to publish the derived event on %r: %s",
+            job.route.name,
+            job.route.file,
+            self.action.line,
+            job.event.channel,
+            self.channel,
+            reason,
+        )
+        actions.chains.adopt(self.channel, self.data)  # it will never come back
+        failed = Failed("publish refused", f"emit {self.channel}: {reason}")
+        actions.recorder.run_failed_soon(
+            job, self.position, self.action.describe(), failed, self.started
+        )
+        actions.lines.answered(job)
+
+
+class ActionRunner:
+    """Run the actions of runs: steps, commands, tasks and derived events, with retries."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        publisher: Publisher,
+        tasks: TaskSubmitter | None,
+        *,
+        step_timeout: float | None,
+        counters: Counter[str],
+        recorder: FailureRecorder,
+        history: History,
+        lines: RunLines,
+        chains: ChainTracker,
+        comes_back: Callable[[str], bool],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.runner = runner
+        self.publisher = publisher
+        #: Where ``task:`` actions are submitted; None fails them with a clear reason.
+        self.tasks = tasks
+        self.step_timeout = step_timeout
+        self.counters = counters
+        self.recorder = recorder
+        self.history = history
+        self.lines = lines
+        self.chains = chains
+        self.comes_back = comes_back
+        #: Waits out retry backoff: asyncio's, or a test's clock.
+        self.sleep = sleep
+        #: Derived events by route, step durations by route.
+        self.derived: Counter[str] = Counter()
+        self.step_seconds = Histograms()
+
+    async def run(
+        self,
+        job: Job,
+        position: int,
+        action: Action,
+        context: dict[str, Any],
+        where: RouterContext,
+    ) -> tuple[Failed | None, int]:
+        """Carry out one action of ``job``; return why it failed and the steps it ran."""
+        if isinstance(action, RunAction):
+            return await self._run(job, action, context)
+        if isinstance(action, TaskAction):
+            return await self._task(job, action, context), 0
+        if isinstance(action, ExecAction):
+            return await self._exec(job, action, context, where)
+        return await self._emit(job, action, context, where, position), 0
+
+    async def _attempts(
+        self,
+        route: Route,
+        attempt: Attempt,
+        retrying: str,
+        giving_up: str,
+        logger: logging.Logger = log,
+    ) -> Failed | None:
+        """Try an action up to ``retry.attempts`` times; return why the last attempt failed.
+
+        ``retrying`` starts the line of a failed attempt, ``giving_up`` the line after the
+        last one (in ``logger``).
+        """
+        attempts = route.retry.attempts if route.retry is not None else 1
+        failed = None
+        for number in range(1, attempts + 1):
+            failed = await attempt(number)
+            if failed is None:
+                return None
+            await self._before_retry(retrying, route, number, failed.reason)
+        if attempts > 1:
+            logger.error("%s all %d attempts failed; giving up", giving_up, attempts)
+        return failed
+
+    async def _before_retry(self, what: str, route: Route, attempt: int, why: str | None) -> None:
+        """Log a failed attempt and wait out its backoff, when ``retry:`` allows another."""
+        attempts = route.retry.attempts if route.retry is not None else 1
+        if route.retry is None or attempt >= attempts:
+            return
+        # Jitter spreads the retries of many routes failing together over time.
+        delay = route.retry.delay(attempt) * random.uniform(0.5, 1.0)
+        self.counters["retries"] += 1
+        # The attempt's own error line said why (``why`` is kept for the debug log): the
+        # reason once per attempt, not twice.
+        log.debug("%s %d/%d failed: %s", what, attempt, attempts, why)
+        log.warning("%s %d/%d failed; retrying in %.2fs", what, attempt, attempts, delay)
+        await self.sleep(delay)
+
+    async def _run(
+        self, job: Job, action: RunAction, context: dict[str, Any]
+    ) -> tuple[Failed | None, int]:
+        """Run a handler folder (with retries); return why it failed and the steps run."""
+        route, event = job.route, job.event
+        try:
+            env = render_env(action, context)
+        except ActionRefused as exc:
+            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+            return Failed(exc.status, exc.reason), 0
+        tag = f"{route.name} [{event.channel}]"
+        durations = self.step_seconds[route.name]
+        ran = 0
+
+        async def attempt(number: int) -> Failed | None:
+            nonlocal ran
+            result = await self.runner.run_handler(
+                action.path,
+                payload=event.raw,
+                env=env,
+                event_name=event.name or "",
+                event_source=event.source or "",
+                timeout=action.timeout or self.step_timeout,
+                tag=tag,
+                group=route.name,
+            )
+            ran += _observe(result.steps, durations)
+            return None if result.ok else handler_failed(result, number)
+
+        failed = await self._attempts(route, attempt, f"{tag} attempt", tag)
+        return failed, ran
+
+    async def _exec(
+        self, job: Job, action: ExecAction, context: dict[str, Any], where: RouterContext
+    ) -> tuple[Failed | None, int]:
+        """Run an ``exec:`` command (with retries); return why it failed and the runs made.
+
+        The program is looked up on the PATH the command gets, over the module's environment
+        as the event saw it (``where.env``).
+        """
+        route, event = job.route, job.event
+        try:
+            command = render_exec(action, context)
+        except ActionRefused as exc:
+            exec_log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+            return Failed(exc.status, exc.reason), 0
+        tag = f"{route.name} [{event.channel}]"
+        durations = self.step_seconds[route.name]
+        ran = 0
+
+        async def attempt(number: int) -> Failed | None:
+            nonlocal ran
+            program = find_program(command, where.env)
+            if program is None:
+                # The PATH itself is not shown: it is a value of the environment.
+                reason = f"{action.describe()}: {command.argv[0]!r} not found on the command's PATH"
+                exec_log.error("%s %s", tag, reason)
+                return Failed("command not found", reason, command.argv[0], (), number)
+            result = await self.runner.run_command(
+                program,
+                command.argv[1:],
+                payload=event.raw,
+                env=command.env,
+                event_name=event.name or "",
+                event_source=event.source or "",
+                timeout=command.timeout or self.step_timeout,
+                tag=tag,
+                group=route.name,
+            )
+            ran += _observe(result.steps, durations)
+            return None if result.ok else handler_failed(result, number)
+
+        what = f"{tag} {action.describe()}"
+        failed = await self._attempts(route, attempt, f"{what} attempt", f"{what}:", exec_log)
+        return failed, ran
+
+    async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
+        """Submit a task (with retries); return why it failed."""
+        route, event = job.route, job.event
+        try:
+            task = render_task(route, action, event, context)
+        except ActionRefused as exc:
+            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+            return Failed(exc.status, exc.reason)
+        tag = f"{route.name} [{event.channel}]: task {task.action} on {task.agent}"
+
+        async def attempt(number: int) -> Failed | None:
+            failed = await self._task_once(tag, task)
+            return None if failed is None else _exhausted(failed, number)
+
+        return await self._attempts(route, attempt, f"{tag}: attempt", f"{tag}:")
+
+    async def _task_once(self, tag: str, task: Task) -> Failed | None:
+        """Submit a task once; return why it failed, or None."""
+        if self.tasks is None:
+            log.error("%s: this router cannot submit tasks", tag)
+            return Failed("task failed", "no task connection")
+        self.counters["tasks"] += 1
+        try:
+            result = await self.tasks.run(
+                task.agent,
+                task.action,
+                task.data,
+                limit=task.timeout,
+                wait=task.wait,
+                extra=task.extra,
+                parent=task.parent,
+            )
+        except TaskError as exc:
+            log.error("%s: %s", tag, exc)
+            return Failed("task failed", str(exc))
+        if not result.exit_code:
+            log.info("%s: task %s %s", tag, result.task_id, result.describe())
+            return None
+        lines = tuple(result.error.splitlines()[:TASK_ERROR_LINES])
+        log.error(
+            "%s: task %s failed with %s: %s",
+            tag,
+            result.task_id,
+            result.describe(),
+            " | ".join(lines) or "(no error text)",
+        )
+        return Failed(
+            f"task {result.describe()}", f"task {result.task_id}: {result.describe()}", None, lines
+        )
+
+    async def _emit(
+        self,
+        job: Job,
+        action: EmitAction,
+        context: dict[str, Any],
+        where: RouterContext,
+        position: int,
+    ) -> Failed | None:
+        """Hand a derived event to the publisher; return why it was not, or None."""
+        route, event = job.route, job.event
+        try:
+            emit = render_emit(route, action, event, context, where)
+        except ActionRefused as exc:
+            if exc.status == "loop guard":
+                self.counters["loops_cut"] += 1
+                log.error(
+                    "route %s: event %r: loop guard: not emitting %r: %s",
+                    route.name,
+                    event.channel,
+                    exc.emit.channel if exc.emit else "",
+                    exc.reason,
+                )
+            else:
+                self.counters["emits_refused"] += 1
+                log.error(
+                    "route %s (%s:%d): event %r: %s",
+                    route.name,
+                    route.file,
+                    action.line,
+                    event.channel,
+                    exc.reason,
+                )
+            return Failed(exc.status, exc.reason)
+
+        async def attempt(_: int) -> None:
+            back = self.comes_back(emit.channel)
+            if job.trace is not None and job.trace.owner is not None:
+                owner = job.trace.owner
+                self.history.emitting(owner, route.name, emit.channel, emit.data, returns=back)
+            self.lines.emitting(job)
+            receipt = _EmitReceipt(self, job, position, action, (emit.channel, emit.data))
+            await self.publisher.publish(emit.channel, emit.data, receipt)
+            # Remembered once queued and before any await: it cannot come back before that,
+            # and what is remembered is then either in the outbox or published (see recover).
+            if back:
+                self.chains.remember(emit.channel, emit.data, emit.chain)
+
+        # Never retried: handing the event over does not fail (Redis answers the receipt).
+        return await self._attempts(route, attempt, "", "")
