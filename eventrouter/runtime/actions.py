@@ -1,9 +1,11 @@
 """Carry out one action of a run: a handler folder, an ``exec:`` command, a task, an emit.
 
-Every kind goes through one retry loop (``ActionRunner._attempts``): the action is rendered
-once, then tried up to ``retry.attempts`` times, each failed attempt but the last logged and
-followed by its backoff; a failure to render is never retried. Each kind brings only its
-single attempt and the words its log lines use. Nothing about the loop depends on the kind:
+Actions arrive rendered (``engine/render.py``, when the run starts); one the engine refused
+(a template error, the loop guard, a size limit) is logged and fails without an attempt.
+Every kind goes through one retry loop (``ActionRunner._attempts``): tried up to
+``retry.attempts`` times, each failed attempt but the last logged and followed by its
+backoff. Each kind brings only its single attempt and the words its log lines use.
+Nothing about the loop depends on the kind:
 
 * an emit's attempt hands the derived event to the publisher and cannot fail there (Redis
   answers later, through the receipt, once the run has moved on), so an emit is tried once
@@ -21,21 +23,20 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from eventrouter.engine.chains import ChainTracker
-from eventrouter.engine.decide import (
-    ActionRefused,
-    RouterContext,
-    Task,
-    render_emit,
-    render_env,
-    render_task,
+from eventrouter.engine.decide import Task
+from eventrouter.engine.render import (
+    Rendered,
+    RenderedCommand,
+    RenderedEmit,
+    RenderedFolder,
+    RenderedTask,
+    RenderRefused,
 )
-from eventrouter.engine.execs import render_exec
 from eventrouter.errors import TaskError
-from eventrouter.model import Action, EmitAction, ExecAction, Route, RunAction, TaskAction
+from eventrouter.model import EmitAction, ExecAction, Route
 from eventrouter.runtime.execute import find_program
 from eventrouter.runtime.failed import Failed, handler_failed
 from eventrouter.runtime.history import History
@@ -171,21 +172,49 @@ class ActionRunner:
         self.step_seconds = Histograms()
 
     async def run(
-        self,
-        job: Job,
-        position: int,
-        action: Action,
-        context: dict[str, Any],
-        where: RouterContext,
+        self, job: Job, position: int, rendered: Rendered, env: Mapping[str, str]
     ) -> tuple[Failed | None, int]:
-        """Carry out one action of ``job``; return why it failed and the steps it ran."""
-        if isinstance(action, RunAction):
-            return await self._run(job, action, context)
-        if isinstance(action, TaskAction):
-            return await self._task(job, action, context), 0
-        if isinstance(action, ExecAction):
-            return await self._exec(job, action, context, where)
-        return await self._emit(job, action, context, where, position), 0
+        """Carry out action ``position`` of ``job`` as rendered; return why it failed and the
+        steps it ran. ``env`` is the module's environment as the event saw it (the PATH an
+        ``exec:`` program is looked up on, under the command's own ``env``).
+        """
+        if isinstance(rendered, RenderedFolder):
+            return await self._run(job, rendered)
+        if isinstance(rendered, RenderedCommand):
+            return await self._exec(job, rendered, env)
+        if isinstance(rendered, RenderedTask):
+            return await self._task(job, rendered.task), 0
+        if isinstance(rendered, RenderedEmit):
+            await self._emit(job, rendered, position)
+            return None, 0
+        return self._refused(job, rendered), 0
+
+    def _refused(self, job: Job, rendered: RenderRefused) -> Failed:
+        """Log (and count, for an emit) an action that could not be rendered; return why."""
+        route, event, action, exc = job.route, job.event, rendered.action, rendered.refused
+        if not isinstance(action, EmitAction):
+            logger = exec_log if isinstance(action, ExecAction) else log
+            logger.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
+        elif exc.status == "loop guard":
+            self.counters["loops_cut"] += 1
+            log.error(
+                "route %s: event %r: loop guard: not emitting %r: %s",
+                route.name,
+                event.channel,
+                exc.emit.channel if exc.emit else "",
+                exc.reason,
+            )
+        else:
+            self.counters["emits_refused"] += 1
+            log.error(
+                "route %s (%s:%d): event %r: %s",
+                route.name,
+                route.file,
+                action.line,
+                event.channel,
+                exc.reason,
+            )
+        return Failed(exc.status, exc.reason)
 
     async def _attempts(
         self,
@@ -225,16 +254,9 @@ class ActionRunner:
         log.warning("%s %d/%d failed; retrying in %.2fs", what, attempt, attempts, delay)
         await self.sleep(delay)
 
-    async def _run(
-        self, job: Job, action: RunAction, context: dict[str, Any]
-    ) -> tuple[Failed | None, int]:
+    async def _run(self, job: Job, rendered: RenderedFolder) -> tuple[Failed | None, int]:
         """Run a handler folder (with retries); return why it failed and the steps run."""
-        route, event = job.route, job.event
-        try:
-            env = render_env(action, context)
-        except ActionRefused as exc:
-            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
-            return Failed(exc.status, exc.reason), 0
+        route, event, action, env = job.route, job.event, rendered.action, rendered.env
         tag = f"{route.name} [{event.channel}]"
         durations = self.step_seconds[route.name]
         ran = 0
@@ -258,26 +280,17 @@ class ActionRunner:
         return failed, ran
 
     async def _exec(
-        self, job: Job, action: ExecAction, context: dict[str, Any], where: RouterContext
+        self, job: Job, rendered: RenderedCommand, env: Mapping[str, str]
     ) -> tuple[Failed | None, int]:
-        """Run an ``exec:`` command (with retries); return why it failed and the runs made.
-
-        The program is looked up on the PATH the command gets, over the module's environment
-        as the event saw it (``where.env``).
-        """
-        route, event = job.route, job.event
-        try:
-            command = render_exec(action, context)
-        except ActionRefused as exc:
-            exec_log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
-            return Failed(exc.status, exc.reason), 0
+        """Run an ``exec:`` command (with retries); return why it failed and the runs made."""
+        route, event, action, command = job.route, job.event, rendered.action, rendered.command
         tag = f"{route.name} [{event.channel}]"
         durations = self.step_seconds[route.name]
         ran = 0
 
         async def attempt(number: int) -> Failed | None:
             nonlocal ran
-            program = find_program(command, where.env)
+            program = find_program(command, env)
             if program is None:
                 # The PATH itself is not shown: it is a value of the environment.
                 reason = f"{action.describe()}: {command.argv[0]!r} not found on the command's PATH"
@@ -301,14 +314,9 @@ class ActionRunner:
         failed = await self._attempts(route, attempt, f"{what} attempt", f"{what}:", exec_log)
         return failed, ran
 
-    async def _task(self, job: Job, action: TaskAction, context: dict[str, Any]) -> Failed | None:
+    async def _task(self, job: Job, task: Task) -> Failed | None:
         """Submit a task (with retries); return why it failed."""
         route, event = job.route, job.event
-        try:
-            task = render_task(route, action, event, context)
-        except ActionRefused as exc:
-            log.error("route %s: event %r: %s", route.name, event.channel, exc.reason)
-            return Failed(exc.status, exc.reason)
         tag = f"{route.name} [{event.channel}]: task {task.action} on {task.agent}"
 
         async def attempt(number: int) -> Failed | None:
@@ -351,39 +359,9 @@ class ActionRunner:
             f"task {result.describe()}", f"task {result.task_id}: {result.describe()}", None, lines
         )
 
-    async def _emit(
-        self,
-        job: Job,
-        action: EmitAction,
-        context: dict[str, Any],
-        where: RouterContext,
-        position: int,
-    ) -> Failed | None:
-        """Hand a derived event to the publisher; return why it was not, or None."""
-        route, event = job.route, job.event
-        try:
-            emit = render_emit(route, action, event, context, where)
-        except ActionRefused as exc:
-            if exc.status == "loop guard":
-                self.counters["loops_cut"] += 1
-                log.error(
-                    "route %s: event %r: loop guard: not emitting %r: %s",
-                    route.name,
-                    event.channel,
-                    exc.emit.channel if exc.emit else "",
-                    exc.reason,
-                )
-            else:
-                self.counters["emits_refused"] += 1
-                log.error(
-                    "route %s (%s:%d): event %r: %s",
-                    route.name,
-                    route.file,
-                    action.line,
-                    event.channel,
-                    exc.reason,
-                )
-            return Failed(exc.status, exc.reason)
+    async def _emit(self, job: Job, rendered: RenderedEmit, position: int) -> None:
+        """Hand a derived event to the publisher."""
+        route, action, emit = job.route, rendered.action, rendered.emit
 
         async def attempt(_: int) -> None:
             back = self.comes_back(emit.channel)
@@ -399,4 +377,4 @@ class ActionRunner:
                 self.chains.remember(emit.channel, emit.data, emit.chain)
 
         # Never retried: handing the event over does not fail (Redis answers the receipt).
-        return await self._attempts(route, attempt, "", "")
+        await self._attempts(route, attempt, "", "")

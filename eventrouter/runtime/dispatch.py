@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.chains import ChainTracker, chain_text
@@ -27,10 +26,10 @@ from eventrouter.engine.decide import (
     Decision,
     RouteDecision,
     RouterContext,
-    action_context,
     decide_message,
 )
-from eventrouter.model import ChainLink, Event, RouterInfo, RunAction, Settings
+from eventrouter.engine.render import render_run
+from eventrouter.model import ChainLink, Event, RouterInfo, Settings
 from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.actions import ActionRunner
 from eventrouter.runtime.envfile import ModuleEnvironment
@@ -323,16 +322,10 @@ class Dispatcher:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
         started, clock = time.time(), time.monotonic()
-        # Built for the first action that renders a template: an events folder (a run with
-        # no env) needs none.
-        context: dict[str, Any] = {}
         steps = 0
-        for position, action in enumerate(route.actions, 1):
-            if not context and (not isinstance(action, RunAction) or action.env):
-                context = action_context(
-                    route, event, job.captures, self.context.router, self.context.env
-                )
-            failed, ran = await self.actions.run(job, position, action, context, self.context)
+        rendered = render_run(route, event, job.captures, self.context)
+        for position, action in enumerate(rendered, 1):
+            failed, ran = await self.actions.run(job, position, action, self.context.env)
             steps += ran
             if failed is not None:
                 self.counters["runs_failed"] += 1
@@ -346,7 +339,9 @@ class Dispatcher:
                         position,
                         left,
                     )
-                await self.recorder.run_failed(job, position, action.describe(), failed, started)
+                await self.recorder.run_failed(
+                    job, position, action.action.describe(), failed, started
+                )
                 return False
         self.counters["runs_ok"] += 1
         self._ended(job, None, time.monotonic() - clock, steps)
