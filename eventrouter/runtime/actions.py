@@ -2,19 +2,21 @@
 
 Actions arrive rendered (``engine/render.py``, when the run starts); one the engine refused
 (a template error, the loop guard, a size limit) is logged and fails without an attempt.
-Every kind goes through one retry loop (``ActionRunner._attempts``): tried up to
-``retry.attempts`` times, each failed attempt but the last logged and followed by its
-backoff. Each kind brings only its single attempt and the words its log lines use.
-Nothing about the loop depends on the kind:
+Handler folders, commands and tasks go through one retry loop (``ActionRunner._attempts``):
+tried up to ``retry.attempts`` times, each failed attempt but the last logged and followed
+by its backoff. Each kind brings only its single attempt and the words its log lines use;
+the loop is the same for all three:
 
-* an emit's attempt hands the derived event to the publisher and cannot fail there (Redis
-  answers later, through the receipt, once the run has moved on), so an emit is tried once
-  whatever ``retry:`` says, as before;
 * the failure of the last attempt is the action's: a handler folder's and a command's status
   says "retries exhausted (N attempts)" when there were several, as a task's does, and a
   command not found on its PATH keeps its own status;
-* the debug line of a failed attempt gives the failure's reason: a handler folder's used the
-  step runner's error text, which that reason is whenever a run fails.
+* the debug line of a failed attempt gives the failure's reason: for a handler folder that
+  is the step runner's error text, as before, since a failed run always has one.
+
+An emit is not put through the loop, though its semantics would allow it: handing the event
+to the publisher cannot fail (Redis answers later, through the receipt, once the run has
+moved on), so the loop would always try it once, which is what an emit does, and it would
+cost two more coroutines for every derived event, the router's hottest path.
 """
 
 from __future__ import annotations
@@ -171,25 +173,25 @@ class ActionRunner:
         self.derived: Counter[str] = Counter()
         self.step_seconds = Histograms()
 
-    async def run(
+    def run(
         self, job: Job, position: int, rendered: Rendered, env: Mapping[str, str]
-    ) -> tuple[Failed | None, int]:
+    ) -> Awaitable[tuple[Failed | None, int]]:
         """Carry out action ``position`` of ``job`` as rendered; return why it failed and the
         steps it ran. ``env`` is the module's environment as the event saw it (the PATH an
         ``exec:`` program is looked up on, under the command's own ``env``).
         """
-        if isinstance(rendered, RenderedFolder):
-            return await self._run(job, rendered)
-        if isinstance(rendered, RenderedCommand):
-            return await self._exec(job, rendered, env)
-        if isinstance(rendered, RenderedTask):
-            return await self._task(job, rendered.task), 0
+        # The kind's own coroutine, not one awaiting it: a coroutine less per action.
         if isinstance(rendered, RenderedEmit):
-            await self._emit(job, rendered, position)
-            return None, 0
-        return self._refused(job, rendered), 0
+            return self._emit(job, rendered, position)
+        if isinstance(rendered, RenderedFolder):
+            return self._run(job, rendered)
+        if isinstance(rendered, RenderedCommand):
+            return self._exec(job, rendered, env)
+        if isinstance(rendered, RenderedTask):
+            return self._task(job, rendered.task)
+        return self._refused(job, rendered)
 
-    def _refused(self, job: Job, rendered: RenderRefused) -> Failed:
+    async def _refused(self, job: Job, rendered: RenderRefused) -> tuple[Failed, int]:
         """Log (and count, for an emit) an action that could not be rendered; return why."""
         route, event, action, exc = job.route, job.event, rendered.action, rendered.refused
         if not isinstance(action, EmitAction):
@@ -214,7 +216,7 @@ class ActionRunner:
                 event.channel,
                 exc.reason,
             )
-        return Failed(exc.status, exc.reason)
+        return Failed(exc.status, exc.reason), 0
 
     async def _attempts(
         self,
@@ -314,7 +316,7 @@ class ActionRunner:
         failed = await self._attempts(route, attempt, f"{what} attempt", f"{what}:", exec_log)
         return failed, ran
 
-    async def _task(self, job: Job, task: Task) -> Failed | None:
+    async def _task(self, job: Job, task: Task) -> tuple[Failed | None, int]:
         """Submit a task (with retries); return why it failed."""
         route, event = job.route, job.event
         tag = f"{route.name} [{event.channel}]: task {task.action} on {task.agent}"
@@ -323,7 +325,7 @@ class ActionRunner:
             failed = await self._task_once(tag, task)
             return None if failed is None else _exhausted(failed, number)
 
-        return await self._attempts(route, attempt, f"{tag}: attempt", f"{tag}:")
+        return await self._attempts(route, attempt, f"{tag}: attempt", f"{tag}:"), 0
 
     async def _task_once(self, tag: str, task: Task) -> Failed | None:
         """Submit a task once; return why it failed, or None."""
@@ -359,22 +361,23 @@ class ActionRunner:
             f"task {result.describe()}", f"task {result.task_id}: {result.describe()}", None, lines
         )
 
-    async def _emit(self, job: Job, rendered: RenderedEmit, position: int) -> None:
-        """Hand a derived event to the publisher."""
+    async def _emit(self, job: Job, rendered: RenderedEmit, position: int) -> tuple[None, int]:
+        """Hand a derived event to the publisher, once.
+
+        Not put through ``_attempts``: handing the event over cannot fail (Redis answers
+        the receipt once the run has moved on), so the loop would try it once, as this does,
+        at the cost of two more coroutines for every derived event.
+        """
         route, action, emit = job.route, rendered.action, rendered.emit
-
-        async def attempt(_: int) -> None:
-            back = self.comes_back(emit.channel)
-            if job.trace is not None and job.trace.owner is not None:
-                owner = job.trace.owner
-                self.history.emitting(owner, route.name, emit.channel, emit.data, returns=back)
-            self.lines.emitting(job)
-            receipt = _EmitReceipt(self, job, position, action, (emit.channel, emit.data))
-            await self.publisher.publish(emit.channel, emit.data, receipt)
-            # Remembered once queued and before any await: it cannot come back before that,
-            # and what is remembered is then either in the outbox or published (see recover).
-            if back:
-                self.chains.remember(emit.channel, emit.data, emit.chain)
-
-        # Never retried: handing the event over does not fail (Redis answers the receipt).
-        await self._attempts(route, attempt, "", "")
+        back = self.comes_back(emit.channel)
+        if job.trace is not None and job.trace.owner is not None:
+            owner = job.trace.owner
+            self.history.emitting(owner, route.name, emit.channel, emit.data, returns=back)
+        self.lines.emitting(job)
+        receipt = _EmitReceipt(self, job, position, action, (emit.channel, emit.data))
+        await self.publisher.publish(emit.channel, emit.data, receipt)
+        # Remembered once queued and before any await: it cannot come back before that, and
+        # what is remembered is then either in the outbox or published (see recover).
+        if back:
+            self.chains.remember(emit.channel, emit.data, emit.chain)
+        return None, 0
