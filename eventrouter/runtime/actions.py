@@ -25,7 +25,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from eventrouter.engine.chains import ChainTracker
 from eventrouter.engine.decide import Task
@@ -44,7 +44,7 @@ from eventrouter.runtime.failed import Failed, handler_failed
 from eventrouter.runtime.history import History
 from eventrouter.runtime.lanes import Job
 from eventrouter.runtime.ports import Publisher, TaskSubmitter
-from eventrouter.runtime.recorder import FailureRecorder
+from eventrouter.runtime.runevents import EmitRefused, RunListener
 from eventrouter.runtime.runlines import RunLines
 from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.stats import Histogram, Histograms
@@ -119,8 +119,6 @@ class _EmitReceipt:
     def refused(self, reason: str) -> None:
         """Fail this emit alone: error with route and event, and the failure journal."""
         job, actions = self.job, self.actions
-        actions.counters["emits_refused"] += 1
-        actions.counters["runs_failed"] += 1
         log.error(
             "route %s (%s:%d): event %r: Redis refused to publish the derived event on %r: %s",
             job.route.name,
@@ -132,9 +130,9 @@ class _EmitReceipt:
         )
         actions.chains.adopt(self.channel, self.data)  # it will never come back
         failed = Failed("publish refused", f"emit {self.channel}: {reason}")
-        actions.recorder.run_failed_soon(
-            job, self.position, self.action.describe(), failed, self.started
-        )
+        refused = EmitRefused(job, self.position, self.action.describe(), failed, self.started)
+        for listener in actions.listeners:
+            listener.emit_refused(refused)
         actions.lines.answered(job)
 
 
@@ -149,7 +147,7 @@ class ActionRunner:
         *,
         step_timeout: float | None,
         counters: Counter[str],
-        recorder: FailureRecorder,
+        listeners: Sequence[RunListener],
         history: History,
         lines: RunLines,
         chains: ChainTracker,
@@ -162,7 +160,8 @@ class ActionRunner:
         self.tasks = tasks
         self.step_timeout = step_timeout
         self.counters = counters
-        self.recorder = recorder
+        #: Told of the derived events Redis refused.
+        self.listeners = listeners
         self.history = history
         self.lines = lines
         self.chains = chains

@@ -6,9 +6,12 @@ without a server. ``receive`` is synchronous and cheap: it parses the payload, e
 jobs one at a time in arrival order (``mode: queued``), routes run side by side, and the step
 runner caps the processes running at once.
 
-Each action of a run is carried out by the ``ActionRunner`` (``runtime/actions.py``);
-failures go to the journal through the ``FailureRecorder`` (``runtime/recorder.py``); the
-protocols it talks to are in ``runtime/ports.py``.
+A run's actions are rendered when it starts (``engine/render.py``) and carried out one by
+one by the ``ActionRunner`` (``runtime/actions.py``). What becomes of runs (ended, not
+fired, not admitted, an emit refused) is told once to each run listener
+(``runtime/runevents.py``): the counters, the metrics, the history and the failure journal
+(``runtime/recorder.py``) keep their own accounts. The protocols the dispatcher talks to
+are in ``runtime/ports.py``.
 """
 
 from __future__ import annotations
@@ -34,14 +37,21 @@ from eventrouter.runtime import history as outcomes
 from eventrouter.runtime.actions import ActionRunner
 from eventrouter.runtime.envfile import ModuleEnvironment
 from eventrouter.runtime.failed import Failed
-from eventrouter.runtime.history import EventTrace, History, RouteTrace
+from eventrouter.runtime.history import EventTrace, History, RouteTrace, RunTraces
 from eventrouter.runtime.identity import instance_name
 from eventrouter.runtime.lanes import Clock, Job, Scheduler
 from eventrouter.runtime.ports import FailureJournal, Publisher, TaskSubmitter, router_context
 from eventrouter.runtime.recorder import FailureRecorder
+from eventrouter.runtime.runevents import (
+    NotFired,
+    RunCounters,
+    RunDropped,
+    RunEnded,
+    RunListener,
+)
 from eventrouter.runtime.runlines import RunLines
 from eventrouter.runtime.runner import Runner
-from eventrouter.runtime.stats import Histograms
+from eventrouter.runtime.stats import RunMetrics
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +123,23 @@ class Dispatcher:
         self.lines = RunLines()
         #: The last events and what each route did with them (`eventrouter history`).
         self.history = History()
+        #: Runs by (route, outcome) and their durations by route.
+        self.metrics = RunMetrics()
+        self.runs, self.run_seconds = self.metrics.runs, self.metrics.run_seconds
+        #: Told what happens to runs, in this order: counters, metrics, history, journal.
+        self.listeners: tuple[RunListener, ...] = (
+            RunCounters(self.counters),
+            self.metrics,
+            RunTraces(),
+            self.recorder,
+        )
         self.actions = ActionRunner(
             runner,
             publisher,
             tasks,
             step_timeout=settings.step_timeout,
             counters=self.counters,
-            recorder=self.recorder,
+            listeners=self.listeners,
             history=self.history,
             lines=self.lines,
             chains=self.chains,
@@ -129,10 +149,8 @@ class Dispatcher:
         )
         #: The route table's generation: 1 at start, one more per reload that took effect.
         self.generation = 1
-        #: Runs by (route, outcome), derived events by route, durations by route.
-        self.runs: Counter[tuple[str, str]] = Counter()
+        #: Derived events by route, step durations by route (the action runner's).
         self.derived = self.actions.derived
-        self.run_seconds = Histograms()
         self.step_seconds = self.actions.step_seconds
         #: Derived-event channel -> whether Redis delivers it back here (the current table).
         self._returns: dict[str, bool] = {}
@@ -258,111 +276,106 @@ class Dispatcher:
                 step = trace.add(name, outcomes.QUEUED) if trace is not None else None
                 queued += self.submit(item, event, step)
             else:
-                self._not_fired(item, event)
-                if trace is not None:
-                    trace.add(name, *_not_fired_outcome(item))
+                self._not_fired(item, event, trace)
         if not queued:
             log.debug("event %r: nothing runs: %s", event.channel, _why_nothing(decision))
         return queued
 
-    def _not_fired(self, item: RouteDecision, event: Event) -> None:
-        """Log (and count, and journal when it is an error) why a matching route does not run."""
+    def _not_fired(self, item: RouteDecision, event: Event, trace: EventTrace | None) -> None:
+        """Log why a matching route does not run, and tell the listeners."""
         route = item.route
+        problem, reason = "", ""
         if item.elsewhere is not None:
             log.debug("route %s: event %r: not run: %s", route.name, event.channel, item.reason)
-            return
-        if (
-            item.schema_error is None
-            and item.key_error is None
-            and item.runs_on_error is None
-            and (item.condition is None or item.condition.error is None)
-        ):
-            return  # told once per event, in execute_decision's line
-        if item.schema_error is not None:
-            self.counters["schema_rejected"] += 1
+        elif item.schema_error is not None:
+            problem, reason = "schema", item.schema_error
             log.error(
                 "route %s (%s:%d): event %r rejected by schema: %s",
                 route.name,
                 route.file,
                 route.line,
                 event.channel,
-                item.schema_error,
+                reason,
             )
-            return
-        where, counter = ("key", "key_errors") if item.key_error else ("when", "condition_errors")
-        if item.runs_on_error is not None:
-            where, counter = "runs_on", "condition_errors"
-        reason = (
-            item.key_error
-            or item.runs_on_error
-            or (item.condition.error if item.condition else None)
-            or ""
-        )
-        self.counters[counter] += 1
-        log.error(
-            "route %s (%s:%d): event %r: %s: %s",
-            route.name,
-            route.file,
-            route.line,
-            event.channel,
-            where,
-            reason,
-        )
-        self.recorder.before_run(Job(route, event, item.captures), where, reason)
+        elif (
+            item.key_error is not None
+            or item.runs_on_error is not None
+            or (item.condition is not None and item.condition.error is not None)
+        ):
+            problem = "key" if item.key_error else "when"
+            if item.runs_on_error is not None:
+                problem = "runs_on"
+            reason = (
+                item.key_error
+                or item.runs_on_error
+                or (item.condition.error if item.condition else None)
+                or ""
+            )
+            log.error(
+                "route %s (%s:%d): event %r: %s: %s",
+                route.name,
+                route.file,
+                route.line,
+                event.channel,
+                problem,
+                reason,
+            )
+        # Else told once per event, in execute_decision's line.
+        not_fired = NotFired(item, event, trace, problem, reason)
+        for listener in self.listeners:
+            listener.not_fired(not_fired)
 
     def submit(self, item: RouteDecision, event: Event, trace: RouteTrace | None = None) -> int:
         """Hand a run to the scheduler under its key; return 1 when admitted, else 0."""
         job = Job(item.route, event, item.captures, item.key, trace)
         admitted = self.scheduler.submit(job)
         if not admitted:
-            self.runs[(item.route.name, "dropped")] += 1
+            dropped = RunDropped(job)
+            for listener in self.listeners:
+                listener.run_dropped(dropped)
         return int(admitted)
 
     async def execute(self, job: Job) -> bool:
         """Run a job's actions in order; the first failing action stops the list."""
         route, event = job.route, job.event
         started, clock = time.time(), time.monotonic()
-        steps = 0
+        steps, failed, position = 0, None, 0
         rendered = render_run(route, event, job.captures, self.context)
         for position, action in enumerate(rendered, 1):
             failed, ran = await self.actions.run(job, position, action, self.context.env)
             steps += ran
             if failed is not None:
-                self.counters["runs_failed"] += 1
-                self._ended(job, failed, time.monotonic() - clock, steps)
-                left = len(route.actions) - position
-                if left:
-                    log.error(
-                        "route %s: event %r: action %d failed, %d later action(s) not run",
-                        route.name,
-                        event.channel,
-                        position,
-                        left,
-                    )
-                await self.recorder.run_failed(
-                    job, position, action.action.describe(), failed, started
+                break
+        seconds = time.monotonic() - clock
+        self._log_ended(job, failed, seconds, steps)
+        if failed is None:
+            ended = RunEnded(job, outcomes.RAN, None, seconds, steps, started)
+        else:
+            left = len(route.actions) - position
+            if left:
+                log.error(
+                    "route %s: event %r: action %d failed, %d later action(s) not run",
+                    route.name,
+                    event.channel,
+                    position,
+                    left,
                 )
-                return False
-        self.counters["runs_ok"] += 1
-        self._ended(job, None, time.monotonic() - clock, steps)
-        return True
+            outcome = outcomes.LOOP_GUARD if failed.status == "loop guard" else outcomes.FAILED
+            action_text = rendered[position - 1].action.describe()
+            ended = RunEnded(job, outcome, failed, seconds, steps, started, position, action_text)
+        # Each listener in turn; the journal's write is waited for, as a failed run's was.
+        for listener in self.listeners:
+            pending = listener.run_ended(ended)
+            if pending is not None:
+                await pending
+        return failed is None
 
-    def _ended(self, job: Job, failed: Failed | None, seconds: float, steps: int) -> None:
-        """Count, time, trace and log (one INFO line) a run that ended."""
-        name = job.route.name
-        outcome = outcomes.RAN if failed is None else outcomes.FAILED
-        if failed is not None and failed.status == "loop guard":
-            outcome = outcomes.LOOP_GUARD
-        self.runs[(name, outcome)] += 1
-        self.run_seconds[name].observe(seconds)
-        status = "ok" if failed is None else failed.status
-        if job.trace is not None:
-            job.trace.set(outcome, job.trace.detail if failed is None else failed.reason)
-            job.trace.duration, job.trace.steps, job.trace.status = seconds, steps, status
+    def _log_ended(self, job: Job, failed: Failed | None, seconds: float, steps: int) -> None:
+        """Log the one INFO line of a run that ended (after the "emitted" lines of its emits)."""
         self.lines.ended(
             job,
             "route %s: event %r: run %s in %.3fs, %d step(s) run%s",
-            name,
+            job.route.name,
             job.event.channel,
             "ok" if failed is None else "failed",
             seconds,
@@ -407,20 +420,6 @@ class Dispatcher:
     async def _kill_when(self, hurry: asyncio.Event) -> None:
         await hurry.wait()
         self.runner.kill_now()
-
-
-def _not_fired_outcome(item: RouteDecision) -> tuple[str, str]:
-    """Return the history outcome of a matching route that does not fire, and its detail.
-
-    A route kept from running on this router (``runs_on``) is ``outcomes.SKIPPED_HERE``.
-    """
-    if item.elsewhere is not None:
-        return outcomes.SKIPPED_HERE, item.reason or ""
-    condition = item.condition
-    plain = item.schema_error is None and item.key_error is None
-    if plain and condition is not None and condition.error is None:
-        return outcomes.CONDITION_FALSE, item.reason or ""
-    return outcomes.REJECTED, item.reason or ""
 
 
 def _why_nothing(decision: Decision) -> str:

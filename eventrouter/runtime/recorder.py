@@ -13,13 +13,14 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 from eventrouter.runtime.failed import Failed
 from eventrouter.runtime.journal import Failure, journal_payload
 from eventrouter.runtime.lanes import Job
 from eventrouter.runtime.ports import FailureJournal
+from eventrouter.runtime.runevents import EmitRefused, NotFired, RunDropped, RunEnded
 
 # The dispatcher's logger: these lines kept the name they were logged under before this
 # module was split out of it (the log shows it).
@@ -30,7 +31,7 @@ MAX_RECORDING = 256
 
 
 class FailureRecorder:
-    """Record failures in the journal (None records nothing: tests, tools)."""
+    """Record failures in the journal (None records nothing: tests, tools); a run listener."""
 
     def __init__(
         self,
@@ -54,6 +55,28 @@ class FailureRecorder:
     async def settle(self) -> None:
         """Wait for the writes in flight."""
         await asyncio.gather(*self._recording, return_exceptions=True)
+
+    def run_ended(self, ended: RunEnded) -> Awaitable[None] | None:
+        """Record a run that failed: the run waits for it, so a flood of failures waits too."""
+        if ended.failed is None or self.journal is None:
+            return None
+        return self.run_failed(ended.job, ended.position, ended.action, ended.failed, ended.started)
+
+    def not_fired(self, not_fired: NotFired) -> None:
+        """Record a template or expression error that kept a route from running."""
+        if not_fired.problem in ("key", "runs_on", "when"):
+            item = not_fired.item
+            job = Job(item.route, not_fired.event, item.captures)
+            self.before_run(job, not_fired.problem, not_fired.reason)
+
+    def run_dropped(self, dropped: RunDropped) -> None:
+        """Nothing here: a drop at a queue bound is recorded by ``dropped``, from the lanes."""
+
+    def emit_refused(self, refused: EmitRefused) -> None:
+        """Record a refused emit in the background: its run has ended or gone on."""
+        self.run_failed_soon(
+            refused.job, refused.position, refused.action, refused.failed, refused.started
+        )
 
     async def run_failed(
         self,
