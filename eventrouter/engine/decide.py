@@ -5,8 +5,9 @@ prints them, ``eventrouter test`` compares them and ``retry`` re-decides with th
 table; none of them evaluates a condition or renders an action any other way.
 
 The decision is made in two moments, as the daemon does: on arrival (``decide``: size,
-matching, ``schema: strict``, ``when:``, ``key:``) and when a run starts (``render_env``,
-``render_emit``), because a run queued under debounce renders with the event it runs for.
+matching, ``schema: strict``, ``when:``, ``key:``) and when a run starts (``render_run`` in
+``engine/render.py``, with the renderers below), because a run queued under debounce
+renders with the event it runs for.
 """
 
 from __future__ import annotations

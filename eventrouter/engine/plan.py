@@ -1,8 +1,8 @@
 """The whole tree of what an event would do: the decisions, rendered actions and cascade.
 
-Built from ``decide`` and the same renderers the dispatcher calls when a run starts, so
-``explain`` and ``eventrouter test`` give the daemon's answer. Listing a handler folder's
-steps is I/O: the caller passes a ``StepLister``.
+Built from ``decide`` and ``render_run``, as the dispatcher decides an event and renders a
+run when it starts, so ``explain`` and ``eventrouter test`` give the daemon's answer.
+Listing a handler folder's steps is I/O: the caller passes a ``StepLister``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ from typing import Any
 
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.engine.decide import (
-    ActionRefused,
     Decision,
     RouteDecision,
     RouterContext,
-    action_context,
     decide,
     decide_message,
-    render_emit,
-    render_env,
-    render_task,
 )
-from eventrouter.engine.execs import render_exec
-from eventrouter.model import EmitAction, Event, ExecAction, RunAction, TaskAction
+from eventrouter.engine.render import (
+    Rendered,
+    RenderedCommand,
+    RenderedEmit,
+    RenderedFolder,
+    RenderedTask,
+    render_run,
+)
+from eventrouter.model import Action, Event, ExecAction, RunAction, TaskAction
 
 
 @dataclass
@@ -184,81 +186,51 @@ class Planner:
 
     def _actions(self, item: RouteDecision, event: Event) -> list[ActionPlan]:
         route = item.route
-        context = action_context(route, event, item.captures, self.context.router, self.context.env)
+        rendered = render_run(route, event, item.captures, self.context)
         plans: list[ActionPlan] = []
         failed = False
-        for action in route.actions:
-            if isinstance(action, RunAction):
-                plan = ActionPlan("run", action.line, str(action.path), skipped=failed)
-                if not failed:
-                    self._run(plan, action, context)
-            elif isinstance(action, TaskAction):
-                plan = ActionPlan("task", action.line, action.agent.source, skipped=failed)
-                if not failed:
-                    self._task(plan, item, action, event, context)
-            elif isinstance(action, ExecAction):
-                plan = ActionPlan("exec", action.line, action.program, skipped=failed)
-                if not failed:
-                    self._exec(plan, action, context)
-            else:
-                plan = ActionPlan("emit", action.line, action.channel.source, skipped=failed)
-                if not failed:
-                    self._emit(plan, item, action, event, context)
+        for position, action in enumerate(route.actions):
+            kind, target = _kind(action)
+            plan = ActionPlan(kind, action.line, target, skipped=failed)
+            if not failed:
+                self._fill(plan, rendered[position])
             failed = failed or plan.error is not None or plan.cut is not None
             plans.append(plan)
         return plans
 
-    def _run(self, plan: ActionPlan, action: RunAction, context: dict[str, Any]) -> None:
-        try:
-            plan.env = render_env(action, context)
-        except ActionRefused as exc:
-            plan.error = exc.reason
-            return
-        try:
-            plan.steps = self.lister(action.path)
-        except OSError as exc:
-            plan.error = f"handler folder {action.path}: {exc.strerror or exc}"
+    def _fill(self, plan: ActionPlan, rendered: Rendered) -> None:
+        """Fill in what an action rendered to, as the daemon carries it out."""
+        if isinstance(rendered, RenderedFolder):
+            plan.env = rendered.env
+            try:
+                plan.steps = self.lister(rendered.action.path)
+            except OSError as exc:
+                plan.error = f"handler folder {rendered.action.path}: {exc.strerror or exc}"
+        elif isinstance(rendered, RenderedCommand):
+            plan.argv, plan.env = list(rendered.command.argv), rendered.command.env
+        elif isinstance(rendered, RenderedTask):
+            plan.task = asdict(rendered.task)
+        elif isinstance(rendered, RenderedEmit):
+            emit = rendered.emit
+            plan.channel, plan.payload = emit.channel, emit.payload
+            cascade = decide(self.index, emit.event(), self.context)
+            plan.cascade = self._event(cascade, len(emit.chain))
+        elif rendered.refused.emit is not None:  # rendered, then cut by the loop guard
+            plan.channel, plan.payload = (
+                rendered.refused.emit.channel,
+                rendered.refused.emit.payload,
+            )
+            plan.cut = f"loop guard: {rendered.refused.reason}"
+        else:
+            plan.error = rendered.refused.reason
 
-    @staticmethod
-    def _exec(plan: ActionPlan, action: ExecAction, context: dict[str, Any]) -> None:
-        try:
-            command = render_exec(action, context)
-        except ActionRefused as exc:
-            plan.error = exc.reason
-            return
-        plan.argv, plan.env = list(command.argv), command.env
 
-    @staticmethod
-    def _task(
-        plan: ActionPlan,
-        item: RouteDecision,
-        action: TaskAction,
-        event: Event,
-        context: dict[str, Any],
-    ) -> None:
-        try:
-            task = render_task(item.route, action, event, context)
-        except ActionRefused as exc:
-            plan.error = exc.reason
-            return
-        plan.task = asdict(task)
-
-    def _emit(
-        self,
-        plan: ActionPlan,
-        item: RouteDecision,
-        action: EmitAction,
-        event: Event,
-        context: dict[str, Any],
-    ) -> None:
-        try:
-            emit = render_emit(item.route, action, event, context, self.context)
-        except ActionRefused as exc:
-            if exc.emit is not None:  # rendered, then cut by the loop guard
-                plan.channel, plan.payload = exc.emit.channel, exc.emit.payload
-                plan.cut = f"loop guard: {exc.reason}"
-            else:
-                plan.error = exc.reason
-            return
-        plan.channel, plan.payload = emit.channel, emit.payload
-        plan.cascade = self._event(decide(self.index, emit.event(), self.context), len(emit.chain))
+def _kind(action: Action) -> tuple[str, str]:
+    """Return how a plan names an action: its kind and what it targets, as written."""
+    if isinstance(action, RunAction):
+        return "run", str(action.path)
+    if isinstance(action, TaskAction):
+        return "task", action.agent.source
+    if isinstance(action, ExecAction):
+        return "exec", action.program
+    return "emit", action.channel.source

@@ -13,7 +13,11 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # a type only: runevents imports the lanes, which import this module
+    from eventrouter.engine.decide import RouteDecision
+    from eventrouter.runtime.runevents import EmitRefused, NotFired, RunDropped, RunEnded
 
 #: Events kept.
 HISTORY_SIZE = 1000
@@ -181,3 +185,43 @@ class History:
                 routes += [RouteTrace(name, NO_MATCH) for name in table if name not in seen]
             found.append(item.to_json(routes))
         return found
+
+
+class RunTraces:
+    """Move each run's trace to what became of it: a run listener."""
+
+    __slots__ = ()
+
+    def run_ended(self, ended: RunEnded) -> None:
+        """Record the outcome, duration, steps and status of a run that ended."""
+        trace, failed = ended.job.trace, ended.failed
+        if trace is not None:
+            trace.set(ended.outcome, trace.detail if failed is None else failed.reason)
+            trace.duration, trace.steps = ended.seconds, ended.steps
+            trace.status = "ok" if failed is None else failed.status
+
+    def not_fired(self, not_fired: NotFired) -> None:
+        """Add the route that does not run to its event's history, with why."""
+        if not_fired.trace is not None:
+            item = not_fired.item
+            not_fired.trace.add(item.route.name, *not_fired_outcome(item))
+
+    def run_dropped(self, dropped: RunDropped) -> None:
+        """Nothing: the scheduler marks the trace of what it drops."""
+
+    def emit_refused(self, refused: EmitRefused) -> None:
+        """Nothing: the run's trace already says how it ended."""
+
+
+def not_fired_outcome(item: RouteDecision) -> tuple[str, str]:
+    """Return the history outcome of a matching route that does not fire, and its detail.
+
+    A route kept from running on this router (``runs_on``) is ``SKIPPED_HERE``.
+    """
+    if item.elsewhere is not None:
+        return SKIPPED_HERE, item.reason or ""
+    condition = item.condition
+    plain = item.schema_error is None and item.key_error is None
+    if plain and condition is not None and condition.error is None:
+        return CONDITION_FALSE, item.reason or ""
+    return REJECTED, item.reason or ""

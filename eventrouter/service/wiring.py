@@ -19,9 +19,9 @@ from eventrouter.redis import ask, intake, outbox
 from eventrouter.redis.role import RoleWatch
 from eventrouter.redis.stream_journal import open_journal
 from eventrouter.redis.tasks import TaskClient
-from eventrouter.runtime.dispatch import Receipt, TaskSubmitter
 from eventrouter.runtime.journal import Journal
 from eventrouter.runtime.lanes import Clock
+from eventrouter.runtime.ports import Receipt, TaskSubmitter
 from eventrouter.runtime.runner import Runner
 from eventrouter.runtime.steps import StepRunner
 

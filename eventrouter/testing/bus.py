@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 
 from eventrouter.config.patterns import ChannelPattern
 from eventrouter.redis.intake import YIELD_EVERY
-from eventrouter.runtime.dispatch import Receipt
+from eventrouter.runtime.ports import Receipt
 from eventrouter.testing.fakes import Beacon
 
 log = logging.getLogger(__name__)
