@@ -8,15 +8,9 @@ import pytest
 
 from eventrouter.config.loader import load_routes
 from eventrouter.config.patterns import RouteIndex
-from eventrouter.engine.decide import (
-    ActionRefused,
-    RouterContext,
-    action_context,
-    decide_message,
-    render_emit,
-    retry_decision,
-)
+from eventrouter.engine.decide import RouterContext, decide_message, retry_decision
 from eventrouter.engine.events import parse_event
+from eventrouter.engine.render import ActionRefused, action_context, render_emit
 from eventrouter.model import EmitAction
 
 FALSY = """

@@ -14,14 +14,9 @@ import pytest
 from eventrouter.cli.main import main
 from eventrouter.config.loader import load_routes
 from eventrouter.config.patterns import RouteIndex
-from eventrouter.engine.decide import (
-    ActionRefused,
-    RouterContext,
-    action_context,
-    decide_message,
-    render_task,
-)
+from eventrouter.engine.decide import RouterContext, decide_message
 from eventrouter.engine.events import parse_event
+from eventrouter.engine.render import ActionRefused, action_context, render_task
 from eventrouter.model import RouterInfo, TaskAction
 from eventrouter.runtime.identity import router_identity
 from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step

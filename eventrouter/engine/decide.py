@@ -1,4 +1,4 @@
-"""The decisions about one event: which routes fire, and what their actions render to.
+"""The decisions about one event: which routes fire (``engine/render.py`` renders their actions).
 
 Pure: no I/O, no asyncio, no Redis. The dispatcher executes these decisions, ``explain``
 prints them, ``eventrouter test`` compares them and ``retry`` re-decides with the current
@@ -6,8 +6,8 @@ table; none of them evaluates a condition or renders an action any other way.
 
 The decision is made in two moments, as the daemon does: on arrival (``decide``: size,
 matching, ``schema: strict``, ``when:``, ``key:``) and when a run starts (``render_run`` in
-``engine/render.py``, with the renderers below), because a run queued under debounce
-renders with the event it runs for.
+``engine/render.py``), because a run queued under debounce renders with the event it runs
+for.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from typing import Any
 
 from eventrouter.config.patterns import RouteIndex
 from eventrouter.config.templates import event_context
-from eventrouter.engine.chains import chain_text
 from eventrouter.engine.events import (
     FolderExists,
     convention_folders,
@@ -30,20 +29,12 @@ from eventrouter.engine.events import (
 )
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import (
-    AGENT_ID,
     ONE_NODE,
     ChainLink,
-    EmitAction,
     Event,
     Route,
     RouterInfo,
-    RunAction,
-    TaskAction,
 )
-
-#: ``json.dumps(value, ensure_ascii=False)`` without building an encoder per call, as
-#: ``json.dumps`` does for any argument it is given (every derived event paid for it).
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def _no_folder(_: Path) -> bool:
@@ -307,121 +298,3 @@ def retry_decision(decision: Decision, name: str, table: Sequence[Route]) -> Rou
     if not route.enabled:
         return f"route {name} is disabled"
     return f"route {name} no longer matches {decision.event.channel!r}"
-
-
-class ActionRefused(Exception):
-    """An action cannot be carried out: a template error, the loop guard, a size limit."""
-
-    def __init__(self, status: str, reason: str, emit: Emit | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        #: The derived event the loop guard cut, for ``explain`` to show.
-        self.emit = emit
-
-
-def action_context(
-    route: Route,
-    event: Event,
-    captures: dict[str, str],
-    router: RouterInfo = ONE_NODE,
-    env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """Return the template context of a route's actions for ``event``."""
-    return event_context(
-        event, match=captures, route=route.name, router=router.template_value(), env=env
-    )
-
-
-def render_env(action: RunAction, context: dict[str, Any]) -> dict[str, str]:
-    """Return the environment a ``run:`` action adds; raise ActionRefused."""
-    try:
-        return {key: template.render(context) for key, template in action.env}
-    except TemplateRenderError as exc:
-        raise ActionRefused("template error", f"env of {action.path}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Emit:
-    """A rendered derived event, with the chain of routes behind it."""
-
-    channel: str
-    data: bytes
-    payload: Any
-    chain: tuple[ChainLink, ...]
-
-    def event(self) -> Event:
-        """Return the event as it will come back from Redis."""
-        return Event(self.channel, self.data, self.payload, True, self.chain)
-
-
-def render_emit(
-    route: Route, action: EmitAction, event: Event, context: dict[str, Any], limits: RouterContext
-) -> Emit:
-    """Return the derived event an ``emit:`` action publishes; raise ActionRefused."""
-    try:
-        channel = action.channel.render(context)
-        if not channel:
-            raise TemplateRenderError(f"channel {action.channel.source!r} rendered empty")
-        payload = action.payload.render(context)
-        data = _ENCODE(payload).encode()
-    except TemplateRenderError as exc:
-        raise ActionRefused("template error", f"emit {action.channel.source}: {exc}") from exc
-    if len(data) > limits.max_payload:
-        raise ActionRefused(
-            "too large",
-            f"emit {channel}: rendered payload of {len(data)} bytes exceeds the "
-            f"{limits.max_payload}-byte limit (--max-payload); not published",
-        )
-    emit = Emit(channel, data, payload, (*event.chain, ChainLink(route.name, channel)))
-    if len(emit.chain) > limits.max_depth:
-        raise ActionRefused(
-            "loop guard",
-            f"derived-event chain deeper than {limits.max_depth}: {chain_text(emit.chain)}",
-            emit,
-        )
-    return emit
-
-
-@dataclass(frozen=True)
-class Task:
-    """A rendered ``task:`` action: what is submitted to the agent, and how long to wait."""
-
-    agent: str
-    action: str
-    data: Any
-    extra: dict[str, Any]
-    parent: str
-    timeout: float
-    wait: bool
-
-
-def _default_extra(route: Route, event: Event) -> dict[str, Any]:
-    """Return ``extra`` when the route gives none: a title for NS8's UI, no notification."""
-    return {
-        "title": f"eventrouter route {route.name}",
-        "description": f"on {event.channel}",
-        "isNotificationHidden": True,
-    }
-
-
-def render_task(route: Route, action: TaskAction, event: Event, context: dict[str, Any]) -> Task:
-    """Return the task a ``task:`` action submits; raise ActionRefused."""
-    try:
-        agent = action.agent.render(context).strip()
-        data = action.data.render(context)
-        extra = action.extra.render(context) if action.extra is not None else None
-    except TemplateRenderError as exc:
-        raise ActionRefused("template error", f"{action.describe()}: {exc}") from exc
-    if not AGENT_ID.fullmatch(agent):
-        raise ActionRefused(
-            "bad agent id",
-            f"{action.describe()}: agent {agent!r} is not an NS8 agent id "
-            "(cluster, node/<number> or module/<id>)",
-        )
-    if extra is None:
-        extra = _default_extra(route, event)
-    elif not isinstance(extra, dict):
-        raise ActionRefused("template error", f"{action.describe()}: extra is not a mapping")
-    # A router is not itself a task: the task has no parent, as when NS8's API submits one.
-    return Task(agent, action.action, data, extra, "", action.timeout, action.wait)

@@ -28,7 +28,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
 from eventrouter.engine.chains import ChainTracker
-from eventrouter.engine.decide import Task
 from eventrouter.engine.render import (
     Rendered,
     RenderedCommand,
@@ -36,6 +35,7 @@ from eventrouter.engine.render import (
     RenderedFolder,
     RenderedTask,
     RenderRefused,
+    Task,
 )
 from eventrouter.errors import TaskError
 from eventrouter.model import EmitAction, ExecAction, Route

@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Mapping
 
-from eventrouter.engine.execs import Command
+from eventrouter.engine.render import Command
 
 
 def find_program(command: Command, env: Mapping[str, str]) -> str | None:
