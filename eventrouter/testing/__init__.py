@@ -4,7 +4,6 @@
 package: it sits above every layer and may import them all (tests/test_layers.py).
 """
 
-from eventrouter.testing.bus import Listener, MemoryBus, MemoryPublisher, MemorySubscriber
 from eventrouter.testing.fakes import (
     Beacon,
     FakeClock,
@@ -16,6 +15,7 @@ from eventrouter.testing.fakes import (
     TaskCall,
 )
 from eventrouter.testing.harness import Harness, MemoryWiring
+from eventrouter.testing.memorybus import Listener, MemoryBus, MemoryPublisher, MemorySubscriber
 
 __all__ = [
     "Beacon",

@@ -32,8 +32,8 @@ from eventrouter.runtime.runner import Runner
 from eventrouter.service.daemon import Daemon
 from eventrouter.service.observe import Parts
 from eventrouter.service.wiring import Intake, IntakeHooks, Outbox, Role, Tasks
-from eventrouter.testing.bus import MemoryBus, MemoryPublisher, MemoryRole, MemorySubscriber
 from eventrouter.testing.fakes import Beacon, FakeClock, FakeRunner, FakeTasks, MemoryJournal
+from eventrouter.testing.memorybus import MemoryBus, MemoryPublisher, MemoryRole, MemorySubscriber
 
 #: The URL the in-memory router is said to use, in its log and `status`.
 URL = "memory://bus"
