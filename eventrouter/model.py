@@ -303,6 +303,18 @@ class Route:
             actions, self.runs_on.source if self.runs_on is not None else None,
         )  # fmt: skip
 
+    def reads_env(self) -> bool:
+        """Return True when the route may read the module's environment as it runs.
+
+        ``env`` named in any of its templates (told from the fingerprint's text: a name that
+        merely holds the letters, a folder ``envbad``, counts too), or an ``exec:``, whose
+        program is looked up on that environment's PATH. A table none of whose routes does
+        need not look at the environment file for each event.
+        """
+        if any(isinstance(action, ExecAction) for action in self.actions):
+            return True
+        return "env" in repr(self.fingerprint)
+
     @property
     def digest(self) -> str:
         """Return a hash of the fingerprint, description and enabled flag, for reloads."""

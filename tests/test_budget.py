@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -18,6 +19,7 @@ import redis
 from eventrouter.config.budget import WATCHDOG
 from eventrouter.config.templates import Condition, Text, event_context, set_timeout
 from eventrouter.config.valuetemplates import Value
+from eventrouter.engine.events import parse_event
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 from eventrouter.testing import Harness
@@ -248,3 +250,31 @@ def test_a_runaway_render_is_aborted_under_a_tracer_too(tmp_path: Path) -> None:
         check=False,
     )
     assert (done.returncode, done.stdout.strip()) == (0, "aborted"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("data", "armed"),
+    [
+        ({"n": "{{ payload.n }}", "c": 1, "l": ["{{ match.m }}", "x"]}, False),  # lookups
+        ({"n": "{{ payload.n * 2 }}"}, True),
+        ({"n": "n={{ payload.n }}"}, True),  # text: a Jinja2 template
+        ({"n": "{{ payload.gone }}"}, True),  # not found by the lookup: Jinja2 decides
+    ],
+)
+def test_only_what_jinja2_renders_is_budgeted(
+    monkeypatch: pytest.MonkeyPatch, data: dict[str, Any], armed: bool
+) -> None:
+    # A plain lookup of a value the event holds cannot run away: it is not worth the
+    # watchdog's arming, which every derived event of an emit-only route paid.
+    calls: list[int] = []
+    real = WATCHDOG.run
+
+    def counted(render: Any) -> Any:
+        calls.append(1)
+        return real(render)
+
+    monkeypatch.setattr(WATCHDOG, "run", counted)
+    context = event_context(parse_event("a/event/b", b'{"n": 3}'), match={"m": "x"})
+    with contextlib.suppress(TemplateRenderError):
+        Value(data).render(context)
+    assert bool(calls) is armed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
 from eventrouter.runtime import envfile
 from eventrouter.runtime.envfile import ModuleEnvironment
+from eventrouter.testing import Harness
 from tests.routerproc import (
     Router,
     clean_env,
@@ -322,3 +324,31 @@ def test_the_router_sees_the_module_environment_file_change_between_events(
     finally:
         router.close()
     assert SECRET not in router.log and SECRET not in history.stdout
+
+
+@pytest.mark.parametrize(
+    ("route", "looks"),
+    [
+        ("do: [{emit: {channel: a/event/out, payload: {n: '{{ payload.n }}'}}}]", 0),
+        ("when: env.MODULE_ID is defined\n    do: [{emit: {channel: a/event/out}}]", 3),
+        ("do: [{exec: [/bin/true]}]", 3),  # its program is looked up on the env's PATH
+    ],
+)
+async def test_the_environment_file_is_looked_at_only_for_a_table_that_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, route: str, looks: int
+) -> None:
+    routes = tmp_path / "routes.d"
+    write_routes(routes, "r.yml", f"routes:\n  - name: r\n    on: a/event/in\n    {route}\n")
+    seen: list[int] = []
+    real = ModuleEnvironment.current
+
+    def counted(self: ModuleEnvironment) -> Any:
+        seen.append(1)
+        return real(self)
+
+    monkeypatch.setattr(ModuleEnvironment, "current", counted)
+    async with Harness(routes) as router:
+        seen.clear()
+        for n in range(3):
+            await router.send("a/event/in", json.dumps({"n": n}))
+    assert len(seen) == looks

@@ -122,12 +122,16 @@ class Value:
     structure (``payload``) in the message of a failure, with the key path inside it.
     """
 
-    __slots__ = ("part", "source", "what")
+    __slots__ = ("direct", "part", "source", "what")
 
     def __init__(self, data: Any, what: str = "") -> None:
         self.source = data if isinstance(data, str) else ""
         self.part = _part(data)
         self.what = what
+        #: Constants and bare ``{{ a.b }}`` lookups only: rendered without arming the time
+        #: budget, since a lookup of a value the event holds cannot run away (one that
+        #: Jinja2 must decide after all is budgeted by ``Condition.evaluate``).
+        self.direct = _direct(self.part)
 
     def fingerprint(self) -> Any:
         """Return what the structure says, hashable, mapping order left out."""
@@ -148,6 +152,8 @@ class Value:
             return self.part.value
         shown = self.source or f"<{self.what or 'payload'}>"
         try:
+            if self.direct:
+                return self._render(context)
             return budgeted("template", shown, lambda: self._render(context))
         except TemplateRenderError as exc:
             if not self.what:
@@ -166,6 +172,19 @@ class Value:
         if isinstance(part, MappingPart):
             return {key: _item(f".{key}", item, context) for key, item in part.items}
         return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
+
+
+def _direct(part: Part) -> bool:
+    """Return True when ``part`` holds only constants and bare lookups (``payload.n``)."""
+    if isinstance(part, Constant):
+        return True
+    if isinstance(part, NativePart):
+        return part.expression.path is not None
+    if isinstance(part, MappingPart):
+        return all(item.direct for _, item in part.items)
+    if isinstance(part, ListPart):
+        return all(item.direct for item in part.items)
+    return False
 
 
 def _item(step: str, item: Value, context: Mapping[str, Any]) -> Any:

@@ -98,6 +98,7 @@ class Dispatcher:
         self.settings = settings
         self.runner = runner
         self.index = index
+        self._env_read = _reads_env(index)
         self.counters: Counter[str] = Counter()
         #: This router's name in the journal: retries name it.
         self.instance = instance if instance is not None else instance_name(settings.instance)
@@ -169,8 +170,11 @@ class Dispatcher:
         """Return the context to decide an event with now: ``env`` as it is at this moment.
 
         One ``stat`` of the module's environment file; the context is replaced only when the
-        file changed, and actions that start later render with the newest one seen.
+        file changed, and actions that start later render with the newest one seen. None
+        when no route of the table reads the environment (``Route.reads_env``).
         """
+        if not self._env_read:
+            return self.context
         env = self.environment.current()
         if env is not self.context.env:
             self.context = replace(self.context, env=env)
@@ -179,6 +183,7 @@ class Dispatcher:
     def swap(self, index: RouteIndex) -> None:
         """Use a new route table for events from now on; queued jobs keep their version."""
         self.index = index
+        self._env_read = _reads_env(index)
         self._returns.clear()
 
     def comes_back(self, channel: str) -> bool:
@@ -430,3 +435,8 @@ def _why_nothing(decision: Decision) -> str:
         f"route {item.route.name}: {item.reason or 'dropped (logged above)'}"
         for item in decision.routes
     )
+
+
+def _reads_env(index: RouteIndex) -> bool:
+    """Return True when a route of ``index`` may read the module's environment."""
+    return any(route.reads_env() for route in index.routes)
