@@ -20,6 +20,7 @@ from eventrouter.analysis.explain import list_step_plans
 from eventrouter.analysis.lint import deep_check
 from eventrouter.analysis.loops import elementary_cycles, overlap, pattern_glob
 from eventrouter.analysis.tense import past_tense
+from eventrouter.analysis.verdict import validate
 from eventrouter.config.loader import LoadResult, load_routes
 from eventrouter.config.patterns import ChannelPattern
 from eventrouter.errors import Diagnostic
@@ -1275,3 +1276,15 @@ def test_handler_folder_gone_after_loading_is_reported(tmp_path: Path) -> None:
     assert [d.message for d in findings] == [
         f"route r: handler folder {folder} cannot be read: No such file or directory"
     ]
+
+
+def test_a_checked_table_leaves_no_work_of_the_check_behind(tmp_path: Path) -> None:
+    # The running router keeps the table, not the deep check's globs and syntax trees.
+    (tmp_path / "r.yml").write_text(
+        "routes:\n  - name: r\n    on: module/{m}/event/x\n"
+        "    do: [{emit: {channel: 'a/event/{{ match.m }}', payload: '{{ payload.n + 1 }}'}}]\n"
+    )
+    result = validate(load_routes([tmp_path]), [])
+    assert result.ok, result.diagnostics
+    assert pattern_glob.cache_info().currsize == 0
+    assert refs_module.parse.cache_info().currsize == 0

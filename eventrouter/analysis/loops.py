@@ -454,3 +454,8 @@ def elementary_cycles(graph: Graph, limit: int = MAX_CYCLES) -> tuple[list[list[
         pending.extend(c for c in _components(rest, graph) if len(c) > 1)
     cycles.sort(key=lambda cycle: (len(cycle), cycle))
     return cycles[:limit], len(cycles) > limit
+
+
+def forget() -> None:
+    """Drop the globs kept for the table being checked."""
+    pattern_glob.cache_clear()

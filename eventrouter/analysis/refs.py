@@ -454,3 +454,9 @@ def template_findings(route: Route, schemas: dict[str, EventSpec]) -> list[Diagn
                 message = f"route {route.name}: '{label}' uses {problem}"
                 findings.append(Diagnostic(route.file, line, severity, message))
     return findings
+
+
+def forget() -> None:
+    """Drop the syntax trees and scans kept for the table being checked."""
+    parse.cache_clear()
+    _scan.cache_clear()
