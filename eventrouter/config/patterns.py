@@ -12,7 +12,8 @@ from eventrouter.model import Route
 
 _CAPTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_SPECIAL = frozenset("*?[\\")
-_SPECIAL_OR_BRACE = frozenset("*?[\\{}")
+#: A run of literal characters: none of ``* ? [ \\ { }``.
+_LITERAL_RUN = re.compile(r"[^*?\[\\{}]+")
 PieceKind = Literal["literal", "star", "any", "class", "capture"]
 
 
@@ -91,10 +92,9 @@ def _plain(text: str, i: int) -> tuple[Piece, int]:
         if i + 1 >= len(text):
             raise PatternError("pattern ends with a lone '\\'")
         return Piece("literal", text[i + 1], text[i : i + 2]), i + 2
-    end = i + 1
-    while end < len(text) and text[end] not in _SPECIAL_OR_BRACE:
-        end += 1
-    return Piece("literal", text[i:end], text[i:end]), end  # a whole literal run at once
+    run = _LITERAL_RUN.match(text, i + 1)  # a whole literal run at once, in C
+    end = run.end() if run is not None else i + 1
+    return Piece("literal", text[i:end], text[i:end]), end
 
 
 def tokenize(text: str) -> list[Piece]:
