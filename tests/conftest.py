@@ -6,6 +6,7 @@ Tests that start a server or the eventrouter CLI are marked ``e2e`` here, at col
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import socket
@@ -70,6 +71,20 @@ def _starts_processes(code: CodeType, namespace: dict[str, Any], seen: set[CodeT
             return True
     inner = (const for const in code.co_consts if isinstance(const, CodeType))
     return any(_starts_processes(const, namespace, seen) for const in inner)
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_put_back() -> Iterator[None]:
+    """Put the root logger's handlers and level back after each test.
+
+    A test that calls the CLI's ``main()`` itself leaves it a handler writing to that test's
+    captured stderr, which pytest closes: a later test's log line would meet a closed file.
+    """
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,13 +1,16 @@
 """Drive the real ``eventrouter`` CLI: in a subprocess for end-to-end tests, or in process.
 
 ``run_cli`` starts ``python -m eventrouter``; ``run_here`` calls the same ``main()`` in the
-test's own process, for the commands whose behaviour lives wholly in our code (``HERE``: no
-server, no signal, nothing of the process but its arguments, environment, folder, stdin and
-output). A subprocess costs about 0.25 s of CPU under coverage; a call here, a few ms.
+test's own process, for every command but ``run`` (``HERE``): their behaviour is our code
+given arguments, environment, folder, stdin and, for some, the test's Redis server; the
+daemon, its signals and its lifetime stay a process of their own. A subprocess costs about
+0.25 s of CPU under coverage; a call here, a few ms.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import io
 import logging
@@ -73,8 +76,12 @@ def run_cli(
     )
 
 
-#: Commands ``run_here`` may run: they read route files and folders and print, nothing more.
-HERE = frozenset({"check", "explain", "test", "routes", "schema"})
+#: Commands ``run_here`` runs: every one but ``run`` (the daemon, with its signals and its
+#: lifetime, is a process of its own). Those that talk to Redis talk to the test's server.
+HERE = frozenset(
+    {"check", "explain", "test", "routes", "schema"}
+    | {"publish", "status", "history", "failures", "retry", "reload"}
+)
 
 
 def run_here(
@@ -92,6 +99,19 @@ def run_here(
     """
     if not args or args[0] not in HERE:
         raise ValueError(f"run_here runs only {sorted(HERE)}; use run_cli for {args[:1]}")
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _run_here(args, env, cwd, stdin)
+    # Called from a coroutine: the commands that use asyncio start a loop of their own,
+    # which a thread that runs none may; the caller's loop waits, as for a subprocess.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(_run_here, args, env, cwd, stdin).result()
+
+
+def _run_here(
+    args: tuple[str, ...], env: dict[str, str] | None, cwd: Path, stdin: str | None
+) -> subprocess.CompletedProcess[str]:
     from eventrouter.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()

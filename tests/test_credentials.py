@@ -10,7 +10,14 @@ import pytest
 from eventrouter.redis.bus import redact
 from eventrouter.redis.connections import subscribe_url, with_password
 from tests.conftest import RedisCli, free_port
-from tests.routerproc import Router, clean_env, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    run_here,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 SECRET = "s3cret-Pw"
 
@@ -61,7 +68,7 @@ def test_wrong_password_and_refused_connection_never_show_it(
         else:
             url = f"redis://127.0.0.1:{target}?password={SECRET}"
 
-        published = run_cli("publish", "--redis", url, "cluster/event/x", "{}")
+        published = run_here("publish", "--redis", url, "cluster/event/x", "{}")
 
         assert published.returncode == 1
         assert "cannot publish" in published.stderr
@@ -115,7 +122,7 @@ def test_password_file_against_a_server_requiring_it(
     )
     try:
         router.ready()
-        published = run_cli("publish", *flags, "cluster/event/pw", '{"a": 1}', env=env)
+        published = run_here("publish", *flags, "cluster/event/pw", '{"a": 1}', env=env)
         assert published.returncode == 0, published.stderr
         wait_for(lambda: out.exists() and out.read_text() == '{"a": 1}', 5, "the step")
         assert router.stop() == 0

@@ -29,7 +29,7 @@ from tests.routerproc import (
     clean_env,
     handler,
     lines,
-    run_cli,
+    run_here,
     wait_for,
     write_routes,
     write_step,
@@ -385,7 +385,7 @@ def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path
         assert "embedded Redis server " in router.log and " started (pid " in router.log
 
         def publish(*args: str) -> subprocess.CompletedProcess[str]:
-            return run_cli("publish", *args, env=env)
+            return run_here("publish", *args, env=env)
 
         refused = publish("cluster/event/module-added", '{"module": "mail1"}')
         assert refused.returncode == 1 and "node" in refused.stderr
@@ -399,6 +399,6 @@ def test_embedded_server_default_and_publish_cli(tmp_path: Path, short_tmp: Path
         assert router.stop() == 0
     finally:
         router.kill()
-    gone = run_cli("publish", "--raw", "a/event/b", "x", env=env)
+    gone = run_here("publish", "--raw", "a/event/b", "x", env=env)
     assert gone.returncode == 1 and "no embedded server answers" in gone.stderr
     assert os.path.exists(short_tmp)

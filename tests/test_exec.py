@@ -20,7 +20,15 @@ import pytest
 from eventrouter.cli.main import main
 from eventrouter.config.loader import load_routes
 from eventrouter.model import ExecAction
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    lines,
+    run_here,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 RECORDER = """\
 {{ printf 'argv:'; for a in "$@"; do printf ' [%s]' "$a"; done; echo
@@ -190,7 +198,7 @@ def test_a_command_gets_what_a_step_gets(tmp_path: Path, redis_url: str) -> None
     router = Router(args, tmp_path / "log", env).ready()
     try:
         payload = '{"arg": "x y", "exit": 0}'
-        run_cli(
+        run_here(
             "publish", "--redis", redis_url, "--raw", "module/ldap1/event/thing-changed", payload
         )
         wait_for(lambda: len(lines(out)) == 4, what="the command")
@@ -203,11 +211,11 @@ def test_a_command_gets_what_a_step_gets(tmp_path: Path, redis_url: str) -> None
         log = router.wait_log(r"route reload: event .* run ok")
         assert "ERROR" in log and "boom x y" in log and "quiet detail" not in log
 
-        run_cli("publish", "--redis", redis_url, "--raw", "module/ldap1/event/thing-changed",
+        run_here("publish", "--redis", redis_url, "--raw", "module/ldap1/event/thing-changed",
                 '{"arg": "z", "exit": 3}')  # fmt: skip
         router.wait_log("failure recorded as")
         assert len(lines(out)) == 12  # retried once: two more runs
-        listed = run_cli("failures", "--redis", redis_url, "--json")
+        listed = run_here("failures", "--redis", redis_url, "--json")
         [entry] = json.loads(listed.stdout)
         assert entry["route"] == "reload" and entry["action"] == "exec recorder"
         assert entry["status"] == "retries exhausted (2 attempts): exit status 3"
@@ -229,10 +237,10 @@ def test_a_command_past_its_timeout_is_stopped_and_journaled(
     args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
     router = Router(args, tmp_path / "log").ready()
     try:
-        run_cli("publish", "--redis", redis_url, "--raw", "a/event/b", "{}")
+        run_here("publish", "--redis", redis_url, "--raw", "a/event/b", "{}")
         log = router.wait_log("failure recorded as")
         assert "timed out after 0.3s; stopping it" in log
-        [entry] = json.loads(run_cli("failures", "--redis", redis_url, "--json").stdout)
+        [entry] = json.loads(run_here("failures", "--redis", redis_url, "--json").stdout)
         assert entry["status"] == "timed out"
     finally:
         router.close()
@@ -250,7 +258,7 @@ def test_a_command_dies_with_a_killed_router(tmp_path: Path, redis_url: str) -> 
     args = ["run", "--redis", redis_url, "--routes", str(tmp_path / "routes")]
     router = Router(args, tmp_path / "log").ready()
     try:
-        run_cli("publish", "--redis", redis_url, "--raw", "a/event/b", "{}")
+        run_here("publish", "--redis", redis_url, "--raw", "a/event/b", "{}")
         pid = int(wait_for(lambda: lines(pid_file), what="the command")[0])
         router.proc.send_signal(signal.SIGKILL)
         router.proc.wait(5)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import redis
 
-from tests.routerproc import Router, clean_env, run_cli, wait_for, write_step
+from tests.routerproc import Router, clean_env, run_here, wait_for, write_step
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI."""
-    return run_cli(*args, env=env)
+    """Run the real CLI (in process: none of these is `run`)."""
+    return run_here(*args, env=env)
 
 
 def test_failure_recorded_survives_restart_and_retry_runs_fixed_route(
@@ -60,7 +60,8 @@ def test_failure_recorded_survives_restart_and_retry_runs_fixed_route(
         router.ready()
         retried = cli("retry", failure_id, env=env)
         assert retried.returncode == 0, retried.stderr
-        wait_for(out.exists, what="the retried run")
+        # The step creates the file, then writes it: wait for what it writes.
+        wait_for(lambda: out.exists() and out.read_text(), what="the retried run")
         assert out.read_text() == '{"n": 1}'
         log = router.wait_log(f"retry {failure_id}: running route sync")
         assert "current version" in log

@@ -31,7 +31,7 @@ from eventrouter.runtime.journal import (
     retry_message,
 )
 from tests.conftest import free_port
-from tests.routerproc import clean_env, run_cli, wait_for
+from tests.routerproc import clean_env, run_here, wait_for
 
 KEY = "eventrouter/failures"
 CONTROL = "eventrouter/control/retry"
@@ -422,7 +422,7 @@ def state(short_tmp: Path) -> Path:
 
 def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real `eventrouter` CLI with no Redis in its environment."""
-    return run_cli(*args, env=clean_env(EVENTROUTER_STATE_DIR=str(state)))
+    return run_here(*args, env=clean_env(EVENTROUTER_STATE_DIR=str(state)))
 
 
 def seed(url: str | None, state: Path, *items: Failure, key: str = KEY) -> list[str]:

@@ -29,7 +29,6 @@ from tests.routerproc import (
     Router,
     clean_env,
     lines,
-    run_cli,
     run_here,
     wait_for,
     write_routes,
@@ -308,7 +307,7 @@ def test_the_router_sees_the_module_environment_file_change_between_events(
     channel = "module/ldapproxy1/event/user-domain-changed"
 
     def publish(channel: str, payload: str) -> None:
-        result = run_cli("publish", "--redis", redis_url, "--raw", channel, payload)
+        result = run_here("publish", "--redis", redis_url, "--raw", channel, payload)
         assert result.returncode == 0, result.stderr
 
     try:
@@ -319,7 +318,7 @@ def test_the_router_sees_the_module_environment_file_change_between_events(
         wait_for(lambda: lines(out) == ['mail1 {"domain": "example.com"}'], what="the reload")
         publish("app/event/secret", "{}")
         wait_for(lambda: len(lines(out)) == 2, what="the route reading a secret")
-        history = run_cli("history", "--redis", redis_url, "--json")
+        history = run_here("history", "--redis", redis_url, "--json")
         assert history.returncode == 0, history.stderr
     finally:
         router.close()

@@ -82,7 +82,7 @@ def test_journal_commands_promise_no_embedded_fallback_for_the_journal() -> None
 
 
 def test_publish_help_says_what_its_count_is() -> None:
-    text = " ".join(run_cli("publish", "--help").stdout.split())
+    text = " ".join(run_here("publish", "--help").stdout.split())
     assert "one per matching pattern" in text
     assert "how many subscribers" not in text
 
@@ -134,7 +134,7 @@ def test_one_route_checked_is_singular(tmp_path: Path) -> None:
 
 def test_redis_errors_read_as_one_sentence(tmp_path: Path) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
-    done = run_cli("failures", "--redis", url)
+    done = run_here("failures", "--redis", url)
     assert done.returncode == 1
     assert ". (" not in done.stderr and ".;" not in done.stderr, done.stderr
     router = Router(["run", "--redis", url, "--state-dir", str(tmp_path / "s")], tmp_path / "log")
@@ -154,7 +154,7 @@ def test_retry_says_retrying_only_once_asked(tmp_path: Path) -> None:
         reason="failed", channel="x/event/y-changed", payload="{}", payload_b64=None, tail=(),
     )  # fmt: skip
     (state / "failures.jsonl").write_text(json.dumps(failure.to_json()) + "\n")
-    done = run_cli("retry", "--state-dir", str(state), "1-1")
+    done = run_here("retry", "--state-dir", str(state), "1-1")
     assert done.returncode == 1
     assert "no Redis to reach it" in done.stderr, done.stderr
     assert "retrying" not in done.stdout
@@ -188,7 +188,7 @@ def test_make_run_handles_module_removed_without_an_error(short_tmp: Path) -> No
     try:
         router.wait_log(r"subscribed to \d+ pattern", timeout=20)
         payload = '{"module": "traefik1", "node": 1}'
-        published = run_cli("publish", "cluster/event/module-removed", payload, env=env)
+        published = run_here("publish", "cluster/event/module-removed", payload, env=env)
         assert published.returncode == 0, published.stderr
         # The last line of the handler's last step: everything before it is in the log.
         log = router.wait_log(r"module-removed .* would reload the proxy configuration")
@@ -233,7 +233,7 @@ def test_failures_shows_why_a_run_failed(tmp_path: Path) -> None:
             ),
         ],
     )
-    done = run_cli("failures", "--state-dir", str(state))
+    done = run_here("failures", "--state-dir", str(state))
     assert done.returncode == 0, done.stderr
     assert "  reason: agent module/mail1 is not listening\n" in done.stdout, done.stdout
     assert "  reason: when: 'dict object' has no attribute 'domain'\n" in done.stdout
@@ -304,7 +304,7 @@ def test_a_pipe_closed_after_the_first_line_ends_failures_quietly(tmp_path: Path
 
 
 def test_publish_warns_of_a_channel_no_route_can_name(redis_url: str) -> None:
-    done = run_cli("publish", "--redis", redis_url, "mail1/backup-finished", "{}")
+    done = run_here("publish", "--redis", redis_url, "mail1/backup-finished", "{}")
     assert done.returncode == 0, done.stderr
     assert done.stdout == "published mail1/backup-finished: 0 receiver(s)\n"
     assert "warning: 'mail1/backup-finished' is not an event channel" in done.stderr
@@ -316,18 +316,18 @@ def test_publish_warns_of_a_channel_no_route_can_name(redis_url: str) -> None:
 def test_publish_warns_of_an_event_channel_with_a_part_missing(
     channel: str, redis_url: str
 ) -> None:
-    done = run_cli("publish", "--raw", "--redis", redis_url, channel, "{}")
+    done = run_here("publish", "--raw", "--redis", redis_url, channel, "{}")
     assert done.returncode == 0, done.stderr
     assert f"warning: {channel!r} is not an event channel" in done.stderr
 
 
 def test_publish_of_an_event_channel_says_nothing_more(redis_url: str) -> None:
-    done = run_cli("publish", "--redis", redis_url, "module/mail1/event/backup-finished", "{}")
+    done = run_here("publish", "--redis", redis_url, "module/mail1/event/backup-finished", "{}")
     assert (done.returncode, done.stderr) == (0, "")
 
 
 def test_a_router_that_does_not_answer_reads_as_english(redis_url: str) -> None:
-    done = run_cli("status", "--redis", redis_url, "--instance", "nosuch")
+    done = run_here("status", "--redis", redis_url, "--instance", "nosuch")
     assert done.returncode == 1
     assert "router 'nosuch' did not answer on " in done.stderr, done.stderr
     assert "answered" not in done.stderr
@@ -344,8 +344,8 @@ def test_status_calls_a_replica_a_replica(tmp_path: Path) -> None:
     router = Router(args, tmp_path / "log", env)
     try:
         router.ready()
-        text = run_cli("status", "--redis", replica.url, "--instance", "n2")
-        answer = run_cli("status", "--redis", replica.url, "--instance", "n2", "--json")
+        text = run_here("status", "--redis", replica.url, "--instance", "n2")
+        answer = run_here("status", "--redis", replica.url, "--instance", "n2", "--json")
     finally:
         router.close()
         topology.stop()
@@ -387,7 +387,7 @@ def test_the_shipped_module_added_route_announces_once_per_cluster(tmp_path: Pat
         for router in routers:  # started side by side, then waited for
             router.wait_log(r"subscribed to \d+ pattern", timeout=30)
         payload = '{"module": "traefik1", "node": 1}'
-        published = run_cli(
+        published = run_here(
             "publish", "--redis", topology.master.url, "cluster/event/module-added", payload
         )
         assert published.returncode == 0, published.stderr
@@ -437,8 +437,8 @@ def test_make_run_is_found_by_publish_and_status_the_documented_way(short_tmp: P
         assert f"export EVENTROUTER_STATE_DIR={short_tmp}" in banner, banner
         env = clean_env(EVENTROUTER_STATE_DIR=str(short_tmp))
         payload = '{"module": "traefik1", "node": 1}'
-        published = run_cli("publish", "cluster/event/module-added", payload, env=env)
-        status = run_cli("status", env=env)
+        published = run_here("publish", "cluster/event/module-added", payload, env=env)
+        status = run_here("status", env=env)
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         make.wait(30)
@@ -464,8 +464,8 @@ def test_without_the_state_folder_the_cli_says_where_make_run_keeps_it(tmp_path:
     server.start()
     try:
         env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path / "default"))
-        published = run_cli("publish", "--raw", "a/event/b", "{}", env=env, cwd=tmp_path)
-        status = run_cli("status", env=env, cwd=tmp_path)
+        published = run_here("publish", "--raw", "a/event/b", "{}", env=env, cwd=tmp_path)
+        status = run_here("status", env=env, cwd=tmp_path)
     finally:
         server.stop()
     for done in (published, status):

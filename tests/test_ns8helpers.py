@@ -17,7 +17,15 @@ import pytest
 from eventrouter.config.templates import Condition, event_context
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    lines,
+    run_here,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 CHANNEL = "module/traefik1/event/certificate-changed"
 ENV = {"NODE_ID": "1", "POSTFIX_HOSTNAME": "mail.example.org"}
@@ -99,7 +107,7 @@ def test_a_module_reloads_on_its_certificate_only(tmp_path: Path, redis_url: str
             {"node_id": 1, "module_id": "traefik1", "names": ["www.example.org"]},
             {"node_id": 1, "module_id": "traefik1", "names": ["*.example.org"]},
         ):
-            published = run_cli("publish", "--redis", redis_url, "--raw", CHANNEL,
+            published = run_here("publish", "--redis", redis_url, "--raw", CHANNEL,
                                 json.dumps(payload))  # fmt: skip
             assert published.returncode == 0, published.stderr
         wait_for(lambda: lines(out), what="the certificate step")

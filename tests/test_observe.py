@@ -19,7 +19,7 @@ import pytest
 from eventrouter.cli.status import event_lines
 from eventrouter.testing import Harness
 from tests.conftest import RedisCli
-from tests.routerproc import Router, run_cli, write_routes, write_step
+from tests.routerproc import Router, run_here, write_routes, write_step
 
 ROUTES = """\
 routes:
@@ -66,7 +66,7 @@ def _routes(folder: Path) -> Path:
 
 
 def _cli(redis_url: str, *args: str) -> Any:
-    result = run_cli(*args, "--redis", redis_url, "--json")
+    result = run_here(*args, "--redis", redis_url, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -94,14 +94,14 @@ def test_status_of_one_router_and_of_all(
     assert one["counters"]["runs"] == {"failed": 1}
 
     # history --route names no route of the router: an error listing its routes
-    unknown = run_cli("history", "--redis", redis_url, "--instance", "node-a", "--route", "nosuch")
+    unknown = run_here("history", "--redis", redis_url, "--instance", "node-a", "--route", "nosuch")
     assert unknown.returncode == 1
     assert unknown.stdout == ""
     assert "no route matches 'nosuch' on router 'node-a'; its routes: elsewhere, fails, " in (
         unknown.stderr
     ), unknown.stderr
 
-    text = run_cli("status", "--redis", redis_url, "--instance", "node-b")
+    text = run_here("status", "--redis", redis_url, "--instance", "node-b")
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("node-b: pid ")
     assert "routes: 8, generation 1, digest " in text.stdout
@@ -109,7 +109,7 @@ def test_status_of_one_router_and_of_all(
 
 def test_status_exits_1_when_no_router_answers(redis_url: str) -> None:
     started = time.monotonic()
-    result = run_cli("status", "--redis", redis_url, "--all")
+    result = run_here("status", "--redis", redis_url, "--all")
     assert result.returncode == 1
     assert "no router answered" in result.stderr
     assert time.monotonic() - started < 10
@@ -119,7 +119,7 @@ def test_status_of_a_router_not_running_exits_1(
     tmp_path: Path, redis_url: str, router_factory: Callable[..., Router]
 ) -> None:
     router_factory("--routes", str(_routes(tmp_path / "routes")), "--instance", "here")
-    result = run_cli("status", "--redis", redis_url, "--instance", "elsewhere")
+    result = run_here("status", "--redis", redis_url, "--instance", "elsewhere")
     assert result.returncode == 1
     assert "router 'elsewhere' did not answer" in result.stderr
 

@@ -19,7 +19,15 @@ from eventrouter.engine.events import parse_event
 from eventrouter.engine.render import ActionRefused, action_context, render_task
 from eventrouter.model import RouterInfo, TaskAction
 from eventrouter.runtime.identity import router_identity
-from tests.routerproc import Router, clean_env, lines, run_cli, wait_for, write_routes, write_step
+from tests.routerproc import (
+    Router,
+    clean_env,
+    lines,
+    run_here,
+    wait_for,
+    write_routes,
+    write_step,
+)
 
 ROUTES = """
 routes:
@@ -266,7 +274,7 @@ def test_with_no_cluster_settings_the_embedded_router_is_the_leader(
     ).ready()
     try:
         router.wait_log("this router is the leader")
-        published = run_cli(
+        published = run_here(
             "publish", "cluster/event/module-added", '{"module": "mail1", "node": 1}', env=env
         )
         assert published.returncode == 0, published.stderr

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.routerproc import Router, run_cli, write_routes
+from tests.routerproc import Router, run_here, write_routes
 
 ONE = """
 routes:
@@ -40,7 +40,7 @@ def test_reload_prints_the_summary_of_the_reload_it_caused(
     write_routes(routes, "r.yml", ONE)
     router = router_factory("--routes", str(routes), "--state-dir", str(state))
     write_routes(routes, "r.yml", TWO)
-    done = run_cli("reload", "--state-dir", str(state))
+    done = run_here("reload", "--state-dir", str(state))
     assert done.returncode == 0, done.stderr
     assert "reloaded: 2 routes (+1 -0 ~0)" in done.stdout
     assert "added: second" in done.stdout
@@ -55,7 +55,7 @@ def test_reload_prints_the_errors_and_exits_1_when_the_old_routes_are_kept(
     write_routes(routes, "r.yml", ONE)
     router = router_factory("--routes", str(routes), "--state-dir", str(state))
     write_routes(routes, "r.yml", TYPO)
-    done = run_cli("reload", "--state-dir", str(state))
+    done = run_here("reload", "--state-dir", str(state))
     assert done.returncode == 1
     assert f"{routes / 'r.yml'}:9: error: routes[1].enabld: unknown key 'enabld'" in done.stdout
     assert "reload failed with 1 error(s); keeping the 1 routes loaded before" in done.stdout
@@ -63,7 +63,7 @@ def test_reload_prints_the_errors_and_exits_1_when_the_old_routes_are_kept(
 
 
 def test_reload_exits_1_when_no_router_runs(tmp_path: Path) -> None:
-    done = run_cli("reload", "--state-dir", str(tmp_path))
+    done = run_here("reload", "--state-dir", str(tmp_path))
     assert done.returncode == 1
     assert f"no router runs with the state folder {tmp_path}" in done.stderr
 
@@ -72,6 +72,6 @@ def test_reload_ignores_a_pid_file_that_no_router_holds(tmp_path: Path) -> None:
     # A router killed outright leaves its pid file; the pid may since belong to anything
     # (here: this test process, which a SIGHUP would end).
     (tmp_path / "eventrouter.pid").write_text(f"{os.getpid()}\n")
-    done = run_cli("reload", "--state-dir", str(tmp_path))
+    done = run_here("reload", "--state-dir", str(tmp_path))
     assert done.returncode == 1
     assert "no router runs" in done.stderr

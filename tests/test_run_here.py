@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.routerproc import REPO, run_cli, run_here
+from tests.routerproc import REPO, clean_env, run_cli, run_here
 
 EXAMPLES = REPO / "examples" / "ns8-cluster"
 GOOD = """\
@@ -64,3 +64,31 @@ def test_the_process_is_left_as_it_was(tmp_path: Path) -> None:
 def test_only_commands_of_our_own_code_run_in_process() -> None:
     with pytest.raises(ValueError, match="use run_cli"):
         run_here("run")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["publish", "--raw", "a/event/b", "x"],
+        ["publish", "no-event-channel", "{}"],
+        ["failures", "--json"],
+        ["history"],
+    ],
+)
+def test_commands_that_talk_to_redis_agree_too(
+    args: list[str], redis_url: str, tmp_path: Path
+) -> None:
+    env = clean_env(EVENTROUTER_STATE_DIR=str(tmp_path))
+    here = run_here(*args, "--redis", redis_url, env=env)
+    there = run_cli(*args, "--redis", redis_url, env=env)
+    assert here.stdout or here.stderr
+    assert (here.returncode, here.stdout, here.stderr) == (
+        there.returncode,
+        there.stdout,
+        there.stderr,
+    )
+
+
+async def test_a_coroutine_may_run_a_command_that_starts_a_loop(redis_url: str) -> None:
+    done = run_here("publish", "--raw", "--redis", redis_url, "a/event/b", "x")
+    assert done.returncode == 0, done.stderr

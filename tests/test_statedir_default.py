@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eventrouter.redis.embedded import default_state_dir
-from tests.routerproc import clean_env, run_cli
+from tests.routerproc import clean_env, run_here
 
 
 def test_root_without_xdg_runtime_dir_keeps_state_in_run() -> None:
@@ -46,6 +46,6 @@ def test_the_cli_as_root_looks_in_run_eventrouter() -> None:
     env = clean_env()
     for name in ("XDG_RUNTIME_DIR", "STATE_DIRECTORY", "RUNTIME_DIRECTORY"):
         env.pop(name, None)
-    done = run_cli("publish", "--raw", "cluster/event/x-changed", "{}", env=env)
+    done = run_here("publish", "--raw", "cluster/event/x-changed", "{}", env=env)
     assert done.returncode == 1
     assert "/run/eventrouter/redis.sock" in done.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from tests.routerproc import Router, run_cli, run_here, write_routes, write_step
+from tests.routerproc import Router, run_here, write_routes, write_step
 
 HOSTILE = "\x1b]0;owned\x07\x1b[2J\r"
 
@@ -35,7 +35,7 @@ def test_failures_escapes_channel_and_payload(
     redis.Redis.from_url(redis_url).publish(channel, json.dumps({"k": HOSTILE}))
     router.wait_log("failure recorded")
 
-    listed = run_cli("failures", "--redis", redis_url, "--state-dir", str(short_tmp))
+    listed = run_here("failures", "--redis", redis_url, "--state-dir", str(short_tmp))
     assert listed.returncode == 0, listed.stderr
     assert "fails" in listed.stdout
     assert_escaped(listed.stdout)

@@ -19,7 +19,7 @@ from eventrouter.cli.main import build_parser
 from eventrouter.service.intents import Intents
 from eventrouter.service.watch import RouteWatch, describe, is_route_file
 from tests.conftest import RedisCli
-from tests.routerproc import REPO, Router, clean_env, lines, run_cli, wait_for, write_step
+from tests.routerproc import REPO, Router, clean_env, lines, run_here, wait_for, write_step
 
 UNITS = (
     REPO / "examples" / "systemd" / "eventrouter.service",
@@ -139,7 +139,7 @@ def test_a_rename_over_a_file_is_one_reload_and_signals_still_reload(
     ]
     router.signal(signal.SIGHUP)
     assert "SIGHUP: reloading" in router.wait_log(RELOADED, count=3)
-    done = run_cli("reload", "--state-dir", str(router.state))
+    done = run_here("reload", "--state-dir", str(router.state))
     assert done.returncode == 0, done.stderr
     assert "reloaded: 2 routes (+0 -0 ~0)" in done.stdout
     assert router.stop() == 0
