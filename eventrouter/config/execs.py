@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import voluptuous as vol
 
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.layout import ROUTE_LAYOUT
-from eventrouter.config.templates import TemplateSyntaxError, Text
+from eventrouter.config.templates import TemplateSyntaxError, Text, text_of
 from eventrouter.config.validators import (
     FileContext,
     key_path,
@@ -51,7 +52,7 @@ def template(value: Any) -> Text:
     if not isinstance(value, str | int | float):
         raise ValueError(f"expected a string, got {kind(value)}")
     try:
-        return Text(str(value))
+        return text_of(str(value))
     except TemplateSyntaxError as exc:
         where = f" (template line {exc.line})" if exc.line > 1 else ""
         raise ValueError(f"template syntax error: {bound_message(str(exc))}{where}") from exc
@@ -113,7 +114,7 @@ def env_entries(
             ctx.error(path, f"{key_path(path)}: {problem}")
             continue
         try:
-            entries.append((key, template(value)))
+            entries.append((sys.intern(key), template(value)))
         except ValueError as exc:
             ctx.error(path, f"{key_path(path)}: {exc}")
     return tuple(entries) if len(entries) == len(raw) else None

@@ -9,6 +9,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 from eventrouter.model import Route
+from eventrouter.support.sharing import SharedTable
 
 _CAPTURE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GLOB_SPECIAL = frozenset("*?[\\")
@@ -172,6 +173,11 @@ class ChannelPattern:
             return cls(text=text, glob=glob, captures=names, regex=None)
         return cls(text=text, glob=glob, captures=names, regex=regex)
 
+    @classmethod
+    def shared(cls, text: str) -> ChannelPattern:
+        """Return ``parse(text)``, one object for every route that writes the same pattern."""
+        return _PATTERNS.get(text, lambda: cls.parse(text))
+
     @property
     def literal(self) -> bool:
         """Return True when the pattern matches exactly one channel."""
@@ -189,6 +195,9 @@ class ChannelPattern:
         if found is None:
             return None
         return {key: _from_bytes(value) for key, value in found.groupdict().items()}
+
+
+_PATTERNS: SharedTable[ChannelPattern] = SharedTable()
 
 
 # Redis matches bytes: '?' is one byte, a class holds bytes. Matching on the UTF-8 bytes,

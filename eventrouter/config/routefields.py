@@ -12,9 +12,15 @@ from typing import Any
 from eventrouter.config.excerpt import bound_message, excerpt
 from eventrouter.config.patterns import ChannelPattern, PatternError
 from eventrouter.config.payloads import WELL_KNOWN, parse_field
-from eventrouter.config.templates import Condition, TemplateSyntaxError, Text
+from eventrouter.config.templates import (
+    Condition,
+    TemplateSyntaxError,
+    Text,
+    condition_of,
+    text_of,
+)
 from eventrouter.config.validators import kind, text
-from eventrouter.config.valuetemplates import Value
+from eventrouter.config.valuetemplates import Value, value_of
 from eventrouter.model import AGENT_ID, ROUTE_NAME, SAFE_NAME, TASK_ACTION
 
 
@@ -29,7 +35,7 @@ def route_name(value: Any) -> str:
 def channel_pattern(value: Any) -> ChannelPattern:
     """Return one parsed channel pattern."""
     try:
-        return ChannelPattern.parse(text(value))
+        return ChannelPattern.shared(text(value))
     except PatternError as exc:
         problem = bound_message(str(exc))
         raise ValueError(f"bad channel pattern {excerpt(value)}: {problem}") from exc
@@ -54,7 +60,7 @@ def condition(value: Any) -> Condition:
     if source.startswith("{{") and source.endswith("}}"):
         raise ValueError("'when' is an expression: write it without {{ }}")
     try:
-        return Condition(source)
+        return condition_of(source)
     except TemplateSyntaxError as exc:
         raise _template_error("condition", exc) from exc
 
@@ -64,7 +70,7 @@ def text_template(value: Any) -> Text:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a string, got {kind(value)}")
     try:
-        return Text(str(value))
+        return text_of(str(value))
     except TemplateSyntaxError as exc:
         raise _template_error("template", exc) from exc
 
@@ -72,7 +78,7 @@ def text_template(value: Any) -> Text:
 def value_template(value: Any, what: str = "") -> Value:
     """Return a compiled value template (``payload``, ``data``, ``extra``)."""
     try:
-        return Value(value, what)
+        return value_of(value, what)
     except TemplateSyntaxError as exc:
         raise _template_error("template", exc) from exc
 

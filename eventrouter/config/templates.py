@@ -25,6 +25,7 @@ from eventrouter.config.stepenv import step_env
 from eventrouter.config.suggest import did_you_mean
 from eventrouter.errors import TemplateRenderError
 from eventrouter.model import Event
+from eventrouter.support.sharing import SharedTable
 
 T = TypeVar("T")
 
@@ -184,7 +185,7 @@ def _join_bounded(pieces: Iterable[str]) -> str:
 class Text:
     """A template rendered as text (implements ``model.TextTemplate``)."""
 
-    __slots__ = ("source", "static")
+    __slots__ = ("__weakref__", "source", "static")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -229,7 +230,7 @@ class Condition:
     an emitted payload is a template, and its failure must say so.
     """
 
-    __slots__ = ("label", "path", "source")
+    __slots__ = ("__weakref__", "label", "path", "source")
 
     def __init__(self, source: str, label: str | None = None) -> None:
         self.source = source
@@ -262,6 +263,20 @@ class Condition:
             return value
         except Exception as exc:
             raise _fail(kind, shown, exc) from exc
+
+
+_TEXTS: SharedTable[Text] = SharedTable()
+_CONDITIONS: SharedTable[Condition] = SharedTable()
+
+
+def text_of(source: str) -> Text:
+    """Return the text template of ``source``: one object for every route that writes it."""
+    return _TEXTS.get(source, lambda: Text(source))
+
+
+def condition_of(source: str, label: str | None = None) -> Condition:
+    """Return the expression ``source``: one object for every route that writes it."""
+    return _CONDITIONS.get((source, label), lambda: Condition(source, label))
 
 
 #: ``router`` when the caller says nothing about where it runs: a one-node cluster's leader.

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import jinja2
 
-from eventrouter.config.templates import MARKERS, Condition, Text, budgeted
+from eventrouter.config.templates import MARKERS, Condition, Text, budgeted, condition_of, text_of
 from eventrouter.errors import TemplateRenderError
+from eventrouter.support.sharing import SharedTable
 
 
 def _single_expression(source: str) -> str | None:
@@ -92,16 +94,19 @@ def _part(data: Any) -> Part:
     if isinstance(data, str):
         expression = _single_expression(data)
         if expression is not None:
-            return NativePart(Condition(expression, data))
+            return NativePart(condition_of(expression, data))
         if any(marker in data for marker in MARKERS):
-            return TextPart(Text(data))
+            return TextPart(text_of(data))
         return Constant(data)
     if not _has_template(data):
         return Constant(_plain(data))  # one object, not a tree of them
     if isinstance(data, Mapping):
-        return MappingPart(tuple((str(key), Value(item)) for key, item in data.items()))
+        # Keys repeat across routes (``module``, ``domains``): one string each.
+        return MappingPart(
+            tuple((sys.intern(str(key)), value_of(item)) for key, item in data.items())
+        )
     if isinstance(data, list | tuple):
-        return ListPart(tuple(Value(item) for item in data))
+        return ListPart(tuple(value_of(item) for item in data))
     return Constant(data)
 
 
@@ -122,7 +127,7 @@ class Value:
     structure (``payload``) in the message of a failure, with the key path inside it.
     """
 
-    __slots__ = ("direct", "part", "source", "what")
+    __slots__ = ("__weakref__", "direct", "part", "source", "what")
 
     def __init__(self, data: Any, what: str = "") -> None:
         self.source = data if isinstance(data, str) else ""
@@ -172,6 +177,22 @@ class Value:
         if isinstance(part, MappingPart):
             return {key: _item(f".{key}", item, context) for key, item in part.items}
         return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
+
+
+_VALUES: SharedTable[Value] = SharedTable()
+#: The scalars a leaf may be; the type is part of the key (``1 == True == 1.0``).
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def value_of(data: Any, what: str = "") -> Value:
+    """Return ``Value(data, what)``; a scalar's is one object for every route that writes it.
+
+    Mappings and lists are built afresh (their leaves are shared): a key for them would cost
+    a walk of the whole structure.
+    """
+    if type(data) not in _SCALARS:
+        return Value(data, what)
+    return _VALUES.get((type(data), data, what), lambda: Value(data, what))
 
 
 def _direct(part: Part) -> bool:
