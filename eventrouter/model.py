@@ -293,15 +293,11 @@ class Route:
 
         Leaves out the name, the place and the spelling (key order, flow style), and what
         does not change behaviour (description, enabled); computed on first use, not at load.
+        Kept once computed: only the deep check asks for it. What the running router needs
+        of it (``reads_env``, ``digest``) is computed from a copy that is not kept, since the
+        fingerprints of 10,000 routes held about 10 MiB.
         """
-        actions = tuple(_action_fingerprint(a) for a in self.actions)
-        return (
-            tuple(pattern.text for pattern in self.patterns),
-            self.when.source if self.when is not None else None,
-            self.key.source if self.key is not None else None,
-            self.mode, self.max_runs, self.debounce, self.throttle, self.retry, self.schema,
-            actions, self.runs_on.source if self.runs_on is not None else None,
-        )  # fmt: skip
+        return _fingerprint(self)
 
     def reads_env(self) -> bool:
         """Return True when the route may read the module's environment as it runs.
@@ -311,14 +307,19 @@ class Route:
         program is looked up on that environment's PATH. A table none of whose routes does
         need not look at the environment file for each event.
         """
+        return self._reads_env
+
+    @cached_property
+    def _reads_env(self) -> bool:
         if any(isinstance(action, ExecAction) for action in self.actions):
             return True
-        return "env" in repr(self.fingerprint)
+        return "env" in repr(self.__dict__.get("fingerprint") or _fingerprint(self))
 
-    @property
+    @cached_property
     def digest(self) -> str:
         """Return a hash of the fingerprint, description and enabled flag, for reloads."""
-        what = (self.fingerprint, self.description, self.enabled)
+        fingerprint = self.__dict__.get("fingerprint") or _fingerprint(self)
+        what = (fingerprint, self.description, self.enabled)
         return hashlib.sha256(repr(what).encode()).hexdigest()
 
     def match(self, channel: str) -> dict[str, str] | None:
@@ -328,6 +329,17 @@ class Route:
             if captures is not None:
                 return captures
         return None
+
+
+def _fingerprint(route: Route) -> tuple[Any, ...]:
+    actions = tuple(_action_fingerprint(a) for a in route.actions)
+    return (
+        tuple(pattern.text for pattern in route.patterns),
+        route.when.source if route.when is not None else None,
+        route.key.source if route.key is not None else None,
+        route.mode, route.max_runs, route.debounce, route.throttle, route.retry, route.schema,
+        actions, route.runs_on.source if route.runs_on is not None else None,
+    )  # fmt: skip
 
 
 def _action_fingerprint(action: Action) -> tuple[Any, ...]:

@@ -10,6 +10,7 @@ from eventrouter.config.loader import load_routes
 from eventrouter.config.templates import condition_of, text_of
 from eventrouter.config.valuetemplates import Constant, value_of
 from eventrouter.model import EmitAction, RunAction
+from eventrouter.service.reloading import Changes, compare
 from eventrouter.support.sharing import SharedTable
 from tests.routerproc import handler
 from tests.routerproc import write_routes as write
@@ -109,3 +110,24 @@ def test_equal_sources_with_different_labels_are_different_conditions() -> None:
     assert plain is not labelled
     assert labelled.label == "{{ payload.node }}"
     assert text_of("a {{ b }}") is text_of("a {{ b }}")
+
+
+def test_what_a_running_router_asks_of_a_route_keeps_no_fingerprint(tmp_path: Path) -> None:
+    # The fingerprints of 10,000 routes held about 10 MiB; only the deep check needs them.
+    handler(tmp_path / "handlers" / "h")
+    routes = tmp_path / "routes.d"
+    text = ROUTES.format(name="announce-a").replace(
+        'BACKUP_NODE: "{{ payload.node | default(0) }}"', 'BACKUP_NODE: "{{ env.NODE_ID }}"'
+    )
+    write(routes, "a.yml", text)
+    result = load_routes([routes], {})
+    assert result.ok, result.diagnostics
+    [route] = result.routes
+    assert compare(result.routes, result.routes) == Changes([], [], [])
+    assert "digest" not in vars(route)  # the same object: nothing to hash
+    assert route.reads_env()
+    digest = route.digest
+    assert "fingerprint" not in vars(route)
+    # The same answers as from the fingerprint the deep check keeps.
+    assert "env" in repr(route.fingerprint)
+    assert route.digest == digest

@@ -365,12 +365,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    # The deep check runs once here (issue 8: `run` refuses what `check` errors on); the
-    # daemon imports it again only for a reload.
-    from eventrouter.analysis.verdict import validate, where_errors_are
     from eventrouter.config.templates import set_timeout
     from eventrouter.redis.connections import publish_url, subscribe_url
     from eventrouter.service import metrics, watch
+    from eventrouter.service.apart import validate_apart
     from eventrouter.service.daemon import Daemon
     from eventrouter.service.reloading import log_diagnostics
 
@@ -392,9 +390,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cache: FileCache = {}
     result, folders = _load(args, cache)
-    result = validate(result, events_dirs(args.events_dir, os.environ))
+    # The deep check runs here too (`run` refuses what `check` errors on), in a child
+    # process: its working memory never becomes the router's.
+    result = validate_apart(result, events_dirs(args.events_dir, os.environ))
     log_diagnostics(result)
     if not result.ok:
+        from eventrouter.analysis.verdict import where_errors_are
+
         where = where_errors_are(result, events_dirs(args.events_dir, os.environ))
         print(f"eventrouter run: {where} (listed above); not starting", file=sys.stderr)
         return EXIT_INVALID

@@ -57,6 +57,10 @@ class Mentions:
             if self.first(os.path.join(listing.base, name))
         ]
 
+    def named(self) -> frozenset[str]:
+        """Return the paths recorded so far."""
+        return frozenset(self._named)
+
     def first(self, path: str) -> bool:
         """Record ``path``; return True when it had not been named before."""
         if path in self._named:

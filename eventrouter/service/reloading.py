@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from eventrouter.config.loader import FileCache, LoadResult, load_routes
 from eventrouter.model import Route, Settings
-from eventrouter.service import sdnotify
+from eventrouter.service import apart, sdnotify
 
 #: The daemon's logger, as before these lines moved out of it: the log names their source, and
 #: an operator's filter on it must keep finding them.
@@ -34,14 +34,20 @@ class Changes:
 
 
 def compare(old: Sequence[Route], new: Sequence[Route]) -> Changes:
-    """Return the routes added, removed and changed between two tables."""
-    before = {route.name: route.digest for route in old}
-    after = {route.name: route.digest for route in new}
+    """Return the routes added, removed and changed between two tables.
+
+    A file that did not change gives the very same route objects (``FileCache``): only the
+    routes of the files that changed are hashed.
+    """
+    before = {route.name: route for route in old}
+    after = {route.name: route for route in new}
     return Changes(
         added=sorted(after.keys() - before.keys()),
         removed=sorted(before.keys() - after.keys()),
         changed=sorted(
-            name for name in after.keys() & before.keys() if after[name] != before[name]
+            name
+            for name in after.keys() & before.keys()
+            if after[name] is not before[name] and after[name].digest != before[name].digest
         ),
     )
 
@@ -53,13 +59,13 @@ def log_diagnostics(result: LoadResult) -> None:
         log.log(level, "%s", item)
 
 
-def _load(settings: Settings, cache: FileCache, settle: float) -> LoadResult:
-    """Read and check the route files as `check` does (blocking: run it in a thread)."""
-    # Imported at the first reload, not with the daemon: `run` loaded it once at start.
-    from eventrouter.analysis.verdict import validate
-
-    result = load_routes(settings.routes_dirs, cache, settle=settle)
-    return validate(result, settings.events_dirs)
+def _check(result: LoadResult, checking: apart.Checking | None, settings: Settings) -> LoadResult:
+    """Collect the child's deep check, or run it here (blocking: run it in a thread)."""
+    if checking is not None:
+        done = apart.finish(checking, result)
+        if done is not None:
+            return done
+    return apart.validate_here(result, settings.events_dirs)
 
 
 async def read(settings: Settings, cache: FileCache, by: str | None) -> LoadResult:
@@ -71,7 +77,10 @@ async def read(settings: Settings, cache: FileCache, by: str | None) -> LoadResu
         ", ".join(str(d) for d in settings.routes_dirs) or "(no folder)",
     )
     # Never a file being written (it may parse with fewer routes): see config/stable.py.
-    result = await asyncio.to_thread(_load, settings, cache, RELOAD_SETTLE)
+    loaded = await asyncio.to_thread(load_routes, settings.routes_dirs, cache, settle=RELOAD_SETTLE)
+    # Forked here, in the event loop's thread (service/apart.py), awaited in another.
+    checking = apart.start(loaded, settings.events_dirs)
+    result = await asyncio.to_thread(_check, loaded, checking, settings)
     log_diagnostics(result)
     return result
 
