@@ -39,14 +39,17 @@ class YamlError(Exception):
 class LineDict(dict[Any, Any]):
     """A mapping that knows its own line and the line of each key."""
 
-    line: int = 0
+    # No instance dict: a route file makes thousands of these (set as each is built).
+    __slots__ = ("key_lines", "line")
+    line: int
     key_lines: dict[Any, int]
 
 
 class LineList(list[Any]):
     """A sequence that knows its own line and the line of each item."""
 
-    line: int = 0
+    __slots__ = ("item_lines", "line")
+    line: int
     item_lines: list[int]
 
 
