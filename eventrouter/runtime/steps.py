@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eventrouter.config.handlers import (
+    Listings,
     SkippedEntry,
     StepEntry,
     list_steps,
@@ -161,6 +162,8 @@ class StepRunner:
         self._stopping = False
         #: Whose trust rules apply to handler folders and steps (root: refuse, else warn).
         self._euid = effective_uid(euid)
+        #: The handler folders' listings, reused while a folder is unchanged.
+        self.listings = Listings()
 
     @property
     def running(self) -> int:
@@ -189,12 +192,16 @@ class StepRunner:
         A step that cannot start (not executable, gone, refused by the kernel) is skipped.
         ``group`` (the route) is what the concurrency cap shares slots fairly between.
         """
-        refused = self._refused(directory, "handler folder", tag)
+        try:
+            info: os.stat_result | None = os.stat(directory)
+        except OSError:
+            info = None  # scan says why, in its words
+        refused = self._refused(directory, "handler folder", tag, info)
         if refused is not None:
             logger.error("%s %s", tag, refused)
             return HandlerResult(directory, (), ok=False, error=refused)
         try:
-            listing = scan(directory)
+            listing = scan(directory) if info is None else self.listings.get(directory, info)
         except OSError as exc:
             error = f"handler directory {directory}: {reason_of(exc)}"
             logger.error("%s %s", tag, error)
