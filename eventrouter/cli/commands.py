@@ -362,15 +362,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Start the daemon."""
-    import asyncio
-    import signal
-
-    from eventrouter.config.templates import set_timeout
-    from eventrouter.redis.connections import publish_url, subscribe_url
-    from eventrouter.service import metrics, watch
-    from eventrouter.service.apart import validate_apart
-    from eventrouter.service.daemon import Daemon
-    from eventrouter.service.reloading import log_diagnostics
+    from eventrouter.service import apart, metrics, watch
 
     address = None
     if args.metrics:
@@ -391,8 +383,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     cache: FileCache = {}
     result, folders = _load(args, cache)
     # The deep check runs here too (`run` refuses what `check` errors on), in a child
-    # process: its working memory never becomes the router's.
-    result = validate_apart(result, events_dirs(args.events_dir, os.environ))
+    # process: its working memory never becomes the router's, and it runs while this one
+    # imports what routing needs.
+    checking = apart.start(result, events_dirs(args.events_dir, os.environ))
+    import asyncio
+    import signal
+
+    from eventrouter.config.templates import set_timeout
+    from eventrouter.redis.connections import publish_url, subscribe_url
+    from eventrouter.service.daemon import Daemon
+    from eventrouter.service.reloading import log_diagnostics
+
+    result = apart.outcome(checking, result, events_dirs(args.events_dir, os.environ))
     log_diagnostics(result)
     if not result.ok:
         from eventrouter.analysis.verdict import where_errors_are

@@ -133,14 +133,20 @@ def finish(checking: Checking, result: LoadResult, patience: float = PATIENCE) -
     return replace(result, diagnostics=(*result.diagnostics, *findings))
 
 
-def validate_apart(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:
-    """Return ``validate(result, events_dirs)``, computed in a child process when possible."""
-    checking = start(result, events_dirs)
+def outcome(
+    checking: Checking | None, result: LoadResult, events_dirs: Sequence[Path]
+) -> LoadResult:
+    """Return the verdict on ``result``: the child's findings, or a check made here."""
     if checking is not None:
         done = finish(checking, result)
         if done is not None:
             return done
     return validate_here(result, events_dirs)
+
+
+def validate_apart(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:
+    """Return ``validate(result, events_dirs)``, computed in a child process when possible."""
+    return outcome(start(result, events_dirs), result, events_dirs)
 
 
 def validate_here(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:

@@ -11,10 +11,11 @@ import asyncio
 import importlib.util
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from eventrouter.runtime.stats import Histogram, Histograms
-from eventrouter.service.observe import DROPS, Parts, lane_depths
+if TYPE_CHECKING:  # the router's parts are imported by the collector, not by `run`'s checks
+    from eventrouter.runtime.stats import Histogram, Histograms
+    from eventrouter.service.observe import Parts
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class RouterCollector:
     def collect(self) -> Iterator[Any]:
         """Yield every metric family (the prometheus-client collector protocol)."""
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from eventrouter.service.observe import DROPS, lane_depths
 
         parts = self.parts()
         if parts is None:

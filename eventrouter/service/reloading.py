@@ -59,15 +59,6 @@ def log_diagnostics(result: LoadResult) -> None:
         log.log(level, "%s", item)
 
 
-def _check(result: LoadResult, checking: apart.Checking | None, settings: Settings) -> LoadResult:
-    """Collect the child's deep check, or run it here (blocking: run it in a thread)."""
-    if checking is not None:
-        done = apart.finish(checking, result)
-        if done is not None:
-            return done
-    return apart.validate_here(result, settings.events_dirs)
-
-
 async def read(settings: Settings, cache: FileCache, by: str | None) -> LoadResult:
     """Read and check the route files again for a reload asked ``by`` (a signal, a watch)."""
     sdnotify.reloading()
@@ -80,7 +71,7 @@ async def read(settings: Settings, cache: FileCache, by: str | None) -> LoadResu
     loaded = await asyncio.to_thread(load_routes, settings.routes_dirs, cache, settle=RELOAD_SETTLE)
     # Forked here, in the event loop's thread (service/apart.py), awaited in another.
     checking = apart.start(loaded, settings.events_dirs)
-    result = await asyncio.to_thread(_check, loaded, checking, settings)
+    result = await asyncio.to_thread(apart.outcome, checking, loaded, settings.events_dirs)
     log_diagnostics(result)
     return result
 
