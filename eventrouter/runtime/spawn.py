@@ -13,11 +13,12 @@ asyncio's ``subprocess_exec`` forks and waits for the exec in the event-loop thr
 Python 3.11 learns of the exit through a thread per child. For short steps that is most of
 the cost, and while one step is being started no other event is handled. Here the fork and
 exec happen in the loop's thread when nothing else runs and in a small thread pool when
-steps run side by side; the payload is written to a non-blocking pipe, stdout and stderr
-share one pipe (lines in the order written, as systemd gives a service one stream), and the
-exit is seen through a pidfd (Linux 5.3+; elsewhere a waiting thread). The output pipe and
-the pidfd go into one epoll set per loop (``_Watcher``), which asyncio watches as one
-descriptor.
+steps run side by side; the payload is written to the step's stdin pipe before the start
+when it fits (4 KiB, what a pipe always takes at once), else as the step reads it; stdout
+and stderr share one pipe (lines in the order written, as systemd gives a service one
+stream), and the exit is seen through a pidfd (Linux 5.3+; elsewhere a waiting thread).
+The output pipe and the pidfd go into one epoll set per loop (``_Watcher``), which asyncio
+watches as one descriptor.
 
 Children die with the router through the *warden* (``support/processes.py``), which learns
 each step's process group as the step starts.
@@ -62,7 +63,7 @@ class Sink(Protocol):
 
 
 def _start_process(
-    argv: list[str], fds: tuple[int, int, int], cwd: str | None, env: dict[str, str]
+    argv: list[str], fds: tuple[int, int, int], cwd: str | None, env: Mapping[str, str]
 ) -> subprocess.Popen[bytes] | int:
     """Start ``argv`` in a new session; return its pid, or its Popen in another folder.
 
@@ -185,29 +186,40 @@ class Child:
         """
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
-        start = partial(_start_process, argv, (stdin_r, out_w, out_w), cwd, dict(env))
+        given: int | None = stdin_w
+        if len(payload) <= select.PIPE_BUF:
+            # The usual payload fits an empty pipe whole (a write this small never waits,
+            # nor is cut): given before the start, with its end of file, nothing to watch.
+            if payload:
+                os.write(stdin_w, payload)
+            os.close(stdin_w)
+            given = None
+        # ``env`` is the caller's own, unchanged while the step starts (a thread may start it).
+        start = partial(_start_process, argv, (stdin_r, out_w, out_w), cwd, env)
         try:
             if inline:
                 started = start()
             else:
                 started = await asyncio.get_running_loop().run_in_executor(_STARTERS, start)
         except BaseException:
-            for fd in (stdin_r, stdin_w, out_r, out_w):
-                os.close(fd)
+            for fd in (stdin_r, given, out_r, out_w):
+                if fd is not None:
+                    os.close(fd)
             raise
         os.close(stdin_r)  # the child's ends
         os.close(out_w)
-        child = cls(started, sink, payload)
-        child._watch(stdin_w, out_r)
+        child = cls(started, sink, b"" if given is None else payload)
+        child._watch(given, out_r)
         return child
 
-    def _watch(self, stdin_w: int, out_r: int) -> None:
+    def _watch(self, stdin_w: int | None, out_r: int) -> None:
         os.set_blocking(out_r, False)
         self._output = out_r
         self._watcher.add(out_r, self._readable)
-        os.set_blocking(stdin_w, False)
-        self._stdin = stdin_w
-        self._feed()
+        if stdin_w is not None:  # a payload larger than a pipe takes at once
+            os.set_blocking(stdin_w, False)
+            self._stdin = stdin_w
+            self._feed()
         self._watch_exit()
 
     def _readable(self) -> None:

@@ -382,7 +382,7 @@ class StepRunner:
                     os.getcwd(),
                 )
         # Re-read for every step: a step may change it for the next ones.
-        env = base | read_environment_file(os.path.join(cwd or "", "environment")) | dict(job.env)
+        env = {**base, **read_environment_file(os.path.join(cwd or "", "environment")), **job.env}
         env["AGENT_EVENT_NAME"] = job.event_name
         env["AGENT_EVENT_SOURCE"] = job.event_source
         env["AGENT_COMFD"] = "2"
