@@ -113,6 +113,9 @@ def run_variant(ctx: Context, work: Path, variant: Variant, n: int) -> ModeRun:
     options = "".join(f"    {option}\n" for option in variant.options)
     write_file(routes / "modes.yml", JOB_ROUTE % options)
     out = work / f"{variant.name}{n}.out"
+    # compare.py runs each round once per install in the same folder: a file left by the
+    # other install's round would end the warm-up wait at once.
+    out.unlink(missing_ok=True)
     payloads = burst_payloads(count, keys)
     args = ["--routes", str(routes)]
     with running_router(ctx, f"modes-{variant.name}{n}", args, env={"OUT": str(out)}) as router:
