@@ -155,10 +155,10 @@ class Value:
         """Return the rendered JSON value; raise TemplateRenderError."""
         if isinstance(self.part, Constant):
             return self.part.value
-        shown = self.source or f"<{self.what or 'payload'}>"
         try:
             if self.direct:
                 return self._render(context)
+            shown = self.source or f"<{self.what or 'payload'}>"
             return budgeted("template", shown, lambda: self._render(context))
         except TemplateRenderError as exc:
             if not self.what:
@@ -168,15 +168,27 @@ class Value:
 
     def _render(self, context: Mapping[str, Any]) -> Any:
         part = self.part
-        if isinstance(part, Constant):
-            return part.value
-        if isinstance(part, TextPart):
-            return part.template.render(context)
         if isinstance(part, NativePart):
             return _check_json(part.expression.evaluate(context), self.source)
         if isinstance(part, MappingPart):
-            return {key: _item(f".{key}", item, context) for key, item in part.items}
-        return [_item(f"[{index}]", item, context) for index, item in enumerate(part.items)]
+            rendered = {}
+            for key, item in part.items:
+                try:
+                    rendered[key] = item.render(context)
+                except TemplateRenderError as exc:  # the key path is built only for a failure
+                    raise _nested(f".{key}", exc) from exc
+            return rendered
+        if isinstance(part, TextPart):
+            return part.template.render(context)
+        if isinstance(part, Constant):
+            return part.value
+        values = []
+        for index, item in enumerate(part.items):
+            try:
+                values.append(item.render(context))
+            except TemplateRenderError as exc:
+                raise _nested(f"[{index}]", exc) from exc
+        return values
 
 
 _VALUES: SharedTable[Value] = SharedTable()
@@ -208,14 +220,11 @@ def _direct(part: Part) -> bool:
     return False
 
 
-def _item(step: str, item: Value, context: Mapping[str, Any]) -> Any:
-    """Render one item of a structure; a failure gains ``step`` in its key path."""
-    try:
-        return item.render(context)
-    except _Where as exc:
-        raise _Where(step + exc.path, exc.reason) from exc
-    except TemplateRenderError as exc:
-        raise _Where(step, str(exc)) from exc
+def _nested(step: str, exc: TemplateRenderError) -> _Where:
+    """Return the failure of an item of a structure, with ``step`` before its key path."""
+    if isinstance(exc, _Where):
+        return _Where(step + exc.path, exc.reason)
+    return _Where(step, str(exc))
 
 
 def _has_template(data: Any) -> bool:
