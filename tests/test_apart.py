@@ -186,3 +186,17 @@ def test_run_never_imports_the_analysis_in_the_routers_process(tmp_path: Path) -
     names = json.loads(out.read_text())
     assert "eventrouter.service.apart" in names
     assert [name for name in names if name.startswith("eventrouter.analysis")] == []
+
+
+def test_a_child_reaped_elsewhere_leaves_the_check_to_this_process(
+    table: LoadResult, caplog: pytest.LogCaptureFixture
+) -> None:
+    checking = apart.start(table, [])
+    assert checking is not None
+    deadline = time.monotonic() + 30
+    while os.waitpid(checking.pid, os.WNOHANG) == (0, 0):  # reaped here, before finish
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="eventrouter.service.apart"):
+        assert apart.finish(checking, table) is None
+    assert "ended with status -1" in caplog.text

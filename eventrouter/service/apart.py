@@ -116,8 +116,11 @@ def finish(checking: Checking, result: LoadResult, patience: float = PATIENCE) -
             chunks.append(chunk)
     finally:
         os.close(checking.pipe)
-    _, status = os.waitpid(checking.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
+    try:
+        _, status = os.waitpid(checking.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:  # reaped by someone else: its status is unknown
+        code = -1
     if problem is None and code != 0:
         problem = f"ended with status {code}"
     if problem is None:
