@@ -55,6 +55,11 @@ def table(tmp_path: Path) -> LoadResult:
     return result
 
 
+def checked(result: LoadResult) -> LoadResult:
+    """Return the verdict on ``result`` as `run` gets it: from a child, else checked here."""
+    return apart.outcome(apart.start(result, []), result, [])
+
+
 def in_child_only(action: Any) -> Any:
     """Return a deep check that does ``action()`` in the child and the real one here."""
     real = lint.deep_check
@@ -71,7 +76,7 @@ def test_the_child_finds_what_the_check_in_process_finds(table: LoadResult) -> N
     here = validate(table, [])
     assert any(item.severity == "error" for item in here.diagnostics)
     assert any(item.severity == "warning" for item in here.diagnostics)
-    assert apart.validate_apart(table, []) == here
+    assert checked(table) == here
 
 
 def test_a_table_that_does_not_load_is_not_checked(tmp_path: Path) -> None:
@@ -79,14 +84,14 @@ def test_a_table_that_does_not_load_is_not_checked(tmp_path: Path) -> None:
     result = load_routes([tmp_path / "routes.d"], {})
     assert not result.ok
     assert apart.start(result, []) is None
-    assert apart.validate_apart(result, []) == result
+    assert checked(result) == result
 
 
 def test_names_passed_over_that_the_child_reported_are_not_named_again(
     table: LoadResult, tmp_path: Path
 ) -> None:
     backup = str(tmp_path / "handlers" / "h" / "20notify~")
-    apart.validate_apart(table, [])
+    checked(table)
     assert backup in MENTIONS.named()
     assert not MENTIONS.first(backup)  # the runner would not name it again
 
@@ -96,7 +101,7 @@ def test_a_child_that_fails_leaves_the_check_to_this_process(
 ) -> None:
     monkeypatch.setattr(lint, "deep_check", in_child_only(lambda *_: os._exit(3)))
     with caplog.at_level(logging.WARNING, logger="eventrouter.service.apart"):
-        result = apart.validate_apart(table, [])
+        result = checked(table)
     assert result == validate(table, [])
     assert "ended with status 3; checking in this process" in caplog.text
 
@@ -132,7 +137,7 @@ def test_the_child_keeps_no_descriptor_of_the_router(
     monkeypatch.setattr(lint, "deep_check", in_child_only(check))
     try:
         with caplog.at_level(logging.WARNING, logger="eventrouter.service.apart"):
-            result = apart.validate_apart(table, [])
+            result = checked(table)
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -177,8 +182,9 @@ def test_run_never_imports_the_analysis_in_the_routers_process(tmp_path: Path) -
         "import json, sys\n"
         "from pathlib import Path\n"
         "from eventrouter.config.loader import load_routes\n"
-        "from eventrouter.service.apart import validate_apart\n"
-        f"result = validate_apart(load_routes([Path({str(tmp_path / 'routes.d')!r})]), [])\n"
+        "from eventrouter.service import apart\n"
+        f"loaded = load_routes([Path({str(tmp_path / 'routes.d')!r})])\n"
+        "result = apart.outcome(apart.start(loaded, []), loaded, [])\n"
         "assert result.ok and result.diagnostics, result.diagnostics\n"
         f"json.dump(list(sys.modules), open({str(out)!r}, 'w'))"
     )

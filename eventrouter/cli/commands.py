@@ -382,10 +382,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cache: FileCache = {}
     result, folders = _load(args, cache)
+    events = events_dirs(args.events_dir, os.environ)
     # The deep check runs here too (`run` refuses what `check` errors on), in a child
     # process: its working memory never becomes the router's, and it runs while this one
     # imports what routing needs.
-    checking = apart.start(result, events_dirs(args.events_dir, os.environ))
+    checking = apart.start(result, events)
     import asyncio
     import signal
 
@@ -394,12 +395,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from eventrouter.service.daemon import Daemon
     from eventrouter.service.reloading import log_diagnostics
 
-    result = apart.outcome(checking, result, events_dirs(args.events_dir, os.environ))
+    result = apart.outcome(checking, result, events)
     log_diagnostics(result)
     if not result.ok:
         from eventrouter.analysis.verdict import where_errors_are
 
-        where = where_errors_are(result, events_dirs(args.events_dir, os.environ))
+        where = where_errors_are(result, events)
         print(f"eventrouter run: {where} (listed above); not starting", file=sys.stderr)
         return EXIT_INVALID
     try:
@@ -409,13 +410,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"eventrouter run: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    empty = _nothing(result.routes, folders, events_dirs(args.events_dir, os.environ))
+    empty = _nothing(result.routes, folders, events)
     if empty:  # it may be meant (routes added later, then SIGHUP), so a warning, not a refusal
         log.warning("nothing to route: %s; events will run nothing until a reload", empty)
     settings = options.settings_from(
         args,
         routes_dirs=tuple(folders),
-        events_dirs=tuple(events_dirs(args.events_dir, os.environ)),
+        events_dirs=tuple(events),
         redis_url=sub,
         publish_url=pub,
     )

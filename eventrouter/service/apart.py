@@ -147,11 +147,6 @@ def outcome(
     return validate_here(result, events_dirs)
 
 
-def validate_apart(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:
-    """Return ``validate(result, events_dirs)``, computed in a child process when possible."""
-    return outcome(start(result, events_dirs), result, events_dirs)
-
-
 def validate_here(result: LoadResult, events_dirs: Sequence[Path]) -> LoadResult:
     """Return ``validate(result, events_dirs)`` computed in this process."""
     from eventrouter.analysis.verdict import validate
